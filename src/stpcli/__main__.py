@@ -1,0 +1,3 @@
+from stpcli.cli import main
+
+main()

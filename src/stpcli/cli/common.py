@@ -1,0 +1,140 @@
+"""What every command shares: error handling, config files, option types and the runtime."""
+
+from __future__ import annotations
+
+import functools
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+
+from stpcli.engine.runtime import setup_runtime, shutdown_runtime
+from stpcli.engine.train import TrainConfig
+from stpcli.errors import StpError
+from stpcli.stages.common import DataOptions, Stage, StageIO
+
+console = Console()
+error_console = Console(stderr=True)
+STATE = {"debug": False}
+NOT_RECORDED = {"config", "force", "resume", "json_output", "device", "precision", "compile"}
+
+
+def stp_command(app: typer.Typer, name: str, **kwargs):
+    """Register a command whose StpErrors (and surprises) become one-line messages."""
+
+    def wrap(function):
+        @functools.wraps(function)
+        def run(*args, **kw):
+            try:
+                return function(*args, **kw)
+            except (typer.Exit, typer.Abort):
+                raise
+            except StpError as exc:
+                if STATE["debug"]:
+                    raise
+                error_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+                raise typer.Exit(exc.exit_code) from None
+            except KeyboardInterrupt:
+                error_console.print("error: interrupted", markup=False)
+                raise typer.Exit(130) from None
+            except Exception as exc:  # a bug, or something we did not foresee: still one line
+                if STATE["debug"] or type(exc).__module__.startswith(("typer", "click")):
+                    raise  # usage errors are the CLI framework's to print
+                text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+                error_console.print(f"error: unexpected {type(exc).__name__}: {text} (rerun with --debug for a traceback)",
+                                    markup=False, highlight=False, soft_wrap=True)
+                raise typer.Exit(1) from None
+            finally:
+                shutdown_runtime()
+
+        return app.command(name, **kwargs)(run)
+
+    return wrap
+
+
+def apply_config(ctx: typer.Context, values: dict[str, Any], config: Path | None) -> dict[str, Any]:
+    """Fill options not given on the command line from a YAML file whose keys are option names."""
+    if config is None:
+        return values
+    if not config.is_file():
+        raise StpError(f"--config {config} does not exist")
+    try:
+        data = yaml.safe_load(config.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise StpError(f"--config {config} is not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(data, dict):
+        raise StpError(f"--config {config} must be a mapping of option names to values")
+    params = {p.name: p for p in ctx.command.params}
+    for key, value in data.items():
+        name = str(key).lstrip("-").replace("-", "_")
+        name = {"as": "unit_stage", "m": "count"}.get(name, name)
+        if name not in params or name == "config":
+            raise StpError(f"--config {config}: unknown option {key!r} for this command")
+        source = ctx.get_parameter_source(name)
+        if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
+            try:
+                values[name] = params[name].type_cast_value(ctx, value)
+            except typer.BadParameter as exc:
+                raise StpError(f"--config {config}: bad value for {key!r}: {exc.format_message()}") from None
+    return values
+
+
+def recorded_options(values: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in values.items():
+        if key in NOT_RECORDED or key == "ctx":
+            continue
+        out[key] = str(value) if isinstance(value, Path) else value
+    return out
+
+
+def command_line() -> str:
+    return "stp " + shlex.join(sys.argv[1:])
+
+
+def make_stage(name: str, values: dict) -> Stage:
+    runtime = setup_runtime(values.get("device", "auto"), values.get("precision", "fp32"),
+                            values.get("compile", False))
+    return Stage(name, runtime, console)
+
+
+def make_io(values: dict) -> StageIO:
+    return StageIO(Path(values["out"]), force=values.get("force", False), resume=values.get("resume", False),
+                   command=command_line())
+
+
+def make_data(values: dict) -> DataOptions:
+    return DataOptions(data=values.get("data"), allow_data_change=values.get("allow_data_change", False),
+                       on_bad_image=values.get("on_bad_image", "fail"), cache_dir=values.get("cache_dir"))
+
+
+def make_train_config(values: dict, milestones: list[float]) -> TrainConfig:
+    return TrainConfig(epochs=values["epochs"], batch_size=values["batch_size"], optimizer=values["optimizer"],
+                       lr=values["lr"], momentum=values["momentum"], weight_decay=values["weight_decay"],
+                       schedule=values["lr_schedule"], milestones=milestones, seed=values["seed"])
+
+
+# Option types shared by the commands (one definition each).
+Out = Annotated[Path, typer.Option("--out", "-o", help="Output checkpoint (.safetensors).")]
+Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing output / start over.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its state file.")]
+Config = Annotated[Path | None, typer.Option("--config", help="YAML file of option values; flags win.")]
+Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")]
+Precision = Annotated[str, typer.Option("--precision", help="fp32 | bf16 (autocast).")]
+Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the training step.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed for split, initialisation, shuffling, augmentation.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Global batch size.")]
+Optimizer = Annotated[str, typer.Option("--optimizer", help="sgd | adam.")]
+Momentum = Annotated[float, typer.Option("--momentum", help="SGD momentum.")]
+WeightDecay = Annotated[float, typer.Option("--weight-decay", help="L2 weight decay.")]
+Schedule = Annotated[str, typer.Option("--lr-schedule", help="step (divide by 5 at fixed fractions) | cosine | constant.")]
+Data = Annotated[str | None, typer.Option("--data", help="ImageFolder root or stp data pack; default: recorded data.")]
+AllowDataChange = Annotated[bool, typer.Option("--allow-data-change", help="Accept data whose fingerprint differs from the recorded one.")]
+OnBadImage = Annotated[str, typer.Option("--on-bad-image", help="fail | skip images that do not decode.")]
+CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Where decoded images are cached (default ~/.cache/stpcli).")]
+Source = Annotated[Path, typer.Argument(help="Input checkpoint.")]
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]

@@ -1,0 +1,154 @@
+"""Read-only commands: evaluate, info, compare."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from stpcli.checkpoint import load_checkpoint
+from stpcli.cli.common import (AllowDataChange, CacheDir, Data, Device, JsonOutput, OnBadImage, apply_config,
+                               console, make_data, make_stage, stp_command)
+from stpcli.errors import StpError
+from stpcli.stages.report import compare, evaluate, info, verify_chain
+
+app = typer.Typer()
+
+
+def _print_json(payload) -> None:
+    typer.echo(json.dumps(payload, indent=2, default=str))
+
+
+def _fmt(value, digits=2):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+@stp_command(app, "evaluate")
+def evaluate_command(
+    ctx: typer.Context,
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to evaluate.")],
+    timesteps: Annotated[int | None, typer.Option("--timesteps", "-T", help="Evaluate an SNN at another T.")] = None,
+    part: Annotated[str, typer.Option("--part", help="test | val | train.")] = "test",
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 256,
+    data: Data = None,
+    allow_data_change: AllowDataChange = False,
+    on_bad_image: OnBadImage = "fail",
+    cache_dir: CacheDir = None,
+    device: Device = "auto",
+    json_output: JsonOutput = False,
+):
+    """Accuracy (overall, per class) and MACs; for an SNN also spike rates, SOPs and energy."""
+    values = apply_config(ctx, locals(), None)
+    if part not in ("test", "val", "train"):
+        raise StpError(f"--part must be test, val or train, got {part!r}")
+    stage = make_stage("evaluate", values)
+    result = evaluate(stage, load_checkpoint(checkpoint), make_data(values), timesteps, part, batch_size)
+    if json_output:
+        _print_json(result)
+        return
+    title = f"{checkpoint} ({result['kind'].upper()}" + (f", T={result['timesteps']})" if "timesteps" in result else ")")
+    console.print(f"[bold]{title}[/bold]: {part} accuracy {result['accuracy']:.2f}% on {result['images']} images; "
+                  f"{result['macs'] / 1e6:.2f} M MACs per image")
+    classes = Table("class", "accuracy %", title="per class")
+    for name, acc in result["per_class"].items():
+        classes.add_row(name, _fmt(acc))
+    console.print(classes)
+    energy = result["energy"]
+    if result["kind"] == "snn":
+        layers = Table("layer", "MACs", "input spikes/neuron", "SOPs", "energy (nJ)", title="synaptic layers")
+        for row in energy["layers"]:
+            layers.add_row(row["layer"], f"{row['macs']:,}", _fmt(row["input_rate"], 3), f"{row['sops']:,.0f}",
+                           f"{row['energy_pj'] / 1e3:.2f}")
+        console.print(layers)
+        console.print(f"mean spikes per neuron over T: {result['mean_spikes_per_neuron']:.3f}; "
+                      f"SOPs {energy['sops'] / 1e6:.2f} M")
+        console.print(f"energy per image: ANN {energy['ann_energy_pj'] / 1e6:.2f} uJ, SNN "
+                      f"{energy['energy_pj'] / 1e6:.2f} uJ, ratio ANN/SNN {energy['ann_to_snn_energy_ratio']:.2f}x")
+    else:
+        console.print(f"energy per image (45 nm MACs): {energy['energy_pj'] / 1e6:.2f} uJ")
+
+
+@stp_command(app, "info")
+def info_command(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to describe.")],
+    verify: Annotated[bool, typer.Option("--verify", help="Re-check the sha256 of every parent file found.")] = False,
+    json_output: JsonOutput = False,
+):
+    """Metadata, layer list and lineage of a checkpoint."""
+    details = info(load_checkpoint(checkpoint))
+    chain = verify_chain(checkpoint) if verify else None
+    if json_output:
+        _print_json(details | ({"verify": chain} if verify else {}))
+    else:
+        _print_info(details, chain)
+    if chain and any(row["status"] != "ok" for row in chain):
+        bad = next(row for row in chain if row["status"] != "ok")
+        raise StpError(f"lineage check failed: parent {bad['parent']} of {bad['child']} is {bad['status']}", exit_code=4)
+
+
+def _print_info(details: dict, chain) -> None:
+    record = details["record"]
+    spec = record["model"]
+    units = spec.get("units")
+    console.print(f"[bold]{details['path']}[/bold]  sha256 {details['sha256'][:16]}…")
+    console.print(f"kind {record['kind'].upper()}" + (f", T={record['timesteps']}" if record.get("timesteps") else "")
+                  + f"; {spec['arch']} width {spec['width']}; "
+                  + (f"{units['count']} Unit(s) at stage {units['stage']}" if units else "no Units")
+                  + f"; {details['parameters']:,} tensor elements")
+    console.print(f"classes ({len(record['classes'])}): {', '.join(record['classes'])}")
+    console.print(f"input {record['input']['image_size']} px; data {record['data']['path']} "
+                  f"(fingerprint {record['data']['fingerprint'][:12]}); split seed {details['split']['seed']}, "
+                  f"train ratio {details['split']['train_ratio']}, counts {details['split']['counts']}")
+    table = Table("#", "stage", "layer", "in", "out", "unit", "neuron", "MACs", title="layers")
+    neurons = details["neurons"]
+    for row in details["layers"]:
+        neuron = row["neuron"] or ""
+        prefix = f"layers.{row['index']}.neuron"
+        if f"{prefix}.threshold" in neurons:
+            neuron += f" V={neurons[prefix + '.threshold']:.3g} λ={neurons[prefix + '.leak']:.3g}"
+        table.add_row(str(row["index"]), "" if row["stage"] is None else str(row["stage"]), row["layer"],
+                      "" if row["in"] is None else str(row["in"]), "" if row["out"] is None else str(row["out"]),
+                      "yes" if row["unit"] else "", neuron, f"{row['macs']:,}" if row["macs"] else "")
+    console.print(table)
+    lineage = Table("step", "stage", "test acc %", "parent", "finished", title="lineage")
+    for i, entry in enumerate(details["history"], start=1):
+        parent = entry.get("parent")
+        lineage.add_row(str(i), entry["stage"], _fmt(entry.get("metrics", {}).get("test_accuracy")),
+                        "" if not parent else f"{Path(parent['path']).name} ({parent['sha256'][:10]})",
+                        entry.get("finished", ""))
+    console.print(lineage)
+    if chain is not None:
+        for row in chain:
+            console.print(f"verify: {Path(row['parent']).name} <- {Path(row['child']).name}: {row['status']}")
+        if not chain:
+            console.print("verify: no parent files recorded")
+
+
+@stp_command(app, "compare")
+def compare_command(
+    ctx: typer.Context,
+    checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoints to evaluate side by side.")],
+    data: Data = None,
+    allow_data_change: AllowDataChange = False,
+    on_bad_image: OnBadImage = "fail",
+    cache_dir: CacheDir = None,
+    device: Device = "auto",
+    json_output: JsonOutput = False,
+):
+    """Test accuracy, spike rate and energy of several checkpoints in one table."""
+    values = apply_config(ctx, locals(), None)
+    stage = make_stage("compare", values)
+    rows = compare(stage, checkpoints, make_data(values))
+    if json_output:
+        _print_json(rows)
+        return
+    table = Table("checkpoint", "kind", "T", "weight layers", "test acc %", "spikes/neuron", "energy uJ",
+                  "ANN/SNN energy", title="comparison (test split)")
+    for row in rows:
+        table.add_row(Path(row["checkpoint"]).name, row["kind"].upper(), str(row["timesteps"] or "-"),
+                      str(row["layers"]), _fmt(row["accuracy"]), _fmt(row["spikes_per_neuron"], 3),
+                      _fmt(row["energy_uj"], 2), _fmt(row["ann_energy_ratio"], 2))
+    console.print(table)

@@ -1,0 +1,203 @@
+"""The pipeline commands: train-ann, add-unit, convert, temporal-prune, spatial-prune."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from stpcli.checkpoint import load_checkpoint
+from stpcli.cli.common import (AllowDataChange, BatchSize, CacheDir, Compile, Config, Data, Device, Force,
+                               Momentum, OnBadImage, Optimizer, Out, Precision, Resume, Schedule, Seed,
+                               Source, WeightDecay, apply_config, make_data, make_io, make_stage,
+                               make_train_config, recorded_options, stp_command)
+from stpcli.stages.ann import add_unit, train_ann
+from stpcli.stages.snn import convert, parse_schedule, spatial_prune, temporal_prune
+
+ANN_MILESTONES = [0.45, 0.7, 0.9]
+SNN_MILESTONES = [0.6, 0.8, 0.9]
+
+app = typer.Typer()
+
+UnitStage = Annotated[int | None, typer.Option("--as", help="Stage whose trailing layers are the Units (1-based).")]
+UnitCount = Annotated[int | None, typer.Option("--m", help="Number of Units (layers).")]
+
+
+@stp_command(app, "train-ann")
+def train_ann_command(
+    ctx: typer.Context,
+    out: Out,
+    arch: Annotated[str, typer.Option("--arch", help="vgg11 | vgg14 | vgg16 | resnet18.")] = "vgg11",
+    width: Annotated[float, typer.Option("--width", help="Channel width multiplier.")] = 1.0,
+    data: Annotated[str | None, typer.Option("--data", help="ImageFolder root or data pack; default: the embedded synthetic dataset.")] = None,
+    image_size: Annotated[int, typer.Option("--image-size", help="Training resolution (pixels).")] = 64,
+    train_ratio: Annotated[float, typer.Option("--train-ratio", help="Training share of each class.")] = 0.8,
+    val_ratio: Annotated[float, typer.Option("--val-ratio", help="Share of the training part kept for validation.")] = 0.1,
+    epochs: Annotated[int, typer.Option("--epochs")] = 30,
+    batch_size: BatchSize = 64,
+    lr: Annotated[float, typer.Option("--lr")] = 0.05,
+    optimizer: Optimizer = "sgd",
+    momentum: Momentum = 0.9,
+    weight_decay: WeightDecay = 5e-4,
+    lr_schedule: Schedule = "cosine",
+    dropout: Annotated[float, typer.Option("--dropout", help="Dropout in the classifier.")] = 0.5,
+    pretrained: Annotated[str | None, typer.Option("--pretrained", help="Local torchvision ImageNet weights.")] = None,
+    seed: Seed = 0,
+    on_bad_image: OnBadImage = "fail",
+    cache_dir: CacheDir = None,
+    device: Device = "auto",
+    precision: Precision = "fp32",
+    compile: Compile = False,
+    force: Force = False,
+    resume: Resume = False,
+    config: Config = None,
+):
+    """Train the base ANN (Na)."""
+    values = apply_config(ctx, locals(), config)
+    stage = make_stage("train-ann", values)
+    train_ann(stage, arch=values["arch"], width=values["width"], image_size=values["image_size"],
+              dropout=values["dropout"], data=make_data(values), train_ratio=values["train_ratio"],
+              val_ratio=values["val_ratio"], config=make_train_config(values, ANN_MILESTONES), io=make_io(values),
+              pretrained=values["pretrained"], options=recorded_options(values))
+
+
+@stp_command(app, "add-unit")
+def add_unit_command(
+    ctx: typer.Context,
+    source: Source,
+    out: Out,
+    unit_stage: Annotated[int, typer.Option("--as", help="Stage that receives the Units (1-based).")] = 5,
+    count: Annotated[int, typer.Option("--m", help="Number of Units to add.")] = 1,
+    epochs: Annotated[int, typer.Option("--epochs", help="Fine-tuning epochs for Nb (0: none).")] = 10,
+    batch_size: BatchSize = 64,
+    lr: Annotated[float, typer.Option("--lr")] = 0.01,
+    optimizer: Optimizer = "sgd",
+    momentum: Momentum = 0.9,
+    weight_decay: WeightDecay = 5e-4,
+    lr_schedule: Schedule = "cosine",
+    seed: Seed = 0,
+    data: Data = None,
+    allow_data_change: AllowDataChange = False,
+    on_bad_image: OnBadImage = "fail",
+    cache_dir: CacheDir = None,
+    device: Device = "auto",
+    precision: Precision = "fp32",
+    compile: Compile = False,
+    force: Force = False,
+    resume: Resume = False,
+    config: Config = None,
+):
+    """Step 1: insert M identity-initialised Units at stage AS, then fine-tune (Nb)."""
+    values = apply_config(ctx, locals(), config)
+    stage = make_stage("add-unit", values)
+    add_unit(stage, load_checkpoint(values["source"]), unit_stage=values["unit_stage"], count=values["count"],
+             config=make_train_config(values, ANN_MILESTONES), data=make_data(values), io=make_io(values),
+             options=recorded_options(values))
+
+
+@stp_command(app, "convert")
+def convert_command(
+    ctx: typer.Context,
+    source: Source,
+    out: Out,
+    timesteps: Annotated[int, typer.Option("--timesteps", "-T", help="Initial time steps T_init.")] = 5,
+    percentile: Annotated[float, typer.Option("--percentile", help="Threshold = scale x this percentile of the input current.")] = 99.7,
+    scale: Annotated[float, typer.Option("--scale", help="Threshold scale factor.")] = 0.6,
+    calibration_images: Annotated[int, typer.Option("--calibration-images", help="Training images used for threshold balancing.")] = 512,
+    epochs: Annotated[int, typer.Option("--epochs", help="Hybrid (surrogate-gradient) training epochs at T.")] = 10,
+    batch_size: BatchSize = 64,
+    lr: Annotated[float, typer.Option("--lr")] = 1e-4,
+    optimizer: Optimizer = "adam",
+    momentum: Momentum = 0.9,
+    weight_decay: WeightDecay = 0.0,
+    lr_schedule: Schedule = "step",
+    dropout: Annotated[float, typer.Option("--dropout", help="SNN dropout (one mask shared by all steps).")] = 0.2,
+    seed: Seed = 0,
+    data: Data = None,
+    allow_data_change: AllowDataChange = False,
+    on_bad_image: OnBadImage = "fail",
+    cache_dir: CacheDir = None,
+    device: Device = "auto",
+    precision: Precision = "fp32",
+    compile: Compile = False,
+    force: Force = False,
+    resume: Resume = False,
+    config: Config = None,
+):
+    """Step 2a: ANN -> SNN (BN folding, threshold balancing), then hybrid training at T."""
+    values = apply_config(ctx, locals(), config)
+    stage = make_stage("convert", values)
+    convert(stage, load_checkpoint(values["source"]), timesteps=values["timesteps"],
+            percentile=values["percentile"], scale=values["scale"],
+            calibration_images=values["calibration_images"], config=make_train_config(values, SNN_MILESTONES),
+            data=make_data(values), io=make_io(values), dropout=values["dropout"],
+            options=recorded_options(values))
+
+
+@stp_command(app, "temporal-prune")
+def temporal_prune_command(
+    ctx: typer.Context,
+    source: Source,
+    out: Out,
+    schedule: Annotated[str, typer.Option("--schedule", help="Descending time steps ending at 1, e.g. 3,2,1.")] = "3,2,1",
+    epochs_per_stage: Annotated[int, typer.Option("--epochs-per-stage", help="Training epochs at each T.")] = 10,
+    batch_size: BatchSize = 64,
+    lr: Annotated[float, typer.Option("--lr")] = 1e-4,
+    optimizer: Optimizer = "adam",
+    momentum: Momentum = 0.9,
+    weight_decay: WeightDecay = 0.0,
+    lr_schedule: Schedule = "step",
+    seed: Seed = 0,
+    data: Data = None,
+    allow_data_change: AllowDataChange = False,
+    on_bad_image: OnBadImage = "fail",
+    cache_dir: CacheDir = None,
+    device: Device = "auto",
+    precision: Precision = "fp32",
+    compile: Compile = False,
+    force: Force = False,
+    resume: Resume = False,
+    config: Config = None,
+):
+    """Step 2b: retrain at each T of the schedule down to T=1, one checkpoint per T."""
+    values = apply_config(ctx, locals(), config)
+    values["epochs"] = values["epochs_per_stage"]
+    steps = parse_schedule(values["schedule"])
+    stage = make_stage("temporal-prune", values)
+    temporal_prune(stage, load_checkpoint(values["source"]), schedule=steps,
+                   config=make_train_config(values, SNN_MILESTONES), data=make_data(values), io=make_io(values),
+                   options=recorded_options(values))
+
+
+@stp_command(app, "spatial-prune")
+def spatial_prune_command(
+    ctx: typer.Context,
+    source: Source,
+    out: Out,
+    unit_stage: UnitStage = None,
+    count: UnitCount = None,
+    epochs: Annotated[int, typer.Option("--epochs", help="Fine-tuning epochs at the checkpoint's T.")] = 10,
+    batch_size: BatchSize = 64,
+    lr: Annotated[float, typer.Option("--lr")] = 1e-4,
+    optimizer: Optimizer = "adam",
+    momentum: Momentum = 0.9,
+    weight_decay: WeightDecay = 0.0,
+    lr_schedule: Schedule = "step",
+    seed: Seed = 0,
+    data: Data = None,
+    allow_data_change: AllowDataChange = False,
+    on_bad_image: OnBadImage = "fail",
+    cache_dir: CacheDir = None,
+    device: Device = "auto",
+    precision: Precision = "fp32",
+    compile: Compile = False,
+    force: Force = False,
+    resume: Resume = False,
+    config: Config = None,
+):
+    """Step 3 (Algorithm 2): remove the Units, copy every other layer, fine-tune (Sa)."""
+    values = apply_config(ctx, locals(), config)
+    stage = make_stage("spatial-prune", values)
+    spatial_prune(stage, load_checkpoint(values["source"]), unit_stage=values["unit_stage"],
+                  count=values["count"], config=make_train_config(values, SNN_MILESTONES), data=make_data(values),
+                  io=make_io(values), options=recorded_options(values))

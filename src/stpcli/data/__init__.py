@@ -1,0 +1,1 @@
+"""Data layer: the embedded synthetic dataset, ImageFolder datasets, packs, splits and batches."""

@@ -1,0 +1,158 @@
+"""Resolve ``--data`` into decoded images, and a recorded split into index sets.
+
+``--data`` may be omitted (the embedded synthetic dataset), name an ImageFolder
+root, or name a pack written by ``stp data pack``. Folder decodes are cached on
+disk at the training resolution, keyed by the file list's fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from stpcli.checkpoint import atomic_save_tensors
+from stpcli.data import imagefolder, pack, synthetic
+from stpcli.data.split import PARTS, check_split
+from stpcli.errors import StpError
+
+BUILTIN = "builtin:synthetic"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BAD_IMAGE_POLICIES = ("fail", "skip")
+CACHE_VERSION = 1
+
+
+@dataclass
+class Dataset:
+    images: torch.Tensor  # uint8 [N, 3, S, S]
+    labels: torch.Tensor  # int64 [N]
+    names: list[str]
+    classes: list[str]
+    source: dict  # kind, path, fingerprint, num_files
+    skipped: list[str] = field(default_factory=list)
+
+    def indices_of(self, names: list[str], part: str) -> torch.Tensor:
+        position = {name: i for i, name in enumerate(self.names)}
+        missing = [n for n in names if n not in position]
+        if missing:
+            raise StpError(
+                f"{len(missing)} {part} image(s) of the recorded split are not in {self.source['path']}, e.g. {missing[0]}"
+            )
+        return torch.tensor([position[n] for n in names], dtype=torch.int64)
+
+
+@dataclass
+class SplitData:
+    dataset: Dataset
+    indices: dict[str, torch.Tensor]  # train / val / test
+
+    def part(self, name: str):
+        index = self.indices[name]
+        return self.dataset.images[index], self.dataset.labels[index]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("STP_CACHE_DIR", Path.home() / ".cache" / "stpcli"))
+
+
+def load_dataset(data: str | None, image_size: int, on_bad_image: str = "fail",
+                 cache_dir: Path | None = None) -> Dataset:
+    if image_size <= 0:
+        raise StpError(f"--image-size must be positive, got {image_size}")
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise StpError(f"--on-bad-image must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {on_bad_image!r}")
+    if data is None or data in ("builtin", BUILTIN):
+        images, labels, names, classes = synthetic.generate(image_size)
+        source = {"kind": "builtin", "path": BUILTIN, "fingerprint": synthetic.fingerprint(), "num_files": len(names)}
+        return Dataset(images, labels, names, classes, source)
+    path = Path(data).expanduser()
+    if not path.exists():
+        raise StpError(f"--data {data} does not exist")
+    if path.is_file():
+        if not pack.is_pack(path):
+            raise StpError(f"--data {data} is a file but not an stp data pack (see 'stp data pack')")
+        images, labels, names, classes, origin = pack.read_pack(path, image_size)
+        source = {"kind": "pack", "path": str(path.resolve()), "fingerprint": origin["fingerprint"],
+                  "num_files": origin["num_files"], "skipped": origin.get("skipped", [])}
+        if origin.get("skipped") and on_bad_image == "fail":
+            raise StpError(f"pack {path} was made without {len(origin['skipped'])} undecodable image(s); pass --on-bad-image skip to accept it")
+        return Dataset(images, labels, names, classes, source, list(origin.get("skipped", [])))
+    listing = imagefolder.scan(path)
+    source = {"kind": "folder", "path": str(path.resolve()), "fingerprint": listing.fingerprint,
+              "num_files": len(listing.names)}
+    cached = _read_cache(cache_dir, listing, image_size)
+    if cached is None:
+        images, labels, names, skipped = imagefolder.decode_all(listing, image_size, on_bad_image)
+        _write_cache(cache_dir, listing, image_size, images, labels, names, skipped)
+    else:
+        images, labels, names, skipped = cached
+        if skipped and on_bad_image == "fail":
+            raise StpError(
+                f"{len(skipped)} image(s) in {path} do not decode, e.g. {skipped[0]} (use --on-bad-image skip to skip them)"
+            )
+    if skipped:
+        source["skipped"] = skipped
+    return Dataset(images, labels, names, listing.classes, source, skipped)
+
+
+def _cache_file(cache_dir: Path | None, listing, image_size: int) -> Path:
+    base = cache_dir if cache_dir is not None else default_cache_dir()
+    return base / f"decoded-v{CACHE_VERSION}-{listing.fingerprint[:24]}-{image_size}px.safetensors"
+
+
+def _read_cache(cache_dir, listing, image_size):
+    path = _cache_file(cache_dir, listing, image_size)
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = json.loads(handle.metadata()["stp-cache"])
+            if meta["fingerprint"] != listing.fingerprint or meta["image_size"] != image_size:
+                return None
+            return handle.get_tensor("images"), handle.get_tensor("labels"), meta["names"], meta["skipped"]
+    except Exception:
+        return None  # a damaged cache is rebuilt, never trusted
+
+
+def _write_cache(cache_dir, listing, image_size, images, labels, names, skipped):
+    path = _cache_file(cache_dir, listing, image_size)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"fingerprint": listing.fingerprint, "image_size": image_size, "names": names, "skipped": skipped}
+        atomic_save_tensors({"images": images, "labels": labels}, {"stp-cache": json.dumps(meta)}, path)
+    except OSError:
+        pass  # the cache is an optimisation; a read-only home must not stop training
+
+
+def data_record(dataset: Dataset) -> dict:
+    return {key: dataset.source[key] for key in ("kind", "path", "fingerprint", "num_files")}
+
+
+def split_data(dataset: Dataset, split: dict) -> SplitData:
+    check_split(split)
+    return SplitData(dataset, {part: dataset.indices_of(split["files"][part], part) for part in PARTS})
+
+
+def load_recorded_data(record: dict, data: str | None, allow_data_change: bool,
+                       on_bad_image: str = "fail", cache_dir: Path | None = None) -> SplitData:
+    """The data and split a checkpoint was trained on, optionally read from a new location."""
+    recorded = record["data"]
+    location = data if data is not None else (None if recorded["kind"] == "builtin" else recorded["path"])
+    dataset = load_dataset(location, record["input"]["image_size"], on_bad_image, cache_dir)
+    if dataset.source["fingerprint"] != recorded["fingerprint"] and not allow_data_change:
+        raise StpError(
+            f"the data at {dataset.source['path']} differs from the data this checkpoint was trained on "
+            f"(fingerprint {dataset.source['fingerprint'][:12]} vs {recorded['fingerprint'][:12]}); "
+            "pass --allow-data-change to use it anyway"
+        )
+    if dataset.classes != record["classes"]:
+        raise StpError(
+            f"the classes in {dataset.source['path']} ({len(dataset.classes)}) differ from the checkpoint's "
+            f"({len(record['classes'])}): {', '.join(sorted(set(dataset.classes) ^ set(record['classes']))[:5])}"
+        )
+    return split_data(dataset, record["split"])

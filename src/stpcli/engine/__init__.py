@@ -1,0 +1,1 @@
+"""The training engine: devices and DDP, the epoch loop, evaluation, resumable training state."""

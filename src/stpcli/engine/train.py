@@ -1,0 +1,272 @@
+"""The epoch loop shared by every training stage (ANN and SNN).
+
+One function, ``fit``: SGD or Adam, a step or cosine schedule restarted per
+call, best-on-validation selection, a per-epoch CSV, a training-state file
+written atomically after every epoch, ``--resume`` from it, a clean stop on
+SIGINT/SIGTERM at the next step and a loud stop on a non-finite loss. Under
+DDP each rank trains on its stride of every global batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from stpcli.data.loader import epoch_generator, iterate_batches
+from stpcli.data.source import SplitData
+from stpcli.engine.evaluate import accuracy
+from stpcli.engine.runtime import Runtime
+from stpcli.engine.state import load_state, read_state_record, save_state
+from stpcli.errors import Interrupted, StpError
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("step", "cosine", "constant")
+NAN_CHECK_EVERY = 20  # steps between host-side finiteness checks on CUDA
+
+
+@dataclass
+class TrainConfig:
+    epochs: int
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "step"
+    milestones: list[float] = field(default_factory=lambda: [0.45, 0.7, 0.9])
+    gamma: float = 0.2
+    seed: int = 0
+    neuron_lr_scale: float = 1.0  # learning-rate multiplier for thresholds and leaks
+
+    def check(self, training_required: bool = False) -> None:
+        if self.epochs < 0 or (training_required and self.epochs == 0):
+            bound = "positive" if training_required else "zero or more"
+            raise StpError(f"--epochs must be {bound}, got {self.epochs}")
+        if self.batch_size <= 0:
+            raise StpError(f"--batch-size must be positive, got {self.batch_size}")
+        if self.lr <= 0 or not math.isfinite(self.lr):
+            raise StpError(f"--lr must be positive, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise StpError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise StpError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.weight_decay < 0:
+            raise StpError(f"--weight-decay must be zero or more, got {self.weight_decay}")
+
+    def lr_at(self, epoch: int) -> float:
+        if self.schedule == "cosine":
+            return self.lr * 0.5 * (1 + math.cos(math.pi * epoch / max(1, self.epochs)))
+        if self.schedule == "step":
+            passed = sum(1 for m in self.milestones if epoch >= round(m * self.epochs))
+            return self.lr * self.gamma ** passed
+        return self.lr
+
+
+@dataclass
+class FitResult:
+    best_val: float | None
+    best_epoch: int
+    history: list[dict]
+    seconds: float
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM set a flag; the loop stops at the next step boundary."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not in the main thread (e.g. a notebook worker)
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal_name = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def make_optimizer(model, config: TrainConfig):
+    """Thresholds and leaks (scalars near 1, unlike weights near 0.01) get their own learning rate."""
+    neuron = [p for n, p in model.named_parameters() if n.endswith((".threshold", ".leak"))]
+    others = [p for n, p in model.named_parameters() if not n.endswith((".threshold", ".leak"))]
+    groups = [{"params": others, "lr_scale": 1.0}]
+    if neuron:
+        groups.append({"params": neuron, "lr_scale": config.neuron_lr_scale, "weight_decay": 0.0})
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def fit(model, data: SplitData, config: TrainConfig, runtime: Runtime, *, mean: torch.Tensor,
+        std: torch.Tensor, state_path: Path, csv_path: Path | None, run_options: dict,
+        resume: bool, console: Console, label: str) -> FitResult:
+    """Train ``model`` in place; on return it holds the best-on-validation weights."""
+    started = time.time()
+    device = runtime.device
+    train_x, train_y = (t.to(device) for t in data.part("train"))
+    val_x, val_y = (t.to(device) for t in data.part("val"))
+    if val_x.shape[0] == 0:
+        val_x, val_y = train_x, train_y  # no validation part: select on training accuracy
+    num_classes = len(data.dataset.classes)
+    mean, std = mean.to(device), std.to(device)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, config)
+    train_model = model
+    if runtime.distributed:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if runtime.compile:
+        train_model = torch.compile(train_model)
+
+    start_epoch, history, best_val, best_epoch, best_state = 0, [], None, -1, None
+    if resume:
+        if not state_path.exists():
+            raise StpError(f"--resume: no training state {state_path} to resume from")
+        recorded = read_state_record(state_path)
+        if recorded.get("options") != run_options:
+            changed = sorted(k for k in set(recorded.get("options", {})) | set(run_options)
+                             if recorded.get("options", {}).get(k) != run_options.get(k))
+            raise StpError(f"--resume: options differ from the interrupted run's ({', '.join(changed)}); "
+                           "rerun with the same options, or drop --resume and pass --force to start over")
+        meta, best_state = load_state(state_path, model, optimizer)
+        start_epoch, history = meta["epoch"], meta["history"]
+        best_val, best_epoch = meta["best_val"], meta["best_epoch"]
+        console.print(f"[{label}] resuming from {state_path} after epoch {start_epoch}", markup=False)
+
+    with _StopRequest() as stop, _progress(console, runtime) as progress:
+        for epoch in range(start_epoch, config.epochs):
+            lr = config.lr_at(epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group["lr_scale"]
+            epoch_start = time.time()
+            generator = epoch_generator(config.seed, epoch, device)
+            steps = max(1, train_x.shape[0] // config.batch_size)
+            task = progress.add_task(f"{label} epoch {epoch + 1}/{config.epochs}", total=steps)
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), dtype=torch.int64, device=device)
+            seen = 0
+            train_model.train()
+            for step, (x, y) in enumerate(iterate_batches(
+                    train_x, train_y, config.batch_size, mean, std, generator=generator, train=True,
+                    rank=runtime.rank, world_size=runtime.world_size)):
+                if device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with runtime.autocast():
+                    logits = train_model(x)
+                    loss = F.cross_entropy(logits.float(), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                model.after_step()
+                loss_sum += loss.detach() * y.shape[0]
+                correct += (logits.argmax(1) == y).sum()
+                seen += y.shape[0]
+                progress.advance(task)
+                if device.type == "cpu" or step % NAN_CHECK_EVERY == 0:
+                    _check_finite(loss, runtime, label, epoch, step, state_path, start_epoch, history)
+                if runtime.broadcast_flag(stop.signal_name is not None):
+                    raise Interrupted(_interrupt_message(stop.signal_name, label, epoch, history, state_path))
+            progress.remove_task(task)
+            _check_finite(loss_sum, runtime, label, epoch, steps, state_path, start_epoch, history)
+            totals = torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(seen), device=device)])
+            runtime.all_reduce_sum(totals)
+            val_acc = accuracy(model, val_x, val_y, num_classes, mean, std, runtime)
+            row = {
+                "epoch": epoch + 1,
+                "lr": lr,
+                "train_loss": float(totals[0] / totals[2]),
+                "train_acc": float(100 * totals[1] / totals[2]),
+                "val_acc": val_acc,
+                "seconds": round(time.time() - epoch_start, 2),
+            }
+            history.append(row)
+            if best_val is None or val_acc > best_val:
+                best_val, best_epoch = val_acc, epoch + 1
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            if runtime.is_main:
+                console.print(
+                    f"[{label}] epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  "
+                    f"train {row['train_acc']:.2f}%  val {val_acc:.2f}%  lr {lr:.3g}  {row['seconds']:.1f}s",
+                    markup=False, highlight=False, soft_wrap=True)
+                record = {"epoch": epoch + 1, "history": history, "best_val": best_val,
+                          "best_epoch": best_epoch, "options": run_options}
+                save_state(state_path, model, optimizer, record, best_state)
+                if csv_path is not None:
+                    _write_csv(csv_path, history)
+            runtime.barrier()
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return FitResult(best_val, best_epoch, history, time.time() - started)
+
+
+def _check_finite(value, runtime, label, epoch, step, state_path, start_epoch, history):
+    bad = not bool(torch.isfinite(value).all())
+    if runtime.broadcast_flag(bad):
+        kept = (f"the last good state (epoch {len(history)}) is kept in {state_path}"
+                if history else "no epoch had completed, so no state was kept")
+        raise StpError(f"[{label}] the loss became NaN or infinite at epoch {epoch + 1}, step {step + 1}; "
+                       f"training stopped; {kept}; try a lower --lr", exit_code=3)
+
+
+def _interrupt_message(signal_name, label, epoch, history, state_path):
+    if history:
+        return (f"[{label}] stopped by {signal_name} during epoch {epoch + 1}; the state after epoch "
+                f"{len(history)} is in {state_path}; rerun the same command with --resume to continue")
+    return f"[{label}] stopped by {signal_name} during epoch {epoch + 1}, before any epoch completed; nothing to resume"
+
+
+def _write_csv(path: Path, history: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    tmp.replace(path)
+
+
+class _NullProgress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def add_task(self, *args, **kwargs):
+        return 0
+
+    def advance(self, *args, **kwargs):
+        pass
+
+    def remove_task(self, *args, **kwargs):
+        pass
+
+
+def _progress(console: Console, runtime: Runtime):
+    if not runtime.is_main or not console.is_terminal:
+        return _NullProgress()
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeRemainingColumn(), console=console, transient=True)
+
+
+def config_dict(config: TrainConfig) -> dict:
+    return asdict(config)

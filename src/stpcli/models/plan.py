@@ -1,0 +1,120 @@
+"""The layer plan: a spec expanded into an ordered list of layer entries.
+
+Both the ANN and the SNN are built from the same plan, and their state dicts
+share its indices (``layers.<i>.…``), so Units, Algorithm 2's index mapping,
+BN folding and the MAC count all speak about the same layers.
+
+Entry types: ``conv`` (conv3 + BN + ReLU/LIF), ``block`` (ResNet BasicBlock),
+``pool`` (average pooling), ``flatten``, ``global_pool``, ``fc`` (hidden linear
++ ReLU/LIF + dropout), ``output`` (the classifier).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def build_plan(spec: dict) -> list[dict]:
+    return _vgg_plan(spec) if spec["family"] == "vgg" else _resnet_plan(spec)
+
+
+def _unit_flags(spec: dict, stage: int, depth: int) -> list[bool]:
+    units = spec.get("units")
+    count = units["count"] if units and units["stage"] == stage else 0
+    return [j >= depth - count for j in range(depth)]
+
+
+def _vgg_plan(spec: dict) -> list[dict]:
+    plan, channels = [], spec["in_channels"]
+    for stage, (depth, width) in enumerate(zip(spec["depths"], spec["channels"]), start=1):
+        for is_unit in _unit_flags(spec, stage, depth):
+            plan.append({"type": "conv", "in": channels, "out": width, "kernel": 3, "stride": 1,
+                         "padding": 1, "stage": stage, "unit": is_unit})
+            channels = width
+        plan.append({"type": "pool", "kernel": 2, "stride": 2, "padding": 0, "stage": stage})
+    side = spec["image_size"] // 2 ** len(spec["depths"])
+    plan.append({"type": "flatten"})
+    features = channels * side * side
+    for hidden in spec["hidden"]:
+        plan.append({"type": "fc", "in": features, "out": hidden, "dropout": spec["dropout"]})
+        features = hidden
+    plan.append({"type": "output", "in": features, "out": spec["num_classes"]})
+    return plan
+
+
+def _resnet_plan(spec: dict) -> list[dict]:
+    stem = spec["channels"][0]
+    plan = [
+        {"type": "conv", "in": spec["in_channels"], "out": stem, "kernel": 7, "stride": 2, "padding": 3,
+         "stage": 0, "unit": False},
+        # average (not max) pooling in the stem so the SNN's pooling acts on spike maps
+        {"type": "pool", "kernel": 3, "stride": 2, "padding": 1, "stage": 0},
+    ]
+    channels = stem
+    for stage, (depth, width) in enumerate(zip(spec["depths"], spec["channels"]), start=1):
+        for j, is_unit in enumerate(_unit_flags(spec, stage, depth)):
+            stride = 2 if (j == 0 and stage > 1) else 1
+            plan.append({"type": "block", "in": channels, "out": width, "stride": stride, "stage": stage,
+                         "unit": is_unit})
+            channels = width
+    plan.append({"type": "global_pool"})
+    plan.append({"type": "output", "in": channels, "out": spec["num_classes"]})
+    return plan
+
+
+def is_shape_preserving(entry: dict) -> bool:
+    return entry["type"] in ("conv", "block") and entry["in"] == entry["out"] and entry["stride"] == 1
+
+
+@dataclass
+class SynapticLayer:
+    """One weight layer: its MACs per image and the spiking layer that feeds it."""
+
+    name: str  # module path, e.g. layers.3.conv
+    index: int  # plan index
+    macs: int
+    source: str | None  # neuron module path feeding it; None for the analog input
+
+
+def synaptic_layers(plan: list[dict], image_size: int) -> list[SynapticLayer]:
+    """Walk shapes through the plan; list every weight layer with MACs and source neuron."""
+    layers: list[SynapticLayer] = []
+    side, source = image_size, None
+    for i, entry in enumerate(plan):
+        kind = entry["type"]
+        if kind == "conv":
+            side = (side + 2 * entry["padding"] - entry["kernel"]) // entry["stride"] + 1
+            macs = entry["out"] * entry["in"] * entry["kernel"] ** 2 * side * side
+            layers.append(SynapticLayer(f"layers.{i}.conv", i, macs, source))
+            source = f"layers.{i}.neuron"
+        elif kind == "block":
+            side_out = (side + 2 - 3) // entry["stride"] + 1
+            per_pixel = entry["out"] * side_out * side_out
+            layers.append(SynapticLayer(f"layers.{i}.conv1", i, per_pixel * entry["in"] * 9, source))
+            layers.append(SynapticLayer(f"layers.{i}.conv2", i, per_pixel * entry["out"] * 9, f"layers.{i}.neuron1"))
+            if entry["stride"] != 1 or entry["in"] != entry["out"]:
+                layers.append(SynapticLayer(f"layers.{i}.shortcut", i, per_pixel * entry["in"], source))
+            side, source = side_out, f"layers.{i}.neuron2"
+        elif kind == "pool":
+            side = (side + 2 * entry["padding"] - entry["kernel"]) // entry["stride"] + 1
+        elif kind == "global_pool":
+            side = 1
+        elif kind == "fc":
+            layers.append(SynapticLayer(f"layers.{i}.fc", i, entry["in"] * entry["out"], source))
+            source = f"layers.{i}.neuron"
+        elif kind == "output":
+            layers.append(SynapticLayer(f"layers.{i}.fc", i, entry["in"] * entry["out"], source))
+    return layers
+
+
+def describe(entry: dict) -> str:
+    kind = entry["type"]
+    if kind == "conv":
+        return f"conv{entry['kernel']}-{entry['out']}" + (f"/{entry['stride']}" if entry["stride"] > 1 else "")
+    if kind == "block":
+        return f"block-{entry['out']}" + (f"/{entry['stride']}" if entry["stride"] > 1 else "")
+    if kind == "pool":
+        return f"avgpool{entry['kernel']}"
+    if kind in ("fc", "output"):
+        return f"fc-{entry['out']}"
+    return kind.replace("_", "-")

@@ -1,0 +1,81 @@
+"""ImageNet weights in torchvision's layout, from a local file (no download).
+
+torchvision's ``vgg11_bn``/``vgg16_bn`` and ``resnet18`` state dicts are
+matched to our layers in order: convolutions (and their BatchNorms) one to one,
+the classifier skipped (its shape depends on classes and image size). Only
+width 1.0 models match. ``.safetensors`` files are read directly; ``.pth``
+files with ``torch.load(weights_only=True)``, which never runs code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from stpcli.errors import StpError
+from stpcli.models.ann import ANN
+
+
+def _read(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise StpError(f"--pretrained {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        return state.get("state_dict", state) if isinstance(state, dict) else {}
+    except Exception as exc:
+        raise StpError(f"--pretrained {path} is not a readable weights file ({str(exc).splitlines()[0][:120]})") from exc
+
+
+def _conv_bn_groups(state: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, dict[str, torch.Tensor] | None]]:
+    """(conv weight, its BatchNorm tensors) in file order, classifier excluded."""
+    keys = [k for k in state if not k.startswith(("classifier", "fc."))]
+    groups = []
+    for key in keys:
+        if key.endswith("weight") and state[key].dim() == 4:
+            prefix = key[: -len("weight")]
+            groups.append([state[key], None, prefix])
+        elif groups and key.endswith("running_mean"):
+            bn = key[: -len("running_mean")]
+            groups[-1][1] = {n: state[bn + n] for n in ("weight", "bias", "running_mean", "running_var")}
+    return [(w, bn) for w, bn, _ in groups]
+
+
+def load_pretrained(model: ANN, path: str) -> int:
+    source = _conv_bn_groups(_read(Path(path)))
+    targets = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            targets.append(module)
+    bns = {id(c): b for c, b in _paired_bns(model)}
+    if len(source) != len(targets):
+        raise StpError(f"--pretrained has {len(source)} convolutions, the model {len(targets)}; "
+                       "use the matching torchvision architecture (vgg*_bn / resnet18) and --width 1")
+    loaded = 0
+    with torch.no_grad():
+        for (weight, bn), conv in zip(source, targets):
+            if weight.shape != conv.weight.shape:
+                raise StpError(f"--pretrained convolution shape {tuple(weight.shape)} does not match the model's "
+                               f"{tuple(conv.weight.shape)}; use --width 1")
+            conv.weight.copy_(weight)
+            loaded += 1
+            target_bn = bns.get(id(conv))
+            if bn is not None and target_bn is not None:
+                for name, tensor in bn.items():
+                    getattr(target_bn, name).copy_(tensor)
+                    loaded += 1
+    return loaded
+
+
+def _paired_bns(model: ANN):
+    """Each convolution with the BatchNorm that follows it in module order."""
+    previous = None
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            previous = module
+        elif isinstance(module, torch.nn.BatchNorm2d) and previous is not None:
+            yield previous, module
+            previous = None

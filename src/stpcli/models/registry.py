@@ -1,0 +1,80 @@
+"""Architectures by name.
+
+A *spec* is a small JSON-able dict that rebuilds a model with no other input:
+family, arch, width multiplier, per-stage depths and channels, classifier,
+classes, image size and where the Units sit. Checkpoints store it verbatim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from stpcli.errors import StpError
+
+ARCHITECTURES: dict[str, Callable[[], dict]] = {}
+
+
+def register(name: str):
+    def wrap(factory: Callable[[], dict]):
+        ARCHITECTURES[name] = factory
+        return factory
+
+    return wrap
+
+
+@register("vgg11")
+def _vgg11() -> dict:
+    return {"family": "vgg", "depths": [1, 1, 2, 2, 2], "channels": [64, 128, 256, 512, 512], "hidden": [4096, 4096]}
+
+
+@register("vgg14")
+def _vgg14() -> dict:
+    # VGG16's 13 convolutions followed by a single classifier layer (paper, Table 1)
+    return {"family": "vgg", "depths": [2, 2, 3, 3, 3], "channels": [64, 128, 256, 512, 512], "hidden": []}
+
+
+@register("vgg16")
+def _vgg16() -> dict:
+    return {"family": "vgg", "depths": [2, 2, 3, 3, 3], "channels": [64, 128, 256, 512, 512], "hidden": [4096, 4096]}
+
+
+@register("resnet18")
+def _resnet18() -> dict:
+    return {"family": "resnet", "depths": [2, 2, 2, 2], "channels": [64, 128, 256, 512], "hidden": []}
+
+
+def scaled(count: int, width: float, floor: int) -> int:
+    return max(floor, int(round(count * width)))
+
+
+def make_spec(arch: str, num_classes: int, image_size: int, width: float = 1.0, dropout: float = 0.5) -> dict:
+    if arch not in ARCHITECTURES:
+        raise StpError(f"unknown architecture {arch!r}; choose one of {', '.join(sorted(ARCHITECTURES))}")
+    if width <= 0:
+        raise StpError(f"--width must be positive, got {width}")
+    if num_classes < 2:
+        raise StpError(f"a classifier needs at least 2 classes, got {num_classes}")
+    if not 0.0 <= dropout < 1.0:
+        raise StpError(f"--dropout must lie in [0, 1), got {dropout}")
+    base = ARCHITECTURES[arch]()
+    if base["family"] == "vgg" and (image_size < 32 or image_size % 32):
+        raise StpError(f"VGG needs an image size that is a multiple of 32 (five 2x2 poolings), got {image_size}")
+    if base["family"] == "resnet" and image_size < 32:
+        raise StpError(f"ResNet needs an image size of at least 32, got {image_size}")
+    return {
+        "arch": arch,
+        "family": base["family"],
+        "width": width,
+        "depths": list(base["depths"]),
+        "channels": [scaled(c, width, 4) for c in base["channels"]],
+        "hidden": [scaled(h, width, 16) for h in base["hidden"]],
+        "num_classes": num_classes,
+        "image_size": image_size,
+        "in_channels": 3,
+        "dropout": dropout,
+        "units": None,
+    }
+
+
+def num_stages(spec: dict) -> int:
+    return len(spec["depths"])

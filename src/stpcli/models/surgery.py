@@ -1,0 +1,94 @@
+"""Adding and removing shape-preserving layers, and Algorithm 2's index mapping.
+
+Units are the trailing ``count`` layers of stage ``stage`` (paper, section 3.2).
+``index_mapping`` is Algorithm 2: for each layer i of the smaller network,
+the layer of the larger network whose tensors it takes.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from stpcli.errors import StpError
+from stpcli.models.plan import build_plan, is_shape_preserving
+
+
+def stage_range(spec: dict) -> range:
+    return range(1, len(spec["depths"]) + 1)
+
+
+def check_stage(spec: dict, stage: int) -> None:
+    if stage not in stage_range(spec):
+        raise StpError(
+            f"--as {stage} is out of range: {spec['arch']} has stages 1..{len(spec['depths'])}"
+        )
+
+
+def with_units(spec: dict, stage: int, count: int) -> dict:
+    """The spec of Nb: ``count`` Units appended to stage ``stage`` of Na."""
+    check_stage(spec, stage)
+    if count < 1:
+        raise StpError(f"--m must be at least 1, got {count}")
+    if spec.get("units"):
+        raise StpError(
+            f"the model already has {spec['units']['count']} Unit(s) at stage {spec['units']['stage']}; "
+            "add Units to the base ANN"
+        )
+    new = copy.deepcopy(spec)
+    new["depths"][stage - 1] += count
+    new["units"] = {"stage": stage, "count": count}
+    return new
+
+
+def first_layer_index(plan: list[dict], stage: int, count: int) -> int:
+    """Plan index of the first of the trailing ``count`` layers of ``stage`` (Algorithm 2's AS)."""
+    members = [i for i, e in enumerate(plan) if e["type"] in ("conv", "block") and e.get("stage") == stage]
+    return members[len(members) - count]
+
+
+def without_layers(spec: dict, stage: int, count: int) -> tuple[dict, int]:
+    """The spec with the trailing ``count`` layers of ``stage`` removed, and AS (their first index)."""
+    check_stage(spec, stage)
+    if count < 1:
+        raise StpError(f"--m must be at least 1, got {count}")
+    plan = build_plan(spec)
+    members = [i for i, e in enumerate(plan) if e["type"] in ("conv", "block") and e.get("stage") == stage]
+    removable = 0
+    for i in reversed(members):
+        if not is_shape_preserving(plan[i]) or removable == len(members) - 1:
+            break
+        removable += 1
+    if count > removable:
+        raise StpError(
+            f"--as {stage} --m {count} asks to remove {count} layer(s), but stage {stage} ends in only "
+            f"{removable} removable (shape-preserving) layer(s)"
+        )
+    new = copy.deepcopy(spec)
+    new["depths"][stage - 1] -= count
+    units = spec.get("units")
+    if units and units["stage"] == stage:
+        left = units["count"] - count
+        new["units"] = {"stage": stage, "count": left} if left > 0 else None
+    return new, first_layer_index(plan, stage, count)
+
+
+def index_mapping(num_small: int, first_unit: int, count: int) -> list[int]:
+    """Algorithm 2: layer i of Sa takes layer i of Sb if i < AS, else layer i + M."""
+    return [i if i < first_unit else i + count for i in range(num_small)]
+
+
+def rename_layers(state: dict[str, torch.Tensor], rename: dict[int, int]) -> dict[str, torch.Tensor]:
+    """Copy tensors ``layers.<old>.*`` to ``layers.<new>.*`` for each old -> new in ``rename``.
+
+    Layers not named in ``rename`` are dropped (spatial pruning drops the Units
+    this way). Spatial pruning renames ``{mapping[i]: i}``; adding Units renames
+    ``{i: mapping[i]}``, the same mapping read the other way.
+    """
+    out = {}
+    for key, tensor in state.items():
+        _, index, rest = key.split(".", 2)
+        if int(index) in rename:
+            out[f"layers.{rename[int(index)]}.{rest}"] = tensor.clone()
+    return out

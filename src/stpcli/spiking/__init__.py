@@ -1,0 +1,1 @@
+"""The spiking core: LIF neurons, the time-folded SNN, conversion and energy."""

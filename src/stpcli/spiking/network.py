@@ -1,0 +1,136 @@
+"""The SNN built from the same plan as the ANN, with time folded into the batch.
+
+Activations between layers are ``[T*N, ...]``: convolutions, pooling and linear
+layers run once on the folded batch; only the neurons look at ``[T, N, ...]``
+and iterate over time. With direct encoding the first layer's input is the
+same image at every step, so its convolution runs once and its current is
+broadcast over T. The output layer has no neuron: logits = sum over t of W s(t) + b.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stpcli.models.plan import build_plan
+from stpcli.spiking.neuron import LIF, SURROGATE_GAMMA
+
+
+def _unfold(x: torch.Tensor, timesteps: int) -> torch.Tensor:
+    return x.view(timesteps, x.shape[0] // timesteps, *x.shape[1:])
+
+
+class SpikingConv(nn.Module):
+    def __init__(self, entry: dict, gamma: float):
+        super().__init__()
+        self.conv = nn.Conv2d(entry["in"], entry["out"], entry["kernel"], entry["stride"], entry["padding"])
+        self.neuron = LIF(gamma=gamma)
+
+    def forward(self, x, timesteps: int, static: bool = False):
+        current = self.conv(x)
+        if static:  # direct encoding: one convolution, the same current at every step
+            current = current.unsqueeze(0).expand(timesteps, *current.shape)
+        else:
+            current = _unfold(current, timesteps)
+        return self.neuron(current).flatten(0, 1)
+
+
+class SpikingBlock(nn.Module):
+    """BasicBlock: LIF1 on conv1; LIF2 on conv2 + shortcut (identity or 1x1 conv)."""
+
+    def __init__(self, entry: dict, gamma: float):
+        super().__init__()
+        cin, cout, stride = entry["in"], entry["out"], entry["stride"]
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1)
+        self.neuron1 = LIF(gamma=gamma)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
+        self.shortcut = nn.Conv2d(cin, cout, 1, stride, 0) if (stride != 1 or cin != cout) else None
+        self.neuron2 = LIF(gamma=gamma)
+
+    def forward(self, x, timesteps: int, static: bool = False):
+        hidden = self.neuron1(_unfold(self.conv1(x), timesteps)).flatten(0, 1)
+        current = self.conv2(hidden) + (x if self.shortcut is None else self.shortcut(x))
+        return self.neuron2(_unfold(current, timesteps)).flatten(0, 1)
+
+
+class SpikingLinear(nn.Module):
+    """Hidden FC layer; dropout draws one mask per image, shared by all time steps."""
+
+    def __init__(self, entry: dict, gamma: float, dropout: float):
+        super().__init__()
+        self.fc = nn.Linear(entry["in"], entry["out"])
+        self.neuron = LIF(gamma=gamma)
+        self.dropout = dropout
+
+    def forward(self, x, timesteps: int, static: bool = False):
+        spikes = self.neuron(_unfold(self.fc(x), timesteps))
+        if self.training and self.dropout > 0:
+            keep = torch.rand(spikes.shape[1:], device=spikes.device) >= self.dropout
+            spikes = spikes * (keep.to(spikes.dtype) / (1.0 - self.dropout))
+        return spikes.flatten(0, 1)
+
+
+class OutputLayer(nn.Module):
+    """Non-spiking accumulator: logits = sum_t (W s(t) + b) = W (sum_t s(t)) + T b."""
+
+    def __init__(self, entry: dict):
+        super().__init__()
+        self.fc = nn.Linear(entry["in"], entry["out"])
+
+    def forward(self, x, timesteps: int, static: bool = False):
+        total = _unfold(x, timesteps).sum(0)
+        return F.linear(total, self.fc.weight) + timesteps * self.fc.bias
+
+
+class Stateless(nn.Module):
+    """Pooling and flattening act on the folded batch and ignore time."""
+
+    def __init__(self, entry: dict):
+        super().__init__()
+        self.kind = entry["type"]
+        if self.kind == "pool":
+            self.pool = nn.AvgPool2d(entry["kernel"], entry["stride"], entry["padding"])
+
+    def forward(self, x, timesteps: int, static: bool = False):
+        if self.kind == "pool":
+            return self.pool(x)
+        if self.kind == "global_pool":
+            return x.mean(dim=(2, 3))
+        return x.flatten(1)
+
+
+class SNN(nn.Module):
+    """``layers.<i>`` is plan entry i, as in the ANN; thresholds and leaks live in the neurons."""
+
+    def __init__(self, spec: dict, timesteps: int, gamma: float = SURROGATE_GAMMA, dropout: float = 0.2):
+        super().__init__()
+        self.spec = spec
+        self.timesteps = timesteps
+        self.plan = build_plan(spec)
+        layers = []
+        for entry in self.plan:
+            kind = entry["type"]
+            if kind == "conv":
+                layers.append(SpikingConv(entry, gamma))
+            elif kind == "block":
+                layers.append(SpikingBlock(entry, gamma))
+            elif kind == "fc":
+                layers.append(SpikingLinear(entry, gamma, dropout))
+            elif kind == "output":
+                layers.append(OutputLayer(entry))
+            else:
+                layers.append(Stateless(entry))
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x, self.timesteps, static=(i == 0))
+        return x
+
+    def neurons(self) -> list[tuple[str, LIF]]:
+        return [(name, m) for name, m in self.named_modules() if isinstance(m, LIF)]
+
+    def after_step(self) -> None:
+        for _, neuron in self.neurons():
+            neuron.clamp_()

@@ -1,0 +1,137 @@
+"""The LIF neuron of DIET-SNN / TP (method.md section 3), as one fused autograd function.
+
+For a layer with threshold V and leak lambda, at t = 1..T:
+
+    u(t)  = lambda * r(t-1) + I(t),        r(0) = 0
+    z(t)  = u(t) / V - 1
+    s(t)  = V * H(z(t))                    (a spike carries the layer's threshold)
+    r(t)  = u(t) - V * H(z(t))             (soft reset; H carries no gradient here)
+
+with the triangle surrogate dH/dz = gamma * max(0, 1 - |z|), gamma = 0.3.
+
+A spike's amplitude is V: equivalent to binary spikes with V folded into the
+next layer's weights, and it keeps BN-folded biases, identity shortcuts and the
+output layer at their ANN scale, so conversion is exact in the rate limit.
+Energy counts each spike as one event whatever its amplitude.
+
+The whole recurrence runs inside one forward call (no state survives it) and
+its backward is written out by hand: only the membranes u(t) are saved, one
+tensor the size of the input current, and nothing is kept per time step by autograd.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+SURROGATE_GAMMA = 0.3
+MIN_THRESHOLD = 1e-4
+
+
+def surrogate(z: torch.Tensor, gamma: float) -> torch.Tensor:
+    return gamma * torch.clamp(1.0 - z.abs(), min=0.0)
+
+
+class _LIFFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, current, threshold, leak, gamma):
+        steps = current.shape[0]
+        membranes, spikes = [], []
+        residual = None
+        for t in range(steps):
+            u = current[t] if residual is None else leak * residual + current[t]
+            fired = (u / threshold - 1.0 > 0).to(u.dtype)
+            spikes.append(fired * threshold)
+            membranes.append(u)
+            if t + 1 < steps:
+                residual = u - threshold * fired
+        ctx.gamma = gamma
+        ctx.save_for_backward(threshold, leak, *membranes)
+        return torch.stack(spikes).to(current.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_spikes):
+        threshold, leak, *membranes = ctx.saved_tensors
+        gamma = ctx.gamma
+        steps = len(membranes)
+        grad_current = [None] * steps
+        grad_threshold = torch.zeros((), dtype=torch.float32, device=threshold.device)
+        grad_leak = torch.zeros_like(grad_threshold)
+        grad_residual = None  # dL/dr(t), flowing back from u(t+1)
+        for t in reversed(range(steps)):
+            u = membranes[t]
+            z = u / threshold - 1.0
+            fired = (z > 0).to(u.dtype)
+            slope = surrogate(z, gamma)
+            g = grad_spikes[t]
+            grad_u = g * slope if grad_residual is None else g * slope + grad_residual
+            grad_current[t] = grad_u
+            # s = V*H(z): ds/dV = H - slope*u/V ; r = u - V*H: dr/dV = -H
+            dv = g * (fired - slope * u / threshold)
+            if grad_residual is not None:
+                dv = dv - grad_residual * fired
+            grad_threshold += dv.sum(dtype=torch.float32)
+            if t > 0:
+                previous = membranes[t - 1]
+                previous_residual = previous - threshold * (previous / threshold - 1.0 > 0).to(u.dtype)
+                grad_leak += (grad_u * previous_residual).sum(dtype=torch.float32)
+            grad_residual = grad_u * leak
+        return (torch.stack(grad_current), grad_threshold.to(threshold.dtype),
+                grad_leak.to(leak.dtype), None)
+
+
+def lif_multistep(current: torch.Tensor, threshold: torch.Tensor, leak: torch.Tensor,
+                  gamma: float = SURROGATE_GAMMA) -> torch.Tensor:
+    """Spikes [T, ...] (amplitude ``threshold``) for input currents [T, ...]."""
+    return _LIFFunction.apply(current, threshold, leak, gamma)
+
+
+class CurrentCaptured(Exception):
+    """Raised by a neuron in capture mode to stop the forward pass (threshold balancing)."""
+
+
+class LIF(nn.Module):
+    """A layer of LIF neurons with one learnable threshold and leak (scalars)."""
+
+    def __init__(self, threshold: float = 1.0, leak: float = 1.0, gamma: float = SURROGATE_GAMMA):
+        super().__init__()
+        self.threshold = nn.Parameter(torch.tensor(float(threshold)))
+        self.leak = nn.Parameter(torch.tensor(float(leak)))
+        self.gamma = gamma
+        self.capture = None  # callable receiving the input current, for threshold balancing
+        self.counter: SpikeCounter | None = None
+
+    def forward(self, current: torch.Tensor) -> torch.Tensor:
+        if self.capture is not None:
+            self.capture(current)
+            raise CurrentCaptured
+        spikes = lif_multistep(current, self.threshold, self.leak, self.gamma)
+        if self.counter is not None:
+            self.counter.add(spikes)
+        return spikes
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        self.leak.clamp_(0.0, 1.0)
+        self.threshold.clamp_(min=MIN_THRESHOLD)
+
+    def extra_repr(self) -> str:
+        return f"threshold={float(self.threshold):.4g}, leak={float(self.leak):.4g}, gamma={self.gamma}"
+
+
+class SpikeCounter:
+    """Spikes per neuron of one layer, summed over time steps, averaged over images."""
+
+    def __init__(self):
+        self.spikes = 0.0
+        self.neurons = 0  # neurons per image x images seen
+        self.images = 0
+
+    def add(self, spikes: torch.Tensor) -> None:
+        self.spikes += float((spikes != 0).sum())
+        self.neurons += spikes[0].numel()
+        self.images += spikes.shape[1]
+
+    @property
+    def rate(self) -> float:
+        return self.spikes / self.neurons if self.neurons else 0.0

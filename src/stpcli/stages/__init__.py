@@ -1,0 +1,1 @@
+"""Pipeline stages: each one a function from checkpoint (or data) to checkpoint."""

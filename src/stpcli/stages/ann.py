@@ -1,0 +1,92 @@
+"""The ANN stages: ``train-ann`` (Na) and ``add-unit`` (Step 1: Nb)."""
+
+from __future__ import annotations
+
+import torch
+
+from stpcli.checkpoint import Checkpoint, StageEntry
+from stpcli.data.source import IMAGENET_MEAN, IMAGENET_STD, data_record, load_dataset, split_data
+from stpcli.data.split import stratified_split
+from stpcli.engine.train import TrainConfig
+from stpcli.models.ann import ANN
+from stpcli.models.pretrained import load_pretrained
+from stpcli.models.registry import make_spec
+from stpcli.models.surgery import first_layer_index, index_mapping, rename_layers, with_units
+from stpcli.stages.common import (DataOptions, Stage, StageIO, child_record, finish_stage,
+                                  load_stage_data, model_from_checkpoint, require_kind, split_accuracy,
+                                  train_stage)
+
+
+def train_ann(stage: Stage, *, arch: str, width: float, image_size: int, dropout: float,
+              data: DataOptions, train_ratio: float, val_ratio: float, config: TrainConfig,
+              io: StageIO, pretrained: str | None = None, options: dict | None = None) -> Checkpoint:
+    config.check(training_required=True)
+    io.check(will_train=True)
+    dataset = load_dataset(data.data, image_size, data.on_bad_image, data.cache_dir)
+    if dataset.skipped:
+        stage.say(f"skipped {len(dataset.skipped)} image(s) that do not decode")
+    split = stratified_split(dataset.names, dataset.labels.tolist(), dataset.classes, train_ratio,
+                             val_ratio, config.seed)
+    split_parts = split_data(dataset, split)
+    spec = make_spec(arch, len(dataset.classes), image_size, width, dropout)
+    torch.manual_seed(config.seed)
+    model = ANN(spec)
+    if pretrained:
+        loaded = load_pretrained(model, pretrained)
+        stage.say(f"loaded {loaded} tensors from {pretrained}")
+    record = {
+        "kind": "ann",
+        "model": spec,
+        "classes": dataset.classes,
+        "input": {"image_size": image_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "data": data_record(dataset),
+        "split": split,
+        "timesteps": None,
+        "snn": None,
+    }
+    counts = {part: len(split["files"][part]) for part in ("train", "val", "test")}
+    stage.say(f"[train-ann] {arch} x{width} on {dataset.source['path']}: {len(dataset.classes)} classes, "
+              f"{counts['train']} train / {counts['val']} val / {counts['test']} test images at {image_size}px")
+    result = train_stage(stage, model, split_parts, config, record, io,
+                         {"arch": arch, "width": width, "image_size": image_size, "dropout": dropout,
+                          "split_sha256": split["sha256"], "pretrained": pretrained})
+    test = split_accuracy(model, split_parts, "test", record, stage.runtime)
+    stage.say(f"[train-ann] best val {result.best_val:.2f}% (epoch {result.best_epoch}), test {test:.2f}%")
+    entry = StageEntry("train-ann", io.command, options or {},
+                       {"val_accuracy": result.best_val, "best_epoch": result.best_epoch,
+                        "test_accuracy": test, "seconds": round(result.seconds, 1)})
+    return finish_stage(stage, model, record, entry, io, parent=None)
+
+
+def add_unit(stage: Stage, source: Checkpoint, *, unit_stage: int, count: int, config: TrainConfig,
+             data: DataOptions, io: StageIO, options: dict | None = None) -> Checkpoint:
+    """Nb = Add_Unit(AS, M, Na): identity-initialised Units, then fine-tuning for ``config.epochs``."""
+    config.check()
+    require_kind(source, "add-unit", "ann")
+    io.check(will_train=config.epochs > 0)
+    base = model_from_checkpoint(source)
+    spec = with_units(source.model_spec, unit_stage, count)
+    torch.manual_seed(config.seed)
+    model = ANN(spec)
+    first = first_layer_index(model.plan, unit_stage, count)
+    mapping = index_mapping(len(base.plan), first, count)
+    state = rename_layers(base.state_dict(), {i: j for i, j in enumerate(mapping)})
+    for index in range(first, first + count):
+        model.layers[index].init_identity()
+        state.update({f"layers.{index}.{k}": v for k, v in model.layers[index].state_dict().items()})
+    model.load_state_dict(state)
+    record = child_record(source, kind="ann", model=spec)
+    data_parts = load_stage_data(source, data)
+    before = split_accuracy(model, data_parts, "test", record, stage.runtime)
+    stage.say(f"[add-unit] {count} Unit(s) at stage {unit_stage} (layers {first}..{first + count - 1}); "
+              f"test accuracy before fine-tuning {before:.2f}%")
+    metrics = {"test_accuracy_before_training": before}
+    if config.epochs > 0:
+        result = train_stage(stage, model, data_parts, config, record, io,
+                             {"as": unit_stage, "m": count, "parent": source.sha256})
+        metrics.update({"val_accuracy": result.best_val, "best_epoch": result.best_epoch,
+                        "seconds": round(result.seconds, 1)})
+    metrics["test_accuracy"] = split_accuracy(model, data_parts, "test", record, stage.runtime)
+    stage.say(f"[add-unit] test accuracy {metrics['test_accuracy']:.2f}%")
+    entry = StageEntry("add-unit", io.command, options or {}, metrics)
+    return finish_stage(stage, model, record, entry, io, parent=source)

@@ -1,0 +1,148 @@
+"""What every stage shares: rebuilding models from checkpoints, records, training and saving."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from stpcli.checkpoint import Checkpoint, StageEntry, check_output_path, save_checkpoint, sha256_file
+from stpcli.data.source import SplitData, load_recorded_data
+from stpcli.engine.evaluate import accuracy
+from stpcli.engine.runtime import Runtime
+from stpcli.engine.state import state_path_for
+from stpcli.engine.train import FitResult, TrainConfig, config_dict, fit
+from stpcli.errors import StpError
+from stpcli.models.ann import ANN
+from stpcli.spiking.network import SNN
+
+
+@dataclass
+class StageIO:
+    """Where a stage writes, and how it treats what is already there."""
+
+    out: Path
+    force: bool = False
+    resume: bool = False
+    command: str = ""
+
+    @property
+    def state_path(self) -> Path:
+        return state_path_for(self.out)
+
+    @property
+    def csv_path(self) -> Path:
+        return self.out.with_name(self.out.name.removesuffix(".safetensors") + ".metrics.csv")
+
+    def check(self, will_train: bool) -> None:
+        check_output_path(self.out, self.force)
+        if self.resume and not will_train:
+            raise StpError("--resume needs a stage that trains (--epochs > 0)")
+        if will_train and self.state_path.exists() and not (self.resume or self.force):
+            raise StpError(f"an interrupted run left {self.state_path}; pass --resume to continue it "
+                           "or --force to start over")
+
+
+@dataclass
+class DataOptions:
+    data: str | None = None
+    allow_data_change: bool = False
+    on_bad_image: str = "fail"
+    cache_dir: Path | None = None
+
+
+@dataclass
+class Stage:
+    """A running stage: runtime, console and the stage's lineage entry."""
+
+    name: str
+    runtime: Runtime
+    console: Console = field(default_factory=Console)
+
+    def say(self, text: str) -> None:
+        if self.runtime.is_main:
+            self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def input_stats(record: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = torch.tensor(record["input"]["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(record["input"]["std"]).view(1, 3, 1, 1)
+    return mean, std
+
+
+def model_from_checkpoint(ckpt: Checkpoint, timesteps: int | None = None):
+    """Rebuild the ANN or SNN a checkpoint describes and load its tensors."""
+    spec = ckpt.model_spec
+    try:
+        if ckpt.kind == "ann":
+            model = ANN(spec)
+        else:
+            snn = ckpt.record.get("snn") or {}
+            model = SNN(spec, timesteps or ckpt.timesteps, gamma=snn.get("surrogate_gamma", 0.3),
+                        dropout=snn.get("dropout", 0.2))
+        model.load_state_dict(ckpt.tensors)
+    except StpError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise StpError(f"{ckpt.path}: tensors do not match the recorded model ({first})") from exc
+    return model
+
+
+def load_stage_data(ckpt: Checkpoint, options: DataOptions) -> SplitData:
+    return load_recorded_data(ckpt.record, options.data, options.allow_data_change,
+                              options.on_bad_image, options.cache_dir)
+
+
+def child_record(parent: Checkpoint, **changes) -> dict:
+    record = {k: v for k, v in parent.record.items() if k not in ("created", "tool_version")}
+    record.update(changes)
+    return record
+
+
+def train_stage(stage: Stage, model, data: SplitData, config: TrainConfig, record: dict,
+                io: StageIO, extra_options: dict) -> FitResult:
+    mean, std = input_stats(record)
+    run_options = {"stage": stage.name, "train": config_dict(config), **extra_options}
+    return fit(model, data, config, stage.runtime, mean=mean, std=std, state_path=io.state_path,
+               csv_path=io.csv_path, run_options=run_options, resume=io.resume, console=stage.console,
+               label=stage.name)
+
+
+def split_accuracy(model, data: SplitData, part: str, record: dict, runtime: Runtime) -> float:
+    images, labels = data.part(part)
+    mean, std = input_stats(record)
+    model.to(runtime.device)
+    return accuracy(model, images.to(runtime.device), labels.to(runtime.device), len(record["classes"]),
+                    mean.to(runtime.device), std.to(runtime.device), runtime)
+
+
+def finish_stage(stage: Stage, model, record: dict, entry: StageEntry, io: StageIO,
+                 parent: Checkpoint | None) -> Checkpoint:
+    """Attach the lineage entry and write the checkpoint (rank 0), then drop the state file."""
+    if parent is not None:
+        entry.parent_path = str(parent.path.resolve())
+        entry.parent_sha256 = parent.sha256
+    history = list(parent.history) if parent is not None else []
+    record = dict(record)
+    record["history"] = history + [entry.as_dict()]
+    record["metrics"] = entry.metrics
+    tensors = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    ckpt = Checkpoint(tensors=tensors, record=record)
+    if stage.runtime.is_main:
+        check_output_path(io.out, io.force)
+        save_checkpoint(ckpt, io.out)
+        if io.state_path.exists():
+            io.state_path.unlink()
+    stage.runtime.barrier()
+    if not stage.runtime.is_main:
+        ckpt.path, ckpt.sha256 = io.out, sha256_file(io.out)
+    return ckpt
+
+
+def require_kind(ckpt: Checkpoint, command: str, expected: str) -> None:
+    if ckpt.kind != expected:
+        found = ckpt.kind.upper() + (f" (T={ckpt.timesteps})" if ckpt.kind == "snn" else "")
+        raise StpError(f"{command} needs an {expected.upper()} checkpoint; {ckpt.path} is an {found} checkpoint")

@@ -1,0 +1,129 @@
+"""Read-only stages: evaluate a checkpoint, describe it, verify its lineage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stpcli.checkpoint import Checkpoint, load_checkpoint, read_record, sha256_file
+from stpcli.engine.evaluate import accuracy_report
+from stpcli.errors import StpError
+from stpcli.models.plan import build_plan, describe, synaptic_layers
+from stpcli.spiking.energy import ann_energy, counting_spikes, snn_energy
+from stpcli.stages.common import DataOptions, Stage, input_stats, load_stage_data, model_from_checkpoint
+
+
+def evaluate(stage: Stage, ckpt: Checkpoint, data: DataOptions, timesteps: int | None = None,
+             part: str = "test", batch_size: int = 256) -> dict:
+    if timesteps is not None and ckpt.kind != "snn":
+        raise StpError("--timesteps applies to SNN checkpoints only")
+    if timesteps is not None and timesteps < 1:
+        raise StpError(f"--timesteps must be at least 1, got {timesteps}")
+    if batch_size <= 0:
+        raise StpError(f"--batch-size must be positive, got {batch_size}")
+    parts = load_stage_data(ckpt, data)
+    model = model_from_checkpoint(ckpt, timesteps=timesteps).to(stage.runtime.device)
+    images, labels = parts.part(part)
+    mean, std = input_stats(ckpt.record)
+    device = stage.runtime.device
+    args = (images.to(device), labels.to(device), ckpt.classes, mean.to(device), std.to(device), stage.runtime,
+            batch_size)
+    plan, size = build_plan(ckpt.model_spec), ckpt.record["input"]["image_size"]
+    result = {"checkpoint": str(ckpt.path), "kind": ckpt.kind, "part": part}
+    if ckpt.kind == "ann":
+        result.update(accuracy_report(model, *args))
+        result["energy"] = ann_energy(plan, size)
+        result["macs"] = result["energy"]["macs"]
+        return result
+    steps = model.timesteps
+    with counting_spikes(model) as counters:
+        result.update(accuracy_report(model, *args))
+    rates = {name: counter.rate for name, counter in counters.items()}
+    result["timesteps"] = steps
+    result["spike_rates"] = [
+        {"layer": name, "spikes_per_neuron": rate, "rate_per_step": rate / steps} for name, rate in rates.items()]
+    total_neurons = sum(c.neurons for c in counters.values())
+    result["mean_spikes_per_neuron"] = (sum(c.spikes for c in counters.values()) / total_neurons
+                                        if total_neurons else 0.0)
+    result["energy"] = snn_energy(plan, size, rates, steps)
+    result["macs"] = result["energy"]["macs"]
+    return result
+
+
+def layer_table(spec: dict, image_size: int, kind: str) -> list[dict]:
+    plan = build_plan(spec)
+    macs: dict[int, int] = {}
+    for layer in synaptic_layers(plan, image_size):
+        macs[layer.index] = macs.get(layer.index, 0) + layer.macs
+    rows = []
+    for index, entry in enumerate(plan):
+        rows.append({
+            "index": index,
+            "stage": entry.get("stage"),
+            "layer": describe(entry),
+            "in": entry.get("in"),
+            "out": entry.get("out"),
+            "unit": bool(entry.get("unit", False)),
+            "neuron": ("LIF" if kind == "snn" and entry["type"] in ("conv", "block", "fc") else
+                       "ReLU" if entry["type"] in ("conv", "block", "fc") else None),
+            "macs": macs.get(index, 0),
+        })
+    return rows
+
+
+def info(ckpt: Checkpoint) -> dict:
+    record = ckpt.record
+    thresholds = {}
+    if ckpt.kind == "snn":
+        for key, tensor in ckpt.tensors.items():
+            if key.endswith(".threshold") or key.endswith(".leak"):
+                thresholds[key] = float(tensor)
+    return {
+        "path": str(ckpt.path),
+        "sha256": ckpt.sha256,
+        "record": {k: v for k, v in record.items() if k not in ("split", "history")},
+        "split": {k: v for k, v in record["split"].items() if k != "files"}
+        | {"counts": {p: len(f) for p, f in record["split"]["files"].items()}},
+        "layers": layer_table(record["model"], record["input"]["image_size"], ckpt.kind),
+        "neurons": thresholds,
+        "history": record["history"],
+        "parameters": int(sum(t.numel() for t in ckpt.tensors.values())),
+    }
+
+
+def verify_chain(path: Path) -> list[dict]:
+    """Follow each checkpoint's parent by path (or by name beside the child); compare sha256."""
+    rows, current, seen = [], Path(path), set()
+    while current is not None and str(current) not in seen:
+        seen.add(str(current))
+        record = read_record(current)
+        parent = record["history"][-1].get("parent") if record["history"] else None
+        if not parent:
+            break
+        candidates = [Path(parent["path"]), current.parent / Path(parent["path"]).name]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            rows.append({"child": str(current), "parent": parent["path"], "status": "missing"})
+            break
+        status = "ok" if sha256_file(found) == parent["sha256"] else "changed"
+        rows.append({"child": str(current), "parent": str(found), "status": status})
+        current = found if status == "ok" else None
+    return rows
+
+
+def compare(stage: Stage, paths: list[Path], data: DataOptions) -> list[dict]:
+    rows = []
+    for path in paths:
+        ckpt = load_checkpoint(path)
+        result = evaluate(stage, ckpt, data)
+        energy = result["energy"]
+        rows.append({
+            "checkpoint": str(path),
+            "kind": ckpt.kind,
+            "timesteps": ckpt.timesteps,
+            "layers": sum(1 for e in build_plan(ckpt.model_spec) if e["type"] in ("conv", "block", "fc", "output")),
+            "accuracy": result["accuracy"],
+            "spikes_per_neuron": result.get("mean_spikes_per_neuron"),
+            "energy_uj": energy["energy_pj"] / 1e6,
+            "ann_energy_ratio": energy.get("ann_to_snn_energy_ratio"),
+        })
+    return rows

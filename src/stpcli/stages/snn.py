@@ -1,0 +1,191 @@
+"""The spiking stages: ``convert`` (Step 2a), ``temporal-prune`` (Step 2b), ``spatial-prune`` (Step 3)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from stpcli.checkpoint import Checkpoint, StageEntry, load_checkpoint
+from stpcli.engine.train import TrainConfig
+from stpcli.errors import StpError
+from stpcli.models.surgery import index_mapping, rename_layers, without_layers
+from stpcli.spiking.convert import balance_thresholds, snn_from_ann
+from stpcli.spiking.network import SNN
+from stpcli.spiking.neuron import SURROGATE_GAMMA
+from stpcli.stages.common import (DataOptions, Stage, StageIO, child_record, finish_stage, input_stats,
+                                  load_stage_data, model_from_checkpoint, require_kind, split_accuracy,
+                                  train_stage)
+
+
+def check_timesteps(timesteps: int) -> None:
+    if timesteps < 1:
+        raise StpError(f"--timesteps must be at least 1, got {timesteps}")
+
+
+def convert(stage: Stage, source: Checkpoint, *, timesteps: int, percentile: float, scale: float,
+            calibration_images: int, config: TrainConfig, data: DataOptions, io: StageIO,
+            dropout: float = 0.2, gamma: float = SURROGATE_GAMMA, options: dict | None = None) -> Checkpoint:
+    """Sb: BN folded, ReLU -> LIF, thresholds balanced layer by layer, then hybrid training at T."""
+    require_kind(source, "convert", "ann")
+    check_timesteps(timesteps)
+    config.check()
+    if not 0 < percentile <= 100:
+        raise StpError(f"--percentile must lie in (0, 100], got {percentile}")
+    if scale <= 0:
+        raise StpError(f"--scale must be positive, got {scale}")
+    if calibration_images <= 0:
+        raise StpError(f"--calibration-images must be positive, got {calibration_images}")
+    if not 0 <= dropout < 1:
+        raise StpError(f"--dropout must lie in [0, 1), got {dropout}")
+    io.check(will_train=config.epochs > 0)
+    parts = load_stage_data(source, data)
+    ann = model_from_checkpoint(source).eval()
+    snn = snn_from_ann(ann, timesteps, gamma=gamma, dropout=dropout)
+    device = stage.runtime.device
+    snn.to(device)
+    images, _ = parts.part("train")
+    count = min(calibration_images, images.shape[0])
+    pick = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(config.seed))[:count]
+    mean, std = input_stats(source.record)
+    batch = ((images[pick].float() / 255.0 - mean) / std).to(device)
+    thresholds = balance_thresholds(snn, batch, percentile, scale)
+    record = child_record(source, kind="snn", timesteps=timesteps,
+                          snn={"surrogate_gamma": gamma, "dropout": dropout, "leak_init": 1.0,
+                               "spike_amplitude": "threshold",
+                               "conversion": {"percentile": percentile, "scale": scale,
+                                              "calibration_images": count, "thresholds": thresholds}})
+    converted = split_accuracy(snn, parts, "test", record, stage.runtime)
+    converted_val = split_accuracy(snn, parts, "val", record, stage.runtime)
+    stage.say(f"[convert] T={timesteps}: thresholds balanced on {count} images (p{percentile}, x{scale}); "
+              f"accuracy right after conversion: val {converted_val:.2f}%, test {converted:.2f}%")
+    metrics = {"test_accuracy_after_conversion": converted, "val_accuracy_after_conversion": converted_val}
+    if config.epochs > 0:
+        result = train_stage(stage, snn, parts, config, record, io,
+                             {"timesteps": timesteps, "percentile": percentile, "scale": scale,
+                              "calibration_images": count, "parent": source.sha256})
+        metrics.update({"val_accuracy": result.best_val, "best_epoch": result.best_epoch,
+                        "seconds": round(result.seconds, 1)})
+    metrics["test_accuracy"] = split_accuracy(snn, parts, "test", record, stage.runtime)
+    stage.say(f"[convert] T={timesteps}: test accuracy after training {metrics['test_accuracy']:.2f}%")
+    entry = StageEntry("convert", io.command, options or {}, metrics)
+    return finish_stage(stage, snn, record, entry, io, parent=source)
+
+
+def parse_schedule(text: str | list) -> list[int]:
+    try:
+        values = [int(v) for v in (text.split(",") if isinstance(text, str) else text)]
+    except ValueError:
+        raise StpError(f"--schedule must be comma-separated integers such as 3,2,1, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise StpError(f"--schedule values must be positive time steps, got {text!r}")
+    if any(a <= b for a, b in zip(values, values[1:])):
+        raise StpError(f"--schedule must be strictly descending, got {text!r}")
+    if values[-1] != 1:
+        raise StpError(f"--schedule must end at 1 time step, got {text!r}")
+    return values
+
+
+def stage_path(out: Path, timesteps: int) -> Path:
+    """sb_t1.safetensors -> sb_t3.safetensors; other names get a _t3 suffix."""
+    stem = out.name.removesuffix(".safetensors")
+    base = re.sub(r"_t\d+$", "", stem)
+    return out.with_name(f"{base}_t{timesteps}.safetensors")
+
+
+def temporal_prune(stage: Stage, source: Checkpoint, *, schedule: list[int], config: TrainConfig,
+                   data: DataOptions, io: StageIO, options: dict | None = None) -> list[Checkpoint]:
+    """Retrain at each T of the schedule, each stage from the previous one; one checkpoint per T.
+
+    A stage whose checkpoint already exists and descends from the previous
+    stage's file (by sha256) is reused, so a killed run resumes stage by stage.
+    """
+    require_kind(source, "temporal-prune", "snn")
+    config.check(training_required=True)
+    if schedule[0] > source.timesteps:
+        raise StpError(f"--schedule starts at T={schedule[0]}, above the checkpoint's T={source.timesteps}")
+    paths = [stage_path(io.out, t) for t in schedule[:-1]] + [io.out]
+    if source.path is not None and any(p.resolve() == source.path.resolve() for p in paths):
+        raise StpError(f"a stage of --schedule would overwrite the input {source.path}; choose another --out")
+    io.check(will_train=True)
+    parts = load_stage_data(source, data)
+    outputs, parent = [], source
+    for timesteps, path in zip(schedule, paths):
+        stage_io = StageIO(path, force=io.force, resume=io.resume, command=io.command)
+        reused = _reusable(path, parent, timesteps, stage_io.force)
+        if reused is not None:
+            stage.say(f"[temporal-prune] T={timesteps}: reusing {path} (its parent is {parent.path.name})")
+            outputs.append(reused)
+            parent = reused
+            continue
+        if path != io.out:
+            stage_io.check(will_train=True)
+        if stage_io.resume and not stage_io.state_path.exists():
+            stage_io.resume = False  # only the interrupted stage has a state to resume
+        snn = model_from_checkpoint(parent, timesteps=timesteps)
+        record = child_record(parent, timesteps=timesteps)
+        start = split_accuracy(snn, parts, "test", record, stage.runtime)
+        stage.say(f"[temporal-prune] T={parent.timesteps} -> T={timesteps}: test accuracy before "
+                  f"retraining {start:.2f}%")
+        result = train_stage(Stage(f"temporal-prune T={timesteps}", stage.runtime, stage.console), snn, parts,
+                             config, record, stage_io, {"timesteps": timesteps, "parent": parent.sha256})
+        metrics = {"test_accuracy_before_training": start, "val_accuracy": result.best_val,
+                   "best_epoch": result.best_epoch, "seconds": round(result.seconds, 1),
+                   "test_accuracy": split_accuracy(snn, parts, "test", record, stage.runtime)}
+        stage.say(f"[temporal-prune] T={timesteps}: test accuracy {metrics['test_accuracy']:.2f}% -> {path}")
+        entry = StageEntry("temporal-prune", io.command, {**(options or {}), "timesteps": timesteps}, metrics)
+        parent = finish_stage(stage, snn, record, entry, stage_io, parent=parent)
+        outputs.append(parent)
+    return outputs
+
+
+def _reusable(path: Path, parent: Checkpoint, timesteps: int, force: bool) -> Checkpoint | None:
+    if force or not path.exists():
+        return None
+    try:
+        existing = load_checkpoint(path, expect_kind="snn")
+    except StpError:
+        return None
+    last = existing.history[-1] if existing.history else {}
+    if (existing.timesteps == timesteps and last.get("stage") == "temporal-prune"
+            and (last.get("parent") or {}).get("sha256") == parent.sha256):
+        return existing
+    return None
+
+
+def spatial_prune(stage: Stage, source: Checkpoint, *, unit_stage: int | None, count: int | None,
+                  config: TrainConfig, data: DataOptions, io: StageIO,
+                  options: dict | None = None) -> Checkpoint:
+    """Sa: remove M layers from stage AS (Algorithm 2), copy the rest, fine-tune at the checkpoint's T."""
+    require_kind(source, "spatial-prune", "snn")
+    config.check()
+    units = source.model_spec.get("units")
+    if unit_stage is None or count is None:
+        if not units:
+            raise StpError(f"{source.path} has no Units recorded; pass --as and --m to name the layers to remove")
+        unit_stage = units["stage"] if unit_stage is None else unit_stage
+        count = units["count"] if count is None else count
+    io.check(will_train=config.epochs > 0)
+    big = model_from_checkpoint(source)
+    spec, first = without_layers(source.model_spec, unit_stage, count)
+    snn_options = source.record.get("snn") or {}
+    small = SNN(spec, source.timesteps, gamma=snn_options.get("surrogate_gamma", SURROGATE_GAMMA),
+                dropout=snn_options.get("dropout", 0.2))
+    mapping = index_mapping(len(small.plan), first, count)
+    small.load_state_dict(rename_layers(big.state_dict(), {large: i for i, large in enumerate(mapping)}))
+    record = child_record(source, model=spec)
+    parts = load_stage_data(source, data)
+    before = split_accuracy(small, parts, "test", record, stage.runtime)
+    stage.say(f"[spatial-prune] removed layers {first}..{first + count - 1} (stage {unit_stage}, M={count}); "
+              f"T={source.timesteps}; test accuracy before fine-tuning {before:.2f}%")
+    metrics = {"test_accuracy_before_training": before, "removed_layers": list(range(first, first + count))}
+    if config.epochs > 0:
+        result = train_stage(stage, small, parts, config, record, io,
+                             {"as": unit_stage, "m": count, "parent": source.sha256})
+        metrics.update({"val_accuracy": result.best_val, "best_epoch": result.best_epoch,
+                        "seconds": round(result.seconds, 1)})
+    metrics["test_accuracy"] = split_accuracy(small, parts, "test", record, stage.runtime)
+    stage.say(f"[spatial-prune] test accuracy {metrics['test_accuracy']:.2f}%")
+    entry = StageEntry("spatial-prune", io.command, options or {}, metrics)
+    return finish_stage(stage, small, record, entry, io, parent=source)

@@ -1,0 +1,92 @@
+"""LIF dynamics and the surrogate gradient against independent computations."""
+
+import torch
+
+from stpcli.spiking.neuron import LIF, lif_multistep, surrogate
+
+
+def reference_lif(current, threshold, leak, gamma=0.3):
+    """Hand-rolled loop with autograd, straight from method.md section 3."""
+
+    class Spike(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, z):
+            ctx.save_for_backward(z)
+            return (z > 0).to(z.dtype)
+
+        @staticmethod
+        def backward(ctx, grad):
+            (z,) = ctx.saved_tensors
+            return grad * gamma * torch.clamp(1 - z.abs(), min=0)
+
+    residual = torch.zeros_like(current[0])
+    outputs = []
+    for t in range(current.shape[0]):
+        u = leak * residual + current[t]
+        fired = Spike.apply(u / threshold - 1)
+        outputs.append(threshold * fired)
+        residual = u - threshold * fired.detach()
+    return torch.stack(outputs)
+
+
+def test_lif_forward_matches_hand_loop_over_several_steps():
+    torch.manual_seed(0)
+    current = torch.randn(6, 4, 50) * 1.5 + 0.5
+    threshold, leak = torch.tensor(0.8), torch.tensor(0.9)
+    ours = lif_multistep(current, threshold, leak)
+    assert torch.equal(ours, reference_lif(current, threshold, leak))
+    assert set(torch.unique(ours / threshold).tolist()) <= {0.0, 1.0}
+
+
+def test_lif_integrates_and_soft_resets_by_hand():
+    # constant input 0.4, threshold 1, leak 1: u = .4, .8, 1.2 -> spike, residual .2, then .6, 1.0 (no spike), 1.4
+    current = torch.full((6, 1), 0.4)
+    spikes = lif_multistep(current, torch.tensor(1.0), torch.tensor(1.0))
+    assert spikes.flatten().tolist() == [0.0, 0.0, 1.0, 0.0, 0.0, 1.0]
+    # leak 0.5 on the same input never reaches the threshold: u -> 0.8 at most
+    leaky = lif_multistep(current, torch.tensor(1.0), torch.tensor(0.5))
+    assert leaky.sum() == 0
+
+
+def test_lif_gradients_match_autograd_reference():
+    torch.manual_seed(1)
+    current = (torch.randn(5, 3, 20) + 0.6).requires_grad_()
+    threshold = torch.tensor(0.7, requires_grad=True)
+    leak = torch.tensor(0.85, requires_grad=True)
+    weights = torch.randn(5, 3, 20)
+    (lif_multistep(current, threshold, leak) * weights).sum().backward()
+    ours = (current.grad.clone(), threshold.grad.clone(), leak.grad.clone())
+    for tensor in (current, threshold, leak):
+        tensor.grad = None
+    (reference_lif(current, threshold, leak) * weights).sum().backward()
+    torch.testing.assert_close(ours[0], current.grad)
+    torch.testing.assert_close(ours[1], threshold.grad)
+    torch.testing.assert_close(ours[2], leak.grad)
+
+
+def test_surrogate_gradient_is_the_triangle_formula():
+    z = torch.linspace(-2, 2, 41)
+    expected = torch.tensor([0.3 * max(0.0, 1 - abs(v)) for v in z.tolist()])
+    torch.testing.assert_close(surrogate(z, 0.3), expected)
+    # one step, threshold 1: d spike / d current = gamma * max(0, 1 - |I - 1|)
+    current = torch.linspace(-0.5, 2.5, 31).reshape(1, -1).requires_grad_()
+    lif_multistep(current, torch.tensor(1.0), torch.tensor(1.0)).sum().backward()
+    torch.testing.assert_close(current.grad[0], surrogate(current.detach()[0] - 1, 0.3))
+
+
+def test_leak_is_clamped_to_at_most_one_and_threshold_kept_positive():
+    neuron = LIF(threshold=0.5, leak=1.0)
+    with torch.no_grad():
+        neuron.leak.fill_(1.7)
+        neuron.threshold.fill_(-2.0)
+    neuron.clamp_()
+    assert float(neuron.leak) == 1.0
+    assert float(neuron.threshold) > 0
+
+
+def test_no_state_survives_between_calls():
+    neuron = LIF(threshold=1.0)
+    current = torch.full((2, 1), 0.6)
+    first = neuron(current)
+    second = neuron(current)
+    assert torch.equal(first, second)
