@@ -5,7 +5,7 @@ import torch
 from stpcli.spiking.neuron import LIF, lif_multistep, surrogate
 
 
-def reference_lif(current, threshold, leak, gamma=0.3):
+def reference_lif(current, threshold, leak, gamma=0.3, initial=0.5):
     """Hand-rolled loop with autograd, straight from method.md section 3."""
 
     class Spike(torch.autograd.Function):
@@ -19,7 +19,7 @@ def reference_lif(current, threshold, leak, gamma=0.3):
             (z,) = ctx.saved_tensors
             return grad * gamma * torch.clamp(1 - z.abs(), min=0)
 
-    residual = torch.zeros_like(current[0])
+    residual = initial * threshold * torch.ones_like(current[0])
     outputs = []
     for t in range(current.shape[0]):
         u = leak * residual + current[t]
@@ -33,19 +33,23 @@ def test_lif_forward_matches_hand_loop_over_several_steps():
     torch.manual_seed(0)
     current = torch.randn(6, 4, 50) * 1.5 + 0.5
     threshold, leak = torch.tensor(0.8), torch.tensor(0.9)
-    ours = lif_multistep(current, threshold, leak)
-    assert torch.equal(ours, reference_lif(current, threshold, leak))
+    for initial in (0.0, 0.5):
+        ours = lif_multistep(current, threshold, leak, initial=initial)
+        torch.testing.assert_close(ours, reference_lif(current, threshold, leak, initial=initial), rtol=0, atol=1e-6)
     assert set(torch.unique(ours / threshold).tolist()) <= {0.0, 1.0}
 
 
 def test_lif_integrates_and_soft_resets_by_hand():
     # constant input 0.4, threshold 1, leak 1: u = .4, .8, 1.2 -> spike, residual .2, then .6, 1.0 (no spike), 1.4
     current = torch.full((6, 1), 0.4)
-    spikes = lif_multistep(current, torch.tensor(1.0), torch.tensor(1.0))
+    spikes = lif_multistep(current, torch.tensor(1.0), torch.tensor(1.0), initial=0.0)
     assert spikes.flatten().tolist() == [0.0, 0.0, 1.0, 0.0, 0.0, 1.0]
     # leak 0.5 on the same input never reaches the threshold: u -> 0.8 at most
-    leaky = lif_multistep(current, torch.tensor(1.0), torch.tensor(0.5))
+    leaky = lif_multistep(current, torch.tensor(1.0), torch.tensor(0.5), initial=0.0)
     assert leaky.sum() == 0
+    # starting at half the threshold: u = .9 (no), 1.3 -> spike, residual .3, .7, 1.1 -> spike, .5
+    half = lif_multistep(current, torch.tensor(1.0), torch.tensor(1.0), initial=0.5)
+    assert half.flatten().tolist() == [0.0, 1.0, 0.0, 1.0, 0.0, 0.0]
 
 
 def test_lif_gradients_match_autograd_reference():
@@ -54,14 +58,17 @@ def test_lif_gradients_match_autograd_reference():
     threshold = torch.tensor(0.7, requires_grad=True)
     leak = torch.tensor(0.85, requires_grad=True)
     weights = torch.randn(5, 3, 20)
-    (lif_multistep(current, threshold, leak) * weights).sum().backward()
-    ours = (current.grad.clone(), threshold.grad.clone(), leak.grad.clone())
-    for tensor in (current, threshold, leak):
-        tensor.grad = None
-    (reference_lif(current, threshold, leak) * weights).sum().backward()
-    torch.testing.assert_close(ours[0], current.grad)
-    torch.testing.assert_close(ours[1], threshold.grad)
-    torch.testing.assert_close(ours[2], leak.grad)
+    for initial in (0.0, 0.5):
+        (lif_multistep(current, threshold, leak, initial=initial) * weights).sum().backward()
+        ours = (current.grad.clone(), threshold.grad.clone(), leak.grad.clone())
+        for tensor in (current, threshold, leak):
+            tensor.grad = None
+        (reference_lif(current, threshold, leak, initial=initial) * weights).sum().backward()
+        torch.testing.assert_close(ours[0], current.grad)
+        torch.testing.assert_close(ours[1], threshold.grad)
+        torch.testing.assert_close(ours[2], leak.grad)
+        for tensor in (current, threshold, leak):
+            tensor.grad = None
 
 
 def test_surrogate_gradient_is_the_triangle_formula():
@@ -70,7 +77,7 @@ def test_surrogate_gradient_is_the_triangle_formula():
     torch.testing.assert_close(surrogate(z, 0.3), expected)
     # one step, threshold 1: d spike / d current = gamma * max(0, 1 - |I - 1|)
     current = torch.linspace(-0.5, 2.5, 31).reshape(1, -1).requires_grad_()
-    lif_multistep(current, torch.tensor(1.0), torch.tensor(1.0)).sum().backward()
+    lif_multistep(current, torch.tensor(1.0), torch.tensor(1.0), initial=0.0).sum().backward()
     torch.testing.assert_close(current.grad[0], surrogate(current.detach()[0] - 1, 0.3))
 
 
@@ -80,8 +87,8 @@ def test_leak_is_clamped_to_at_most_one_and_threshold_kept_positive():
         neuron.leak.fill_(1.7)
         neuron.threshold.fill_(-2.0)
     neuron.clamp_()
-    assert float(neuron.leak) == 1.0
-    assert float(neuron.threshold) > 0
+    assert neuron.leak.item() == 1.0
+    assert neuron.threshold.item() > 0
 
 
 def test_no_state_survives_between_calls():

@@ -112,6 +112,7 @@ def convert_command(
     weight_decay: WeightDecay = 0.0,
     lr_schedule: Schedule = "step",
     dropout: Annotated[float, typer.Option("--dropout", help="SNN dropout (one mask shared by all steps).")] = 0.2,
+    initial_membrane: Annotated[float, typer.Option("--initial-membrane", help="Initial membrane as a fraction of the threshold (0: DIET-SNN/TP).")] = 0.5,
     seed: Seed = 0,
     data: Data = None,
     allow_data_change: AllowDataChange = False,
@@ -131,6 +132,7 @@ def convert_command(
             percentile=values["percentile"], scale=values["scale"],
             calibration_images=values["calibration_images"], config=make_train_config(values, SNN_MILESTONES),
             data=make_data(values), io=make_io(values), dropout=values["dropout"],
+            initial=values["initial_membrane"],
             options=recorded_options(values))
 
 

@@ -11,9 +11,9 @@ from stpcli.spiking.neuron import CurrentCaptured
 SAMPLES_PER_STEP = 1 << 20  # elements kept per time step for the percentile estimate
 
 
-def snn_from_ann(ann: ANN, timesteps: int, gamma: float, dropout: float) -> SNN:
+def snn_from_ann(ann: ANN, timesteps: int, gamma: float, dropout: float, initial: float) -> SNN:
     """An SNN whose weights and biases are the ANN's with BatchNorm folded in."""
-    snn = SNN(ann.spec, timesteps, gamma=gamma, dropout=dropout)
+    snn = SNN(ann.spec, timesteps, gamma=gamma, dropout=dropout, initial=initial)
     state = {}
     for i, layer in enumerate(ann.layers):
         if hasattr(layer, "folded"):

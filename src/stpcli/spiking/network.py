@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stpcli.models.plan import build_plan
-from stpcli.spiking.neuron import LIF, SURROGATE_GAMMA
+from stpcli.spiking.neuron import INITIAL_MEMBRANE, LIF, SURROGATE_GAMMA
 
 
 def _unfold(x: torch.Tensor, timesteps: int) -> torch.Tensor:
@@ -22,10 +22,10 @@ def _unfold(x: torch.Tensor, timesteps: int) -> torch.Tensor:
 
 
 class SpikingConv(nn.Module):
-    def __init__(self, entry: dict, gamma: float):
+    def __init__(self, entry: dict, make_neuron):
         super().__init__()
         self.conv = nn.Conv2d(entry["in"], entry["out"], entry["kernel"], entry["stride"], entry["padding"])
-        self.neuron = LIF(gamma=gamma)
+        self.neuron = make_neuron()
 
     def forward(self, x, timesteps: int, static: bool = False):
         current = self.conv(x)
@@ -39,14 +39,14 @@ class SpikingConv(nn.Module):
 class SpikingBlock(nn.Module):
     """BasicBlock: LIF1 on conv1; LIF2 on conv2 + shortcut (identity or 1x1 conv)."""
 
-    def __init__(self, entry: dict, gamma: float):
+    def __init__(self, entry: dict, make_neuron):
         super().__init__()
         cin, cout, stride = entry["in"], entry["out"], entry["stride"]
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1)
-        self.neuron1 = LIF(gamma=gamma)
+        self.neuron1 = make_neuron()
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
         self.shortcut = nn.Conv2d(cin, cout, 1, stride, 0) if (stride != 1 or cin != cout) else None
-        self.neuron2 = LIF(gamma=gamma)
+        self.neuron2 = make_neuron()
 
     def forward(self, x, timesteps: int, static: bool = False):
         hidden = self.neuron1(_unfold(self.conv1(x), timesteps)).flatten(0, 1)
@@ -57,10 +57,10 @@ class SpikingBlock(nn.Module):
 class SpikingLinear(nn.Module):
     """Hidden FC layer; dropout draws one mask per image, shared by all time steps."""
 
-    def __init__(self, entry: dict, gamma: float, dropout: float):
+    def __init__(self, entry: dict, make_neuron, dropout: float):
         super().__init__()
         self.fc = nn.Linear(entry["in"], entry["out"])
-        self.neuron = LIF(gamma=gamma)
+        self.neuron = make_neuron()
         self.dropout = dropout
 
     def forward(self, x, timesteps: int, static: bool = False):
@@ -103,8 +103,13 @@ class Stateless(nn.Module):
 class SNN(nn.Module):
     """``layers.<i>`` is plan entry i, as in the ANN; thresholds and leaks live in the neurons."""
 
-    def __init__(self, spec: dict, timesteps: int, gamma: float = SURROGATE_GAMMA, dropout: float = 0.2):
+    def __init__(self, spec: dict, timesteps: int, gamma: float = SURROGATE_GAMMA, dropout: float = 0.2,
+                 initial: float = INITIAL_MEMBRANE):
         super().__init__()
+
+        def make_neuron():
+            return LIF(gamma=gamma, initial=initial)
+
         self.spec = spec
         self.timesteps = timesteps
         self.plan = build_plan(spec)
@@ -112,11 +117,11 @@ class SNN(nn.Module):
         for entry in self.plan:
             kind = entry["type"]
             if kind == "conv":
-                layers.append(SpikingConv(entry, gamma))
+                layers.append(SpikingConv(entry, make_neuron))
             elif kind == "block":
-                layers.append(SpikingBlock(entry, gamma))
+                layers.append(SpikingBlock(entry, make_neuron))
             elif kind == "fc":
-                layers.append(SpikingLinear(entry, gamma, dropout))
+                layers.append(SpikingLinear(entry, make_neuron, dropout))
             elif kind == "output":
                 layers.append(OutputLayer(entry))
             else:

@@ -2,12 +2,19 @@
 
 For a layer with threshold V and leak lambda, at t = 1..T:
 
-    u(t)  = lambda * r(t-1) + I(t),        r(0) = 0
+    u(t)  = lambda * r(t-1) + I(t),        r(0) = f * V
     z(t)  = u(t) / V - 1
     s(t)  = V * H(z(t))                    (a spike carries the layer's threshold)
     r(t)  = u(t) - V * H(z(t))             (soft reset; H carries no gradient here)
 
 with the triangle surrogate dH/dz = gamma * max(0, 1 - |z|), gamma = 0.3.
+
+``f`` is the initial membrane as a fraction of the threshold. DIET-SNN and TP
+start from r(0) = 0 (``f = 0``); stp defaults to ``f = 0.5``: a neuron then
+rounds instead of flooring its input, which halves the expected quantisation
+error of a converted network (Bu et al., "Optimal ANN-SNN conversion", 2022)
+and is what makes one-time-step training work (at T = 1 a neuron fires when
+its input exceeds V/2, not V). The value is recorded in every checkpoint.
 
 A spike's amplitude is V: equivalent to binary spikes with V folded into the
 next layer's weights, and it keeps BN-folded biases, identity shortcuts and the
@@ -25,6 +32,7 @@ import torch
 from torch import nn
 
 SURROGATE_GAMMA = 0.3
+INITIAL_MEMBRANE = 0.5
 MIN_THRESHOLD = 1e-4
 
 
@@ -34,18 +42,23 @@ def surrogate(z: torch.Tensor, gamma: float) -> torch.Tensor:
 
 class _LIFFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, current, threshold, leak, gamma):
+    def forward(ctx, current, threshold, leak, gamma, initial):
         steps = current.shape[0]
         membranes, spikes = [], []
         residual = None
         for t in range(steps):
-            u = current[t] if residual is None else leak * residual + current[t]
+            if residual is not None:
+                u = leak * residual + current[t]
+            elif initial:
+                u = current[t] + leak * (initial * threshold)
+            else:
+                u = current[t]
             fired = (u / threshold - 1.0 > 0).to(u.dtype)
             spikes.append(fired * threshold)
             membranes.append(u)
             if t + 1 < steps:
                 residual = u - threshold * fired
-        ctx.gamma = gamma
+        ctx.gamma, ctx.initial = gamma, initial
         ctx.save_for_backward(threshold, leak, *membranes)
         return torch.stack(spikes).to(current.dtype)
 
@@ -75,15 +88,19 @@ class _LIFFunction(torch.autograd.Function):
                 previous = membranes[t - 1]
                 previous_residual = previous - threshold * (previous / threshold - 1.0 > 0).to(u.dtype)
                 grad_leak += (grad_u * previous_residual).sum(dtype=torch.float32)
+            elif ctx.initial:  # u(1) = I(1) + lambda * f * V
+                total = grad_u.sum(dtype=torch.float32)
+                grad_leak += total * ctx.initial * threshold.float()
+                grad_threshold += total * ctx.initial * leak.float()
             grad_residual = grad_u * leak
         return (torch.stack(grad_current), grad_threshold.to(threshold.dtype),
-                grad_leak.to(leak.dtype), None)
+                grad_leak.to(leak.dtype), None, None)
 
 
 def lif_multistep(current: torch.Tensor, threshold: torch.Tensor, leak: torch.Tensor,
-                  gamma: float = SURROGATE_GAMMA) -> torch.Tensor:
+                  gamma: float = SURROGATE_GAMMA, initial: float = INITIAL_MEMBRANE) -> torch.Tensor:
     """Spikes [T, ...] (amplitude ``threshold``) for input currents [T, ...]."""
-    return _LIFFunction.apply(current, threshold, leak, gamma)
+    return _LIFFunction.apply(current, threshold, leak, gamma, float(initial))
 
 
 class CurrentCaptured(Exception):
@@ -93,8 +110,10 @@ class CurrentCaptured(Exception):
 class LIF(nn.Module):
     """A layer of LIF neurons with one learnable threshold and leak (scalars)."""
 
-    def __init__(self, threshold: float = 1.0, leak: float = 1.0, gamma: float = SURROGATE_GAMMA):
+    def __init__(self, threshold: float = 1.0, leak: float = 1.0, gamma: float = SURROGATE_GAMMA,
+                 initial: float = INITIAL_MEMBRANE):
         super().__init__()
+        self.initial = initial
         self.threshold = nn.Parameter(torch.tensor(float(threshold)))
         self.leak = nn.Parameter(torch.tensor(float(leak)))
         self.gamma = gamma
@@ -105,7 +124,7 @@ class LIF(nn.Module):
         if self.capture is not None:
             self.capture(current)
             raise CurrentCaptured
-        spikes = lif_multistep(current, self.threshold, self.leak, self.gamma)
+        spikes = lif_multistep(current, self.threshold, self.leak, self.gamma, self.initial)
         if self.counter is not None:
             self.counter.add(spikes)
         return spikes
@@ -116,7 +135,8 @@ class LIF(nn.Module):
         self.threshold.clamp_(min=MIN_THRESHOLD)
 
     def extra_repr(self) -> str:
-        return f"threshold={float(self.threshold):.4g}, leak={float(self.leak):.4g}, gamma={self.gamma}"
+        return (f"threshold={float(self.threshold):.4g}, leak={float(self.leak):.4g}, gamma={self.gamma}, "
+                f"initial={self.initial}")
 
 
 class SpikeCounter:

@@ -17,6 +17,7 @@ from stpcli.engine.train import FitResult, TrainConfig, config_dict, fit
 from stpcli.errors import StpError
 from stpcli.models.ann import ANN
 from stpcli.spiking.network import SNN
+from stpcli.spiking.neuron import SURROGATE_GAMMA
 
 
 @dataclass
@@ -80,8 +81,7 @@ def model_from_checkpoint(ckpt: Checkpoint, timesteps: int | None = None):
             model = ANN(spec)
         else:
             snn = ckpt.record.get("snn") or {}
-            model = SNN(spec, timesteps or ckpt.timesteps, gamma=snn.get("surrogate_gamma", 0.3),
-                        dropout=snn.get("dropout", 0.2))
+            model = SNN(spec, timesteps or ckpt.timesteps, **snn_settings(ckpt.record))
         model.load_state_dict(ckpt.tensors)
     except StpError:
         raise
@@ -89,6 +89,13 @@ def model_from_checkpoint(ckpt: Checkpoint, timesteps: int | None = None):
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise StpError(f"{ckpt.path}: tensors do not match the recorded model ({first})") from exc
     return model
+
+
+def snn_settings(record: dict) -> dict:
+    """The neuron settings an SNN checkpoint records (surrogate, dropout, initial membrane)."""
+    snn = record.get("snn") or {}
+    return {"gamma": snn.get("surrogate_gamma", SURROGATE_GAMMA), "dropout": snn.get("dropout", 0.2),
+            "initial": snn.get("initial_membrane", 0.0)}
 
 
 def load_stage_data(ckpt: Checkpoint, options: DataOptions) -> SplitData:

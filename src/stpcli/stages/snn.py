@@ -13,10 +13,10 @@ from stpcli.errors import StpError
 from stpcli.models.surgery import index_mapping, rename_layers, without_layers
 from stpcli.spiking.convert import balance_thresholds, snn_from_ann
 from stpcli.spiking.network import SNN
-from stpcli.spiking.neuron import SURROGATE_GAMMA
+from stpcli.spiking.neuron import INITIAL_MEMBRANE, SURROGATE_GAMMA
 from stpcli.stages.common import (DataOptions, Stage, StageIO, child_record, finish_stage, input_stats,
-                                  load_stage_data, model_from_checkpoint, require_kind, split_accuracy,
-                                  train_stage)
+                                  load_stage_data, model_from_checkpoint, require_kind, snn_settings,
+                                  split_accuracy, train_stage)
 
 
 def check_timesteps(timesteps: int) -> None:
@@ -26,7 +26,8 @@ def check_timesteps(timesteps: int) -> None:
 
 def convert(stage: Stage, source: Checkpoint, *, timesteps: int, percentile: float, scale: float,
             calibration_images: int, config: TrainConfig, data: DataOptions, io: StageIO,
-            dropout: float = 0.2, gamma: float = SURROGATE_GAMMA, options: dict | None = None) -> Checkpoint:
+            dropout: float = 0.2, gamma: float = SURROGATE_GAMMA, initial: float = INITIAL_MEMBRANE,
+            options: dict | None = None) -> Checkpoint:
     """Sb: BN folded, ReLU -> LIF, thresholds balanced layer by layer, then hybrid training at T."""
     require_kind(source, "convert", "ann")
     check_timesteps(timesteps)
@@ -39,10 +40,12 @@ def convert(stage: Stage, source: Checkpoint, *, timesteps: int, percentile: flo
         raise StpError(f"--calibration-images must be positive, got {calibration_images}")
     if not 0 <= dropout < 1:
         raise StpError(f"--dropout must lie in [0, 1), got {dropout}")
+    if not 0 <= initial < 1:
+        raise StpError(f"--initial-membrane must lie in [0, 1), got {initial}")
     io.check(will_train=config.epochs > 0)
     parts = load_stage_data(source, data)
     ann = model_from_checkpoint(source).eval()
-    snn = snn_from_ann(ann, timesteps, gamma=gamma, dropout=dropout)
+    snn = snn_from_ann(ann, timesteps, gamma=gamma, dropout=dropout, initial=initial)
     device = stage.runtime.device
     snn.to(device)
     images, _ = parts.part("train")
@@ -52,7 +55,7 @@ def convert(stage: Stage, source: Checkpoint, *, timesteps: int, percentile: flo
     batch = ((images[pick].float() / 255.0 - mean) / std).to(device)
     thresholds = balance_thresholds(snn, batch, percentile, scale)
     record = child_record(source, kind="snn", timesteps=timesteps,
-                          snn={"surrogate_gamma": gamma, "dropout": dropout, "leak_init": 1.0,
+                          snn={"surrogate_gamma": gamma, "dropout": dropout, "leak_init": 1.0, "initial_membrane": initial,
                                "spike_amplitude": "threshold",
                                "conversion": {"percentile": percentile, "scale": scale,
                                               "calibration_images": count, "thresholds": thresholds}})
@@ -169,9 +172,7 @@ def spatial_prune(stage: Stage, source: Checkpoint, *, unit_stage: int | None, c
     io.check(will_train=config.epochs > 0)
     big = model_from_checkpoint(source)
     spec, first = without_layers(source.model_spec, unit_stage, count)
-    snn_options = source.record.get("snn") or {}
-    small = SNN(spec, source.timesteps, gamma=snn_options.get("surrogate_gamma", SURROGATE_GAMMA),
-                dropout=snn_options.get("dropout", 0.2))
+    small = SNN(spec, source.timesteps, **snn_settings(source.record))
     mapping = index_mapping(len(small.plan), first, count)
     small.load_state_dict(rename_layers(big.state_dict(), {large: i for i, large in enumerate(mapping)}))
     record = child_record(source, model=spec)

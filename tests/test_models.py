@@ -1,0 +1,156 @@
+"""Registry, Units, Algorithm 2's mapping, BN folding and conversion, against independent computations."""
+
+import pytest
+import torch
+from torch import nn
+
+from stpcli.errors import StpError
+from stpcli.models.ann import ANN, fold_batchnorm
+from stpcli.models.plan import build_plan
+from stpcli.models.registry import ARCHITECTURES, make_spec
+from stpcli.models.surgery import (first_layer_index, index_mapping, rename_layers, with_units,
+                                   without_layers)
+from stpcli.spiking.convert import balance_thresholds, snn_from_ann
+from stpcli.spiking.network import SNN
+
+ARCHS = sorted(ARCHITECTURES)
+
+
+def small_spec(arch, size=32):
+    return make_spec(arch, num_classes=5, image_size=size, width=0.125)
+
+
+def randomise_bn(model):
+    torch.manual_seed(3)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.3, 0.3)
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+
+
+def test_registry_has_the_papers_architectures_and_counts():
+    assert {"vgg11", "vgg14", "vgg16", "resnet18"} <= set(ARCHITECTURES)
+    convs = {a: sum(1 for e in build_plan(make_spec(a, 10, 64)) if e["type"] == "conv") for a in ("vgg11", "vgg14", "vgg16")}
+    assert convs == {"vgg11": 8, "vgg14": 13, "vgg16": 13}
+    fcs = {a: sum(1 for e in build_plan(make_spec(a, 10, 64)) if e["type"] in ("fc", "output")) for a in ("vgg11", "vgg14", "vgg16")}
+    assert fcs == {"vgg11": 3, "vgg14": 1, "vgg16": 3}
+    blocks = sum(1 for e in build_plan(make_spec("resnet18", 10, 64)) if e["type"] == "block")
+    assert blocks == 8
+    with pytest.raises(StpError, match="unknown architecture"):
+        make_spec("alexnet", 10, 64)
+    with pytest.raises(StpError, match="multiple of 32"):
+        make_spec("vgg11", 10, 48)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_forward_shapes_ann_and_snn(arch):
+    spec = small_spec(arch)
+    x = torch.randn(2, 3, 32, 32)
+    assert ANN(spec)(x).shape == (2, 5)
+    assert SNN(spec, timesteps=3)(x).shape == (2, 5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_add_unit_every_stage_identity_init_and_shapes(arch):
+    spec = small_spec(arch)
+    torch.manual_seed(0)
+    base = ANN(spec).eval()
+    randomise_bn(base)
+    x = torch.randn(3, 3, 32, 32)
+    expected = base(x)
+    for stage in range(1, len(spec["depths"]) + 1):
+        for count in (1, 2):
+            big_spec = with_units(spec, stage, count)
+            big = ANN(big_spec).eval()
+            first = first_layer_index(big.plan, stage, count)
+            units = [i for i, e in enumerate(big.plan) if e.get("unit")]
+            assert units == list(range(first, first + count))
+            assert all(big.plan[i]["stage"] == stage and big.plan[i]["in"] == big.plan[i]["out"] for i in units)
+            mapping = index_mapping(len(base.plan), first, count)
+            state = rename_layers(base.state_dict(), dict(enumerate(mapping)))
+            for i in units:
+                big.layers[i].init_identity()
+                state.update({f"layers.{i}.{k}": v for k, v in big.layers[i].state_dict().items()})
+            big.load_state_dict(state)
+            torch.testing.assert_close(big(x), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_algorithm2_mapping_every_stage(arch):
+    """Each tensor of Sa equals the right tensor of Sb, and no Unit tensor survives."""
+    spec = small_spec(arch)
+    for stage in range(1, len(spec["depths"]) + 1):
+        count = 1
+        big_spec = with_units(spec, stage, count)
+        torch.manual_seed(stage)
+        sb = SNN(big_spec, timesteps=2)
+        for p in sb.parameters():
+            p.data.normal_()  # every tensor distinct
+        small_spec_, first = without_layers(big_spec, stage, count)
+        assert small_spec_["depths"] == spec["depths"] and small_spec_["units"] is None
+        sa = SNN(small_spec_, timesteps=2)
+        mapping = index_mapping(len(sa.plan), first, count)
+        sa.load_state_dict(rename_layers(sb.state_dict(), {j: i for i, j in enumerate(mapping)}))
+        # independent computation: drop the Unit entries from Sb's layer list
+        kept = [i for i, e in enumerate(sb.plan) if not e.get("unit")]
+        assert kept == mapping
+        sb_state = sb.state_dict()
+        unit_tensors = [v for k, v in sb_state.items() if int(k.split(".")[1]) in range(first, first + count)]
+        for key, tensor in sa.state_dict().items():
+            index = int(key.split(".")[1])
+            source_key = f"layers.{kept[index]}." + key.split(".", 2)[2]
+            assert torch.equal(tensor, sb_state[source_key])
+            assert not any(tensor.shape == u.shape and torch.equal(tensor, u) for u in unit_tensors)
+        # thresholds and leaks follow the same mapping
+        names = [n for n, _ in sa.neurons()]
+        assert len(names) == len([n for n, _ in sb.neurons()]) - (2 if arch == "resnet18" else 1)
+
+
+def test_spatial_prune_refuses_layers_that_change_shape():
+    spec = small_spec("vgg11")
+    with pytest.raises(StpError, match="removable"):
+        without_layers(spec, 1, 1)  # stage 1 of VGG11 is a single 3->64 conv
+    with pytest.raises(StpError, match="out of range"):
+        without_layers(spec, 6, 1)
+    assert without_layers(spec, 3, 1)[0]["depths"][2] == 1
+
+
+def test_bn_folding_equals_conv_then_bn_in_eval_mode():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, padding=1, bias=True)
+    bn = nn.BatchNorm2d(6)
+    bn.weight.data.uniform_(0.5, 2)
+    bn.bias.data.normal_()
+    bn.running_mean.normal_()
+    bn.running_var.uniform_(0.3, 3)
+    bn.eval()
+    x = torch.randn(2, 4, 8, 8)
+    weight, bias = fold_batchnorm(conv.weight, conv.bias, bn)
+    folded = nn.functional.conv2d(x, weight, bias, padding=1)
+    torch.testing.assert_close(folded, bn(conv(x)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["vgg11", "resnet18"])
+def test_converted_if_snn_approaches_the_ann_at_large_t(arch):
+    """IF neurons (leak 1), thresholds at the (99th-percentile) maximum activation: logits/T -> ANN logits.
+
+    Run with the DIET-SNN initial membrane (0) and with stp's default (half the threshold).
+    """
+    torch.manual_seed(0)
+    spec = make_spec(arch, num_classes=4, image_size=32, width=0.125, dropout=0.0)
+    ann = ANN(spec).eval()
+    randomise_bn(ann)
+    x = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        target = ann(x)
+    for initial in (0.0, 0.5):
+        errors = {}
+        for steps in (4, 128):
+            snn = snn_from_ann(ann, steps, gamma=0.3, dropout=0.0, initial=initial).eval()
+            balance_thresholds(snn, x, percentile=99.0, scale=1.0)
+            with torch.no_grad():
+                errors[steps] = float((snn(x) / steps - target).abs().mean() / target.abs().mean())
+        assert errors[128] < errors[4]
+        assert errors[128] < 0.4 * errors[4] and errors[128] < 0.35, (initial, errors)
