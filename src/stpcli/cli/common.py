@@ -57,7 +57,12 @@ def stp_command(app: typer.Typer, name: str, **kwargs):
 
 
 def apply_config(ctx: typer.Context, values: dict[str, Any], config: Path | None) -> dict[str, Any]:
-    """Fill options not given on the command line from a YAML file whose keys are option names."""
+    """Fill options not given on the command line from a YAML file whose keys are option names.
+
+    A preset file may hold one section per command (``train-ann:``, ``convert:``, ...)
+    beside shared top-level keys; a command reads its own section (every key must
+    be one of its options) and the shared keys it has an option for.
+    """
     if config is None:
         return values
     if not config.is_file():
@@ -69,18 +74,33 @@ def apply_config(ctx: typer.Context, values: dict[str, Any], config: Path | None
     if not isinstance(data, dict):
         raise StpError(f"--config {config} must be a mapping of option names to values")
     params = {p.name: p for p in ctx.command.params}
-    for key, value in data.items():
-        name = str(key).lstrip("-").replace("-", "_")
-        name = {"as": "unit_stage", "m": "count"}.get(name, name)
+    sections = {k for k, v in data.items() if isinstance(v, dict)}
+    shared = {k: v for k, v in data.items() if k not in sections}
+    own = data.get(ctx.info_name, {}) if sections else data
+    merged = {}
+    for key, value in (shared.items() if sections else []):
+        name = _param_name(key)
+        if name in params and name != "config":
+            merged[name] = (key, value)
+    for key, value in own.items():
+        name = _param_name(key)
         if name not in params or name == "config":
-            raise StpError(f"--config {config}: unknown option {key!r} for this command")
+            raise StpError(f"--config {config}: unknown option {key!r} for {ctx.info_name}")
+        merged[name] = (key, value)
+    for name, (key, value) in merged.items():
         source = ctx.get_parameter_source(name)
         if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
             try:
-                values[name] = params[name].type_cast_value(ctx, value)
-            except typer.BadParameter as exc:
-                raise StpError(f"--config {config}: bad value for {key!r}: {exc.format_message()}") from None
+                values[name] = params[name].process_value(ctx, value)
+            except Exception as exc:  # the CLI framework's conversion error, whatever its class
+                message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+                raise StpError(f"--config {config}: bad value for {key!r}: {message}") from None
     return values
+
+
+def _param_name(key) -> str:
+    name = str(key).lstrip("-").replace("-", "_")
+    return {"as": "unit_stage", "m": "count"}.get(name, name)
 
 
 def recorded_options(values: dict[str, Any]) -> dict[str, Any]:

@@ -91,7 +91,10 @@ def info(ckpt: Checkpoint) -> dict:
 
 
 def verify_chain(path: Path) -> list[dict]:
-    """Follow each checkpoint's parent by path (or by name beside the child); compare sha256."""
+    """Follow each checkpoint's parent (by name beside the child, else by its recorded path); compare sha256.
+
+    A chain of files is usually moved as a folder, so a parent beside its child wins.
+    """
     rows, current, seen = [], Path(path), set()
     while current is not None and str(current) not in seen:
         seen.add(str(current))
@@ -99,7 +102,7 @@ def verify_chain(path: Path) -> list[dict]:
         parent = record["history"][-1].get("parent") if record["history"] else None
         if not parent:
             break
-        candidates = [Path(parent["path"]), current.parent / Path(parent["path"]).name]
+        candidates = [current.parent / Path(parent["path"]).name, Path(parent["path"])]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
             rows.append({"child": str(current), "parent": parent["path"], "status": "missing"})

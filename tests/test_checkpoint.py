@@ -1,0 +1,84 @@
+"""The checkpoint format: round trip, atomic writes, refusal of foreign, corrupt and future files."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from stpcli.checkpoint import (FORMAT_VERSION, Checkpoint, check_output_path, load_checkpoint, read_record,
+                               save_checkpoint, sha256_file)
+from stpcli.errors import StpError
+
+
+def sample_record(kind="snn"):
+    return {
+        "kind": kind,
+        "model": {"arch": "vgg11", "width": 0.5, "depths": [1, 1, 2, 2, 3], "units": {"stage": 5, "count": 1}},
+        "classes": ["a", "b"],
+        "input": {"image_size": 64, "mean": [0.5] * 3, "std": [0.25] * 3},
+        "data": {"kind": "folder", "path": "/data/x", "fingerprint": "f" * 64, "num_files": 10},
+        "split": {"train_ratio": 0.8, "val_ratio": 0.1, "seed": 3, "files": {"train": ["a/1"], "val": [], "test": ["b/2"]},
+                  "sha256": "s"},
+        "timesteps": 2 if kind == "snn" else None,
+        "snn": {"surrogate_gamma": 0.3, "initial_membrane": 0.5} if kind == "snn" else None,
+        "history": [{"stage": "train-ann", "command": "stp train-ann", "options": {"lr": 0.1}, "metrics": {"test_accuracy": 50.0},
+                     "parent": None, "finished": "2026-01-01T00:00:00+00:00"}],
+        "metrics": {"test_accuracy": 50.0},
+    }
+
+
+def test_round_trip_keeps_every_field_and_tensor(tmp_path):
+    tensors = {"layers.0.conv.weight": torch.randn(4, 3, 3, 3), "layers.0.neuron.threshold": torch.tensor(0.7),
+               "labels": torch.arange(5)}
+    path = tmp_path / "c.safetensors"
+    digest = save_checkpoint(Checkpoint(tensors, sample_record()), path)
+    loaded = load_checkpoint(path)
+    assert digest == sha256_file(path) == loaded.sha256
+    for key, value in sample_record().items():
+        assert loaded.record[key] == value
+    assert loaded.record["format_version"] == FORMAT_VERSION and loaded.record["tool_version"]
+    assert set(loaded.tensors) == set(tensors)
+    for key in tensors:
+        assert torch.equal(loaded.tensors[key], tensors[key])
+    assert read_record(path) == loaded.record
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
+
+
+def test_output_rules(tmp_path):
+    existing = tmp_path / "x.safetensors"
+    existing.write_bytes(b"keep me")
+    with pytest.raises(StpError, match="exists"):
+        check_output_path(existing, force=False)
+    check_output_path(existing, force=True)
+    with pytest.raises(StpError, match="does not exist"):
+        check_output_path(tmp_path / "missing" / "x.safetensors", force=False)
+    with pytest.raises(StpError, match="must end in .safetensors"):
+        check_output_path(tmp_path / "x.pt", force=False)
+    assert existing.read_bytes() == b"keep me"
+
+
+def test_refuses_foreign_corrupt_truncated_and_future_files(tmp_path):
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign), metadata={"format": "pt"})
+    with pytest.raises(StpError, match="not an stp checkpoint"):
+        load_checkpoint(foreign)
+    good = tmp_path / "good.safetensors"
+    save_checkpoint(Checkpoint({"w": torch.zeros(100)}, sample_record()), good)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[:-50])
+    with pytest.raises(StpError, match="not a readable safetensors"):
+        load_checkpoint(truncated)
+    text = tmp_path / "text.safetensors"
+    text.write_text("hello")
+    with pytest.raises(StpError, match="not a readable safetensors"):
+        load_checkpoint(text)
+    future = tmp_path / "future.safetensors"
+    record = sample_record() | {"format": "stp-checkpoint", "format_version": FORMAT_VERSION + 1}
+    save_file({"w": torch.zeros(2)}, str(future), metadata={"stp": json.dumps(record)})
+    with pytest.raises(StpError, match="newer than this stp"):
+        load_checkpoint(future)
+    with pytest.raises(StpError, match="does not exist"):
+        load_checkpoint(tmp_path / "absent.safetensors")
+    with pytest.raises(StpError, match="ANN checkpoint"):
+        load_checkpoint(good, expect_kind="ann")
