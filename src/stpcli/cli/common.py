@@ -18,6 +18,8 @@ from stpcli.errors import StpError
 from stpcli.stages.common import DataOptions, Stage, StageIO
 
 console = Console()
+if not console.is_terminal:  # logs and pipes: wide enough for the tables, never wrapped at 80
+    console = Console(width=140)
 error_console = Console(stderr=True)
 STATE = {"debug": False}
 NOT_RECORDED = {"config", "force", "resume", "json_output", "device", "precision", "compile"}

@@ -145,8 +145,10 @@ def compare_command(
     if json_output:
         _print_json(rows)
         return
-    table = Table("checkpoint", "kind", "T", "weight layers", "test acc %", "spikes/neuron", "energy uJ",
-                  "ANN/SNN energy", title="comparison (test split)")
+    table = Table(title="comparison (test split)")
+    for header in ("checkpoint", "kind", "T", "weight layers", "test acc %", "spikes/neuron", "energy uJ",
+                   "ANN/SNN energy"):
+        table.add_column(header, no_wrap=True)
     for row in rows:
         table.add_row(Path(row["checkpoint"]).name, row["kind"].upper(), str(row["timesteps"] or "-"),
                       str(row["layers"]), _fmt(row["accuracy"]), _fmt(row["spikes_per_neuron"], 3),

@@ -41,60 +41,76 @@ def surrogate(z: torch.Tensor, gamma: float) -> torch.Tensor:
 
 
 class _LIFFunction(torch.autograd.Function):
+    """Forward and backward over all T steps, written to touch each element as few times as eager
+    PyTorch allows: outputs and input gradients are written in place into preallocated [T, ...]
+    tensors, the scalar gradients are dot products, and only u(t) is saved."""
+
     @staticmethod
     def forward(ctx, current, threshold, leak, gamma, initial):
         steps = current.shape[0]
-        membranes, spikes = [], []
+        spikes = torch.empty(current.shape, dtype=current.dtype, device=current.device)
+        zero = torch.zeros((), dtype=current.dtype, device=current.device)
+        amplitude = threshold.to(current.dtype)
+        membranes = []
         residual = None
         for t in range(steps):
             if residual is not None:
-                u = leak * residual + current[t]
+                u = torch.addcmul(current[t], residual, leak.to(current.dtype))
             elif initial:
                 u = current[t] + leak * (initial * threshold)
             else:
                 u = current[t]
-            fired = (u / threshold - 1.0 > 0).to(u.dtype)
-            spikes.append(fired * threshold)
+            fired = u > threshold  # H(u/V - 1) for V > 0
+            torch.where(fired, amplitude, zero, out=spikes[t])
             membranes.append(u)
             if t + 1 < steps:
-                residual = u - threshold * fired
+                residual = u - spikes[t]
         ctx.gamma, ctx.initial = gamma, initial
         ctx.save_for_backward(threshold, leak, *membranes)
-        return torch.stack(spikes).to(current.dtype)
+        return spikes
 
     @staticmethod
     def backward(ctx, grad_spikes):
         threshold, leak, *membranes = ctx.saved_tensors
         gamma = ctx.gamma
         steps = len(membranes)
-        grad_current = [None] * steps
+        grad_spikes = grad_spikes.contiguous()
+        grad_current = torch.empty_like(grad_spikes)
         grad_threshold = torch.zeros((), dtype=torch.float32, device=threshold.device)
         grad_leak = torch.zeros_like(grad_threshold)
+        inverse = 1.0 / threshold
         grad_residual = None  # dL/dr(t), flowing back from u(t+1)
         for t in reversed(range(steps)):
             u = membranes[t]
-            z = u / threshold - 1.0
-            fired = (z > 0).to(u.dtype)
-            slope = surrogate(z, gamma)
             g = grad_spikes[t]
-            grad_u = g * slope if grad_residual is None else g * slope + grad_residual
-            grad_current[t] = grad_u
+            fired = (u > threshold).to(u.dtype)
+            # slope = gamma * max(0, 1 - |u/V - 1|), computed in place
+            slope = (u * inverse).sub_(1.0).abs_().neg_().add_(1.0).clamp_(min=0.0).mul_(gamma)
+            direct = slope.mul_(g)  # dL/du through this step's spike
             # s = V*H(z): ds/dV = H - slope*u/V ; r = u - V*H: dr/dV = -H
-            dv = g * (fired - slope * u / threshold)
-            if grad_residual is not None:
-                dv = dv - grad_residual * fired
-            grad_threshold += dv.sum(dtype=torch.float32)
+            grad_threshold += _dot(g, fired) - _dot(direct, u) * inverse
+            grad_u = grad_current[t]
+            if grad_residual is None:
+                grad_u.copy_(direct)
+            else:
+                torch.add(direct, grad_residual, out=grad_u)
+                grad_threshold -= _dot(grad_residual, fired)
             if t > 0:
                 previous = membranes[t - 1]
-                previous_residual = previous - threshold * (previous / threshold - 1.0 > 0).to(u.dtype)
-                grad_leak += (grad_u * previous_residual).sum(dtype=torch.float32)
+                previous_residual = previous - threshold * (previous > threshold).to(u.dtype)
+                grad_leak += _dot(grad_u, previous_residual)
             elif ctx.initial:  # u(1) = I(1) + lambda * f * V
                 total = grad_u.sum(dtype=torch.float32)
                 grad_leak += total * ctx.initial * threshold.float()
                 grad_threshold += total * ctx.initial * leak.float()
-            grad_residual = grad_u * leak
-        return (torch.stack(grad_current), grad_threshold.to(threshold.dtype),
-                grad_leak.to(leak.dtype), None, None)
+            if t > 0:
+                grad_residual = grad_u * leak
+        return grad_current, grad_threshold.to(threshold.dtype), grad_leak.to(leak.dtype), None, None
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum(a * b) in float32 without materialising the product."""
+    return torch.dot(a.reshape(-1).float(), b.reshape(-1).float())
 
 
 def lif_multistep(current: torch.Tensor, threshold: torch.Tensor, leak: torch.Tensor,
