@@ -33,7 +33,6 @@ def _rss_kib(field: str) -> int:
 
 
 def build(kind: str, timesteps: int, width: float, size: int, classes: int):
-    import torch
     from torch import nn
 
     from stpcli.models.registry import make_spec

@@ -6,7 +6,6 @@ import torch
 from PIL import Image
 
 from stpcli.data import synthetic
-from stpcli.data.imagefolder import decode_image
 from stpcli.data.loader import augment, epoch_generator, iterate_batches
 from stpcli.data.pack import read_pack, write_pack
 from stpcli.data.source import load_dataset

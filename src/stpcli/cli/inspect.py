@@ -106,9 +106,10 @@ def _print_info(details: dict, chain) -> None:
     neurons = details["neurons"]
     for row in details["layers"]:
         neuron = row["neuron"] or ""
-        prefix = f"layers.{row['index']}.neuron"
-        if f"{prefix}.threshold" in neurons:
-            neuron += f" V={neurons[prefix + '.threshold']:.3g} λ={neurons[prefix + '.leak']:.3g}"
+        prefix = f"layers.{row['index']}."
+        for key in sorted(k for k in neurons if k.startswith(prefix) and k.endswith(".threshold")):
+            leak = neurons[key.removesuffix("threshold") + "leak"]
+            neuron += f" V={neurons[key]:.3g} λ={leak:.3g}"
         table.add_row(str(row["index"]), "" if row["stage"] is None else str(row["stage"]), row["layer"],
                       "" if row["in"] is None else str(row["in"]), "" if row["out"] is None else str(row["out"]),
                       "yes" if row["unit"] else "", neuron, f"{row['macs']:,}" if row["macs"] else "")

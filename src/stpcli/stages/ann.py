@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from stpcli.checkpoint import Checkpoint, StageEntry
+from stpcli.checkpoint import Checkpoint
 from stpcli.data.source import IMAGENET_MEAN, IMAGENET_STD, data_record, load_dataset, split_data
 from stpcli.data.split import stratified_split
 from stpcli.engine.train import TrainConfig
@@ -12,9 +12,8 @@ from stpcli.models.ann import ANN
 from stpcli.models.pretrained import load_pretrained
 from stpcli.models.registry import make_spec
 from stpcli.models.surgery import first_layer_index, index_mapping, rename_layers, with_units
-from stpcli.stages.common import (DataOptions, Stage, StageIO, child_record, finish_stage,
-                                  load_stage_data, model_from_checkpoint, require_kind, split_accuracy,
-                                  train_stage)
+from stpcli.stages.common import (DataOptions, Stage, StageIO, child_record, load_stage_data,
+                                  model_from_checkpoint, require_kind, split_accuracy, train_and_finish)
 
 
 def train_ann(stage: Stage, *, arch: str, width: float, image_size: int, dropout: float,
@@ -47,15 +46,10 @@ def train_ann(stage: Stage, *, arch: str, width: float, image_size: int, dropout
     counts = {part: len(split["files"][part]) for part in ("train", "val", "test")}
     stage.say(f"[train-ann] {arch} x{width} on {dataset.source['path']}: {len(dataset.classes)} classes, "
               f"{counts['train']} train / {counts['val']} val / {counts['test']} test images at {image_size}px")
-    result = train_stage(stage, model, split_parts, config, record, io,
-                         {"arch": arch, "width": width, "image_size": image_size, "dropout": dropout,
-                          "split_sha256": split["sha256"], "pretrained": pretrained})
-    test = split_accuracy(model, split_parts, "test", record, stage.runtime)
-    stage.say(f"[train-ann] best val {result.best_val:.2f}% (epoch {result.best_epoch}), test {test:.2f}%")
-    entry = StageEntry("train-ann", io.command, options or {},
-                       {"val_accuracy": result.best_val, "best_epoch": result.best_epoch,
-                        "test_accuracy": test, "seconds": round(result.seconds, 1)})
-    return finish_stage(stage, model, record, entry, io, parent=None)
+    return train_and_finish(stage, model, split_parts, config, record, io,
+                            {"arch": arch, "width": width, "image_size": image_size, "dropout": dropout,
+                             "split_sha256": split["sha256"], "pretrained": pretrained},
+                            {}, options, parent=None)
 
 
 def add_unit(stage: Stage, source: Checkpoint, *, unit_stage: int, count: int, config: TrainConfig,
@@ -80,13 +74,6 @@ def add_unit(stage: Stage, source: Checkpoint, *, unit_stage: int, count: int, c
     before = split_accuracy(model, data_parts, "test", record, stage.runtime)
     stage.say(f"[add-unit] {count} Unit(s) at stage {unit_stage} (layers {first}..{first + count - 1}); "
               f"test accuracy before fine-tuning {before:.2f}%")
-    metrics = {"test_accuracy_before_training": before}
-    if config.epochs > 0:
-        result = train_stage(stage, model, data_parts, config, record, io,
-                             {"as": unit_stage, "m": count, "parent": source.sha256})
-        metrics.update({"val_accuracy": result.best_val, "best_epoch": result.best_epoch,
-                        "seconds": round(result.seconds, 1)})
-    metrics["test_accuracy"] = split_accuracy(model, data_parts, "test", record, stage.runtime)
-    stage.say(f"[add-unit] test accuracy {metrics['test_accuracy']:.2f}%")
-    entry = StageEntry("add-unit", io.command, options or {}, metrics)
-    return finish_stage(stage, model, record, entry, io, parent=source)
+    return train_and_finish(stage, model, data_parts, config, record, io,
+                            {"as": unit_stage, "m": count, "parent": source.sha256},
+                            {"test_accuracy_before_training": before}, options, parent=source)

@@ -80,7 +80,7 @@ def model_from_checkpoint(ckpt: Checkpoint, timesteps: int | None = None):
         if ckpt.kind == "ann":
             model = ANN(spec)
         else:
-            snn = ckpt.record.get("snn") or {}
+            ckpt.record.get("snn") or {}
             model = SNN(spec, timesteps or ckpt.timesteps, **snn_settings(ckpt.record))
         model.load_state_dict(ckpt.tensors)
     except StpError:
@@ -116,6 +116,22 @@ def train_stage(stage: Stage, model, data: SplitData, config: TrainConfig, recor
     return fit(model, data, config, stage.runtime, mean=mean, std=std, state_path=io.state_path,
                csv_path=io.csv_path, run_options=run_options, resume=io.resume, console=stage.console,
                label=stage.name)
+
+
+def train_and_finish(stage: Stage, model, data: SplitData, config: TrainConfig, record: dict, io: StageIO,
+                     run_options: dict, metrics: dict, options: dict | None,
+                     parent: Checkpoint | None) -> Checkpoint:
+    """Train when ``config.epochs > 0``, measure the test split, record the lineage entry, write the file."""
+    if config.epochs > 0:
+        result = train_stage(stage, model, data, config, record, io, run_options)
+        metrics.update({"val_accuracy": result.best_val, "best_epoch": result.best_epoch,
+                        "seconds": round(result.seconds, 1)})
+    metrics["test_accuracy"] = split_accuracy(model, data, "test", record, stage.runtime)
+    stage.say(f"[{stage.name}] test accuracy {metrics['test_accuracy']:.2f}%"
+              + (f" (best val {metrics['val_accuracy']:.2f}% at epoch {metrics['best_epoch']})"
+                 if metrics.get("val_accuracy") is not None else ""))
+    entry = StageEntry(stage.name.split(" ")[0], io.command, options or {}, metrics)
+    return finish_stage(stage, model, record, entry, io, parent=parent)
 
 
 def split_accuracy(model, data: SplitData, part: str, record: dict, runtime: Runtime) -> float:

@@ -7,16 +7,16 @@ from pathlib import Path
 
 import torch
 
-from stpcli.checkpoint import Checkpoint, StageEntry, load_checkpoint
+from stpcli.checkpoint import Checkpoint, load_checkpoint
 from stpcli.engine.train import TrainConfig
 from stpcli.errors import StpError
 from stpcli.models.surgery import index_mapping, rename_layers, without_layers
 from stpcli.spiking.convert import balance_thresholds, snn_from_ann
 from stpcli.spiking.network import SNN
 from stpcli.spiking.neuron import INITIAL_MEMBRANE, SURROGATE_GAMMA
-from stpcli.stages.common import (DataOptions, Stage, StageIO, child_record, finish_stage, input_stats,
-                                  load_stage_data, model_from_checkpoint, require_kind, snn_settings,
-                                  split_accuracy, train_stage)
+from stpcli.stages.common import (DataOptions, Stage, StageIO, child_record, input_stats, load_stage_data,
+                                  model_from_checkpoint, require_kind, snn_settings, split_accuracy,
+                                  train_and_finish)
 
 
 def check_timesteps(timesteps: int) -> None:
@@ -63,17 +63,11 @@ def convert(stage: Stage, source: Checkpoint, *, timesteps: int, percentile: flo
     converted_val = split_accuracy(snn, parts, "val", record, stage.runtime)
     stage.say(f"[convert] T={timesteps}: thresholds balanced on {count} images (p{percentile}, x{scale}); "
               f"accuracy right after conversion: val {converted_val:.2f}%, test {converted:.2f}%")
-    metrics = {"test_accuracy_after_conversion": converted, "val_accuracy_after_conversion": converted_val}
-    if config.epochs > 0:
-        result = train_stage(stage, snn, parts, config, record, io,
-                             {"timesteps": timesteps, "percentile": percentile, "scale": scale,
-                              "calibration_images": count, "parent": source.sha256})
-        metrics.update({"val_accuracy": result.best_val, "best_epoch": result.best_epoch,
-                        "seconds": round(result.seconds, 1)})
-    metrics["test_accuracy"] = split_accuracy(snn, parts, "test", record, stage.runtime)
-    stage.say(f"[convert] T={timesteps}: test accuracy after training {metrics['test_accuracy']:.2f}%")
-    entry = StageEntry("convert", io.command, options or {}, metrics)
-    return finish_stage(stage, snn, record, entry, io, parent=source)
+    return train_and_finish(stage, snn, parts, config, record, io,
+                            {"timesteps": timesteps, "percentile": percentile, "scale": scale,
+                             "calibration_images": count, "parent": source.sha256},
+                            {"test_accuracy_after_conversion": converted,
+                             "val_accuracy_after_conversion": converted_val}, options, parent=source)
 
 
 def parse_schedule(text: str | list) -> list[int]:
@@ -131,14 +125,11 @@ def temporal_prune(stage: Stage, source: Checkpoint, *, schedule: list[int], con
         start = split_accuracy(snn, parts, "test", record, stage.runtime)
         stage.say(f"[temporal-prune] T={parent.timesteps} -> T={timesteps}: test accuracy before "
                   f"retraining {start:.2f}%")
-        result = train_stage(Stage(f"temporal-prune T={timesteps}", stage.runtime, stage.console), snn, parts,
-                             config, record, stage_io, {"timesteps": timesteps, "parent": parent.sha256})
-        metrics = {"test_accuracy_before_training": start, "val_accuracy": result.best_val,
-                   "best_epoch": result.best_epoch, "seconds": round(result.seconds, 1),
-                   "test_accuracy": split_accuracy(snn, parts, "test", record, stage.runtime)}
-        stage.say(f"[temporal-prune] T={timesteps}: test accuracy {metrics['test_accuracy']:.2f}% -> {path}")
-        entry = StageEntry("temporal-prune", io.command, {**(options or {}), "timesteps": timesteps}, metrics)
-        parent = finish_stage(stage, snn, record, entry, stage_io, parent=parent)
+        parent = train_and_finish(Stage(f"temporal-prune T={timesteps}", stage.runtime, stage.console), snn,
+                                  parts, config, record, stage_io, {"timesteps": timesteps, "parent": parent.sha256},
+                                  {"test_accuracy_before_training": start},
+                                  {**(options or {}), "timesteps": timesteps}, parent=parent)
+        stage.say(f"[temporal-prune] T={timesteps} -> {path}")
         outputs.append(parent)
     return outputs
 
@@ -180,13 +171,7 @@ def spatial_prune(stage: Stage, source: Checkpoint, *, unit_stage: int | None, c
     before = split_accuracy(small, parts, "test", record, stage.runtime)
     stage.say(f"[spatial-prune] removed layers {first}..{first + count - 1} (stage {unit_stage}, M={count}); "
               f"T={source.timesteps}; test accuracy before fine-tuning {before:.2f}%")
-    metrics = {"test_accuracy_before_training": before, "removed_layers": list(range(first, first + count))}
-    if config.epochs > 0:
-        result = train_stage(stage, small, parts, config, record, io,
-                             {"as": unit_stage, "m": count, "parent": source.sha256})
-        metrics.update({"val_accuracy": result.best_val, "best_epoch": result.best_epoch,
-                        "seconds": round(result.seconds, 1)})
-    metrics["test_accuracy"] = split_accuracy(small, parts, "test", record, stage.runtime)
-    stage.say(f"[spatial-prune] test accuracy {metrics['test_accuracy']:.2f}%")
-    entry = StageEntry("spatial-prune", io.command, options or {}, metrics)
-    return finish_stage(stage, small, record, entry, io, parent=source)
+    return train_and_finish(stage, small, parts, config, record, io,
+                            {"as": unit_stage, "m": count, "parent": source.sha256},
+                            {"test_accuracy_before_training": before,
+                             "removed_layers": list(range(first, first + count))}, options, parent=source)
