@@ -30,18 +30,36 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
         raise StpError(f"--pretrained {path} is not a readable weights file ({str(exc).splitlines()[0][:120]})") from exc
 
 
+def _natural(key: str):
+    return [int(part) if part.isdigit() else part for part in key.split(".")]
+
+
+def _bn_prefix(state: dict[str, torch.Tensor], conv_prefix: str) -> str | None:
+    """torchvision names a conv's BatchNorm `...bnK.` (ResNet) or by the next index (VGG, downsample)."""
+    parts = conv_prefix.rstrip(".").split(".")
+    candidates = []
+    if parts[-1].startswith("conv"):
+        candidates.append(".".join(parts[:-1] + ["bn" + parts[-1][4:]]) + ".")
+    if parts[-1].isdigit():
+        candidates.append(".".join(parts[:-1] + [str(int(parts[-1]) + 1)]) + ".")
+    return next((c for c in candidates if c + "running_mean" in state), None)
+
+
 def _conv_bn_groups(state: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, dict[str, torch.Tensor] | None]]:
-    """(conv weight, its BatchNorm tensors) in file order, classifier excluded."""
-    keys = [k for k in state if not k.startswith(("classifier", "fc."))]
+    """(conv weight, its BatchNorm tensors) in module order, classifier excluded.
+
+    safetensors files list keys alphabetically, so order comes from a natural sort of
+    the names (features.2 < features.10; conv1 < conv2 < downsample).
+    """
+    convs = sorted((k for k, v in state.items() if k.endswith("weight") and v.dim() == 4
+                    and not k.startswith(("classifier", "fc."))), key=_natural)
     groups = []
-    for key in keys:
-        if key.endswith("weight") and state[key].dim() == 4:
-            prefix = key[: -len("weight")]
-            groups.append([state[key], None, prefix])
-        elif groups and key.endswith("running_mean"):
-            bn = key[: -len("running_mean")]
-            groups[-1][1] = {n: state[bn + n] for n in ("weight", "bias", "running_mean", "running_var")}
-    return [(w, bn) for w, bn, _ in groups]
+    for key in convs:
+        prefix = key[: -len("weight")]
+        bn = _bn_prefix(state, prefix)
+        groups.append((state[key], None if bn is None else
+                       {n: state[bn + n] for n in ("weight", "bias", "running_mean", "running_var")}))
+    return groups
 
 
 def load_pretrained(model: ANN, path: str) -> int:
