@@ -1,0 +1,66 @@
+"""``stp pipeline``: the STP chain and the TP baseline from one preset, as a thin loop over the commands.
+
+It runs exactly what ``examples/Makefile`` runs, one stage command after another
+with the same preset, and skips a stage whose output already exists (delete a
+file, or pass --force, to redo it and everything after it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stpcli.cli.common import Force, console, stp_command
+from stpcli.errors import StpError
+
+app = typer.Typer()
+
+# (command, input, output); temporal-prune also writes the _t3 and _t2 files of its schedule
+STEPS = [
+    ("train-ann", None, "na"),
+    ("add-unit", "na", "nb"),
+    ("convert", "nb", "sb_t5"),
+    ("temporal-prune", "sb_t5", "sb_t1"),
+    ("spatial-prune", "sb_t1", "sa_t1"),
+    ("spatial-prune", "sb_t2", "sa_t2"),
+    ("convert", "na", "s_t5"),
+    ("temporal-prune", "s_t5", "s_t1"),
+]
+COMPARED = ["na", "s_t2", "s_t1", "sa_t2", "sa_t1"]
+
+
+@stp_command(app, "pipeline")
+def pipeline_command(
+    config: Annotated[Path, typer.Argument(help="Preset YAML with one section per command (see examples/configs).")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for every checkpoint of the chain.")],
+    data: Annotated[str | None, typer.Option("--data", help="Dataset for train-ann (default: the embedded one).")] = None,
+    force: Force = False,
+):
+    """Run STP (Na -> Nb -> Sb(T5) -> Sb(T1) -> Sa) and the TP baseline, then compare them."""
+    from stpcli.cli import app as root
+
+    if not config.is_file():
+        raise StpError(f"{config} does not exist")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    command = typer.main.get_command(root)
+    redo = force
+    for name, source, target in STEPS:
+        out = out_dir / f"{target}.safetensors"
+        if out.exists() and not redo:
+            console.print(f"[pipeline] {out} exists; skipping {name}", markup=False)
+            continue
+        args = [name] + ([str(out_dir / f"{source}.safetensors")] if source else []) + [
+            "--config", str(config), "--out", str(out), "--force"]
+        if name == "train-ann" and data is not None:
+            args += ["--data", data]
+        console.print(f"[pipeline] stp {' '.join(args)}", markup=False)
+        code = command.main(args=args, prog_name="stp", standalone_mode=False)
+        if code:
+            raise StpError(f"pipeline stopped: stp {name} exited with status {code}", exit_code=code)
+        redo = True  # every later stage depends on this new file
+    code = command.main(args=["compare", *(str(out_dir / f"{n}.safetensors") for n in COMPARED)],
+                        prog_name="stp", standalone_mode=False)
+    if code:
+        raise typer.Exit(code)
