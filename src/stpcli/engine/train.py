@@ -182,11 +182,11 @@ def fit(model, data: SplitData, config: TrainConfig, runtime: Runtime, *, mean: 
                 seen += y.shape[0]
                 progress.advance(task)
                 if device.type == "cpu" or step % NAN_CHECK_EVERY == 0:
-                    _check_finite(loss, runtime, label, epoch, step, state_path, start_epoch, history)
+                    _check_finite(loss, runtime, label, epoch, step, state_path, history)
                 if runtime.broadcast_flag(stop.signal_name is not None):
                     raise Interrupted(_interrupt_message(stop.signal_name, label, epoch, history, state_path))
             progress.remove_task(task)
-            _check_finite(loss_sum, runtime, label, epoch, steps, state_path, start_epoch, history)
+            _check_finite(loss_sum, runtime, label, epoch, steps, state_path, history)
             totals = torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(seen), device=device)])
             runtime.all_reduce_sum(totals)
             val_acc = accuracy(model, val_x, val_y, num_classes, mean, std, runtime)
@@ -219,7 +219,7 @@ def fit(model, data: SplitData, config: TrainConfig, runtime: Runtime, *, mean: 
     return FitResult(best_val, best_epoch, history, time.time() - started)
 
 
-def _check_finite(value, runtime, label, epoch, step, state_path, start_epoch, history):
+def _check_finite(value, runtime, label, epoch, step, state_path, history):
     bad = not bool(torch.isfinite(value).all())
     if runtime.broadcast_flag(bad):
         kept = (f"the last good state (epoch {len(history)}) is kept in {state_path}"

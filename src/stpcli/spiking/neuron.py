@@ -84,7 +84,7 @@ class _LIFFunction(torch.autograd.Function):
             u = membranes[t]
             g = grad_spikes[t]
             fired = (u > threshold).to(u.dtype)
-            # slope = gamma * max(0, 1 - |u/V - 1|), computed in place
+            # slope = surrogate(u/V - 1, gamma), computed in place on one temporary
             slope = (u * inverse).sub_(1.0).abs_().neg_().add_(1.0).clamp_(min=0.0).mul_(gamma)
             direct = slope.mul_(g)  # dL/du through this step's spike
             # s = V*H(z): ds/dV = H - slope*u/V ; r = u - V*H: dr/dV = -H
