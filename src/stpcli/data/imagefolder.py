@@ -68,7 +68,7 @@ def decode_image(path: Path, image_size: int) -> torch.Tensor:
     return data.view(image_size, image_size, 3).permute(2, 0, 1).contiguous()
 
 
-def decode_all(listing: FolderListing, image_size: int, on_bad_image: str, progress=None):
+def decode_all(listing: FolderListing, image_size: int, on_bad_image: str):
     """Decode every listed file. Returns (images, labels, names, skipped_names)."""
 
     def work(name: str):
@@ -80,8 +80,6 @@ def decode_all(listing: FolderListing, image_size: int, on_bad_image: str, progr
     images, labels, names, skipped = [], [], [], []
     with ThreadPoolExecutor(max_workers=4) as pool:
         for name, label, img in zip(listing.names, listing.labels, pool.map(work, listing.names)):
-            if progress is not None:
-                progress()
             if img is None:
                 if on_bad_image == "fail":
                     raise StpError(f"image {listing.root / name} does not decode (use --on-bad-image skip to skip such files)")

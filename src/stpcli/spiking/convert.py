@@ -33,7 +33,7 @@ def _percentile(values: torch.Tensor, percentile: float) -> float:
 
 @torch.no_grad()
 def balance_thresholds(snn: SNN, images: torch.Tensor, percentile: float, scale: float,
-                       chunk: int = 64, progress=None) -> list[float]:
+                       chunk: int = 64) -> list[float]:
     """Layer by layer, V_l = scale x the p-th percentile of layer l's input current.
 
     Earlier layers already spike at their new thresholds. The percentile is
@@ -67,7 +67,5 @@ def balance_thresholds(snn: SNN, images: torch.Tensor, percentile: float, scale:
         threshold = max(scale * value, 1e-3)
         neuron.threshold.fill_(threshold)
         thresholds.append(threshold)
-        if progress is not None:
-            progress()
     snn.train(was_training)
     return thresholds

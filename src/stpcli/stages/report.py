@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stpcli.checkpoint import Checkpoint, load_checkpoint, read_record, sha256_file
+from stpcli.data.source import SplitData
 from stpcli.engine.evaluate import accuracy_report
 from stpcli.errors import StpError
 from stpcli.models.plan import build_plan, describe, synaptic_layers
@@ -13,14 +14,16 @@ from stpcli.stages.common import DataOptions, Stage, input_stats, load_stage_dat
 
 
 def evaluate(stage: Stage, ckpt: Checkpoint, data: DataOptions, timesteps: int | None = None,
-             part: str = "test", batch_size: int = 256) -> dict:
+             part: str = "test", batch_size: int = 256, parts: SplitData | None = None) -> dict:
+    """``parts``: the checkpoint's data and split when the caller has already loaded them."""
     if timesteps is not None and ckpt.kind != "snn":
         raise StpError("--timesteps applies to SNN checkpoints only")
     if timesteps is not None and timesteps < 1:
         raise StpError(f"--timesteps must be at least 1, got {timesteps}")
     if batch_size <= 0:
         raise StpError(f"--batch-size must be positive, got {batch_size}")
-    parts = load_stage_data(ckpt, data)
+    if parts is None:
+        parts = load_stage_data(ckpt, data)
     model = model_from_checkpoint(ckpt, timesteps=timesteps).to(stage.runtime.device)
     images, labels = parts.part(part)
     mean, std = input_stats(ckpt.record)
@@ -114,10 +117,14 @@ def verify_chain(path: Path) -> list[dict]:
 
 
 def compare(stage: Stage, paths: list[Path], data: DataOptions) -> list[dict]:
-    rows = []
+    """Evaluate each checkpoint; checkpoints of one chain share their data, which is loaded once."""
+    rows, loaded = [], {}
     for path in paths:
         ckpt = load_checkpoint(path)
-        result = evaluate(stage, ckpt, data)
+        key = (ckpt.record["data"]["fingerprint"], ckpt.record["input"]["image_size"], ckpt.record["split"]["sha256"])
+        if key not in loaded:
+            loaded[key] = load_stage_data(ckpt, data)
+        result = evaluate(stage, ckpt, data, parts=loaded[key])
         energy = result["energy"]
         rows.append({
             "checkpoint": str(path),
