@@ -137,7 +137,9 @@ def make_data(values: dict) -> DataOptions:
 def make_train_config(values: dict, milestones: list[float]) -> TrainConfig:
     return TrainConfig(epochs=values["epochs"], batch_size=values["batch_size"], optimizer=values["optimizer"],
                        lr=values["lr"], momentum=values["momentum"], weight_decay=values["weight_decay"],
-                       schedule=values["lr_schedule"], milestones=milestones, seed=values["seed"])
+                       schedule=values["lr_schedule"], milestones=milestones, seed=values["seed"],
+                       distill_weight=values.get("distill", 0.0),
+                       distill_temperature=values.get("distill_temperature", 4.0))
 
 
 # Option types shared by the commands (one definition each).
@@ -159,4 +161,7 @@ AllowDataChange = Annotated[bool, typer.Option("--allow-data-change", help="Acce
 OnBadImage = Annotated[str, typer.Option("--on-bad-image", help="fail | skip images that do not decode.")]
 CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Where decoded images are cached (default ~/.cache/stpcli).")]
 Source = Annotated[Path, typer.Argument(help="Input checkpoint.")]
+Distill = Annotated[float, typer.Option("--distill", help="Loss weight of matching the teacher's soft outputs, 0..1 (0: off).")]
+DistillTemperature = Annotated[float, typer.Option("--distill-temperature", help="Softmax temperature for --distill.")]
+Teacher = Annotated[Path | None, typer.Option("--teacher", help="Checkpoint to distil from (default: the ANN this SNN was converted from).")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]

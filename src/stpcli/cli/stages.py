@@ -7,9 +7,9 @@ from typing import Annotated
 import typer
 
 from stpcli.checkpoint import load_checkpoint
-from stpcli.cli.common import (AllowDataChange, BatchSize, CacheDir, Compile, Config, Data, Device, Force,
-                               Momentum, OnBadImage, Optimizer, Out, Precision, Resume, Schedule, Seed,
-                               Source, WeightDecay, apply_config, make_data, make_io, make_stage,
+from stpcli.cli.common import (AllowDataChange, BatchSize, CacheDir, Compile, Config, Data, Device, Distill,
+                               DistillTemperature, Force, Momentum, OnBadImage, Optimizer, Out, Precision,
+                               Resume, Schedule, Seed, Source, Teacher, WeightDecay, apply_config, make_data, make_io, make_stage,
                                make_train_config, recorded_options, stp_command)
 from stpcli.stages.ann import add_unit, train_ann
 from stpcli.stages.snn import convert, parse_schedule, spatial_prune, temporal_prune
@@ -111,6 +111,9 @@ def convert_command(
     momentum: Momentum = 0.9,
     weight_decay: WeightDecay = 0.0,
     lr_schedule: Schedule = "step",
+    distill: Distill = 0.0,
+    distill_temperature: DistillTemperature = 4.0,
+    teacher: Teacher = None,
     dropout: Annotated[float, typer.Option("--dropout", help="SNN dropout (one mask shared by all steps).")] = 0.2,
     initial_membrane: Annotated[float, typer.Option("--initial-membrane", help="Initial membrane as a fraction of the threshold (0: DIET-SNN/TP).")] = 0.5,
     seed: Seed = 0,
@@ -132,7 +135,7 @@ def convert_command(
             percentile=values["percentile"], scale=values["scale"],
             calibration_images=values["calibration_images"], config=make_train_config(values, SNN_MILESTONES),
             data=make_data(values), io=make_io(values), dropout=values["dropout"],
-            initial=values["initial_membrane"],
+            initial=values["initial_membrane"], teacher=values["teacher"],
             options=recorded_options(values))
 
 
@@ -149,6 +152,9 @@ def temporal_prune_command(
     momentum: Momentum = 0.9,
     weight_decay: WeightDecay = 0.0,
     lr_schedule: Schedule = "step",
+    distill: Distill = 0.0,
+    distill_temperature: DistillTemperature = 4.0,
+    teacher: Teacher = None,
     seed: Seed = 0,
     data: Data = None,
     allow_data_change: AllowDataChange = False,
@@ -168,7 +174,7 @@ def temporal_prune_command(
     stage = make_stage("temporal-prune", values)
     temporal_prune(stage, load_checkpoint(values["source"]), schedule=steps,
                    config=make_train_config(values, SNN_MILESTONES), data=make_data(values), io=make_io(values),
-                   options=recorded_options(values))
+                   teacher=values["teacher"], options=recorded_options(values))
 
 
 @stp_command(app, "spatial-prune")
@@ -185,6 +191,9 @@ def spatial_prune_command(
     momentum: Momentum = 0.9,
     weight_decay: WeightDecay = 0.0,
     lr_schedule: Schedule = "step",
+    distill: Distill = 0.0,
+    distill_temperature: DistillTemperature = 4.0,
+    teacher: Teacher = None,
     seed: Seed = 0,
     data: Data = None,
     allow_data_change: AllowDataChange = False,
@@ -202,4 +211,4 @@ def spatial_prune_command(
     stage = make_stage("spatial-prune", values)
     spatial_prune(stage, load_checkpoint(values["source"]), unit_stage=values["unit_stage"],
                   count=values["count"], config=make_train_config(values, SNN_MILESTONES), data=make_data(values),
-                  io=make_io(values), options=recorded_options(values))
+                  io=make_io(values), teacher=values["teacher"], options=recorded_options(values))

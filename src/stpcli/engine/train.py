@@ -46,6 +46,8 @@ class TrainConfig:
     gamma: float = 0.2
     seed: int = 0
     neuron_lr_scale: float = 1.0  # learning-rate multiplier for thresholds and leaks
+    distill_weight: float = 0.0  # share of the loss given to matching a teacher's soft outputs
+    distill_temperature: float = 4.0
 
     def check(self, training_required: bool = False) -> None:
         if self.epochs < 0 or (training_required and self.epochs == 0):
@@ -61,6 +63,10 @@ class TrainConfig:
             raise StpError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.weight_decay < 0:
             raise StpError(f"--weight-decay must be zero or more, got {self.weight_decay}")
+        if not 0 <= self.distill_weight <= 1:
+            raise StpError(f"--distill must lie in [0, 1], got {self.distill_weight}")
+        if not self.distill_temperature > 0 or not math.isfinite(self.distill_temperature):
+            raise StpError(f"--distill-temperature must be positive, got {self.distill_temperature}")
 
     def lr_at(self, epoch: int) -> float:
         if self.schedule == "cosine":
@@ -102,6 +108,21 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                      weight: float, temperature: float) -> torch.Tensor:
+    """(1 - w) CE(student, labels) + w tau^2 KL(softmax(teacher / tau) || softmax(student / tau)).
+
+    The tau^2 factor keeps the soft term's gradient on the scale of the hard one
+    (Hinton et al., 2015), so ``weight`` means the same at every temperature.
+    """
+    hard = F.cross_entropy(logits, labels)
+    if weight == 0:
+        return hard
+    soft = F.kl_div(F.log_softmax(logits / temperature, dim=1), F.log_softmax(teacher_logits / temperature, dim=1),
+                    reduction="batchmean", log_target=True)
+    return (1 - weight) * hard + weight * temperature ** 2 * soft
+
+
 def make_optimizer(model, config: TrainConfig):
     """Thresholds and leaks (scalars near 1, unlike weights near 0.01) get their own learning rate."""
     neuron = [p for n, p in model.named_parameters() if n.endswith((".threshold", ".leak"))]
@@ -116,8 +137,14 @@ def make_optimizer(model, config: TrainConfig):
 
 def fit(model, data: SplitData, config: TrainConfig, runtime: Runtime, *, mean: torch.Tensor,
         std: torch.Tensor, state_path: Path, csv_path: Path | None, run_options: dict,
-        resume: bool, console: Console, label: str) -> FitResult:
-    """Train ``model`` in place; on return it holds the best-on-validation weights."""
+        resume: bool, console: Console, label: str, teacher: torch.nn.Module | None = None) -> FitResult:
+    """Train ``model`` in place; on return it holds the best-on-validation weights.
+
+    With ``config.distill_weight > 0`` the loss also pulls the model's outputs
+    towards ``teacher``'s (run in eval mode on the same augmented batch).
+    """
+    if config.distill_weight > 0 and teacher is None:
+        raise ValueError("distillation needs a teacher model")
     started = time.time()
     device = runtime.device
     train_x, train_y = (t.to(device) for t in data.part("train"))
@@ -129,6 +156,10 @@ def fit(model, data: SplitData, config: TrainConfig, runtime: Runtime, *, mean: 
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
+    if config.distill_weight > 0:
+        teacher = teacher.to(device).eval()
+        if device.type == "cuda":
+            teacher.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, config)
     train_model = model
     if runtime.distributed:
@@ -172,7 +203,13 @@ def fit(model, data: SplitData, config: TrainConfig, runtime: Runtime, *, mean: 
                     x = x.contiguous(memory_format=torch.channels_last)
                 with runtime.autocast():
                     logits = train_model(x)
-                    loss = F.cross_entropy(logits.float(), y)
+                    if config.distill_weight > 0:
+                        with torch.no_grad():
+                            teacher_logits = teacher(x).float()
+                        loss = distillation_loss(logits.float(), teacher_logits, y, config.distill_weight,
+                                                 config.distill_temperature)
+                    else:
+                        loss = F.cross_entropy(logits.float(), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

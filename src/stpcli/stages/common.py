@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from stpcli.checkpoint import Checkpoint, StageEntry, check_output_path, save_checkpoint, sha256_file
+from stpcli.checkpoint import (Checkpoint, StageEntry, check_output_path, load_checkpoint, save_checkpoint,
+                               sha256_file)
 from stpcli.data.source import SplitData, load_recorded_data
 from stpcli.engine.evaluate import accuracy
 from stpcli.engine.runtime import Runtime
@@ -109,21 +110,70 @@ def child_record(parent: Checkpoint, **changes) -> dict:
     return record
 
 
+@dataclass
+class Teacher:
+    """The network whose outputs an SNN stage distils from (``--distill``)."""
+
+    model: torch.nn.Module
+    path: Path
+    sha256: str
+
+    def describe(self) -> dict:
+        return {"path": str(self.path.resolve()), "sha256": self.sha256}
+
+
+def resolve_teacher(student: Checkpoint, teacher_path: Path | None, weight: float) -> Teacher | None:
+    """The teacher for ``--distill``: ``--teacher``, else the ANN the student was converted from.
+
+    The default is found through the lineage (the parent of the ``convert``
+    entry, or the student itself when it is an ANN) and must still have the
+    recorded sha256; the teacher must see the same classes and inputs.
+    """
+    if weight == 0:
+        return None
+    if teacher_path is None:
+        if student.kind == "ann":
+            teacher_path = student.path
+        else:
+            converted = [e for e in student.history if e.get("stage") == "convert" and e.get("parent")]
+            if not converted:
+                raise StpError(f"{student.path} records no conversion to take a teacher from; pass --teacher")
+            parent = converted[-1]["parent"]
+            teacher_path = Path(parent["path"])
+            if not teacher_path.is_file():
+                raise StpError(f"the ANN {student.path.name} was converted from, {teacher_path}, is gone; "
+                               "pass --teacher")
+            if sha256_file(teacher_path) != parent["sha256"]:
+                raise StpError(f"the ANN {student.path.name} was converted from, {teacher_path}, has changed "
+                               "since; pass --teacher to use it anyway")
+    ckpt = load_checkpoint(teacher_path)
+    if ckpt.record.get("classes") != student.record.get("classes"):
+        raise StpError(f"--teacher {teacher_path} was trained on other classes than {student.path.name}")
+    if ckpt.record.get("input") != student.record.get("input"):
+        raise StpError(f"--teacher {teacher_path} expects other inputs (size or normalisation) than "
+                       f"{student.path.name}")
+    return Teacher(model_from_checkpoint(ckpt).eval(), Path(teacher_path), ckpt.sha256)
+
+
 def train_stage(stage: Stage, model, data: SplitData, config: TrainConfig, record: dict,
-                io: StageIO, extra_options: dict) -> FitResult:
+                io: StageIO, extra_options: dict, teacher: Teacher | None = None) -> FitResult:
     mean, std = input_stats(record)
     run_options = {"stage": stage.name, "train": config_dict(config), **extra_options}
+    if teacher is not None:
+        run_options["teacher"] = teacher.sha256
     return fit(model, data, config, stage.runtime, mean=mean, std=std, state_path=io.state_path,
                csv_path=io.csv_path, run_options=run_options, resume=io.resume, console=stage.console,
-               label=stage.name)
+               label=stage.name, teacher=teacher.model if teacher is not None else None)
 
 
 def train_and_finish(stage: Stage, model, data: SplitData, config: TrainConfig, record: dict, io: StageIO,
                      run_options: dict, metrics: dict, options: dict | None,
-                     parent: Checkpoint | None) -> Checkpoint:
+                     parent: Checkpoint | None, teacher: Teacher | None = None) -> Checkpoint:
     """Train when ``config.epochs > 0``, measure the test split, record the lineage entry, write the file."""
+    if teacher is not None:
+        options = {**(options or {}), "teacher": teacher.describe()}
     if config.epochs > 0:
-        result = train_stage(stage, model, data, config, record, io, run_options)
+        result = train_stage(stage, model, data, config, record, io, run_options, teacher)
         metrics.update({"val_accuracy": result.best_val, "best_epoch": result.best_epoch,
                         "seconds": round(result.seconds, 1)})
     metrics["test_accuracy"] = split_accuracy(model, data, "test", record, stage.runtime)

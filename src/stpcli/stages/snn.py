@@ -15,8 +15,8 @@ from stpcli.spiking.convert import balance_thresholds, snn_from_ann
 from stpcli.spiking.network import SNN
 from stpcli.spiking.neuron import INITIAL_MEMBRANE, SURROGATE_GAMMA
 from stpcli.stages.common import (DataOptions, Stage, StageIO, child_record, input_stats, load_stage_data,
-                                  model_from_checkpoint, require_kind, snn_settings, split_accuracy,
-                                  train_and_finish)
+                                  model_from_checkpoint, require_kind, resolve_teacher, snn_settings,
+                                  split_accuracy, train_and_finish)
 
 
 def check_timesteps(timesteps: int) -> None:
@@ -27,7 +27,7 @@ def check_timesteps(timesteps: int) -> None:
 def convert(stage: Stage, source: Checkpoint, *, timesteps: int, percentile: float, scale: float,
             calibration_images: int, config: TrainConfig, data: DataOptions, io: StageIO,
             dropout: float = 0.2, gamma: float = SURROGATE_GAMMA, initial: float = INITIAL_MEMBRANE,
-            options: dict | None = None) -> Checkpoint:
+            teacher: Path | None = None, options: dict | None = None) -> Checkpoint:
     """Sb: BN folded, ReLU -> LIF, thresholds balanced layer by layer, then hybrid training at T."""
     require_kind(source, "convert", "ann")
     check_timesteps(timesteps)
@@ -43,6 +43,7 @@ def convert(stage: Stage, source: Checkpoint, *, timesteps: int, percentile: flo
     if not 0 <= initial < 1:
         raise StpError(f"--initial-membrane must lie in [0, 1), got {initial}")
     io.check(will_train=config.epochs > 0)
+    distil_from = resolve_teacher(source, teacher, config.distill_weight if config.epochs > 0 else 0)
     parts = load_stage_data(source, data)
     ann = model_from_checkpoint(source).eval()
     snn = snn_from_ann(ann, timesteps, gamma=gamma, dropout=dropout, initial=initial)
@@ -67,7 +68,8 @@ def convert(stage: Stage, source: Checkpoint, *, timesteps: int, percentile: flo
                             {"timesteps": timesteps, "percentile": percentile, "scale": scale,
                              "calibration_images": count, "parent": source.sha256},
                             {"test_accuracy_after_conversion": converted,
-                             "val_accuracy_after_conversion": converted_val}, options, parent=source)
+                             "val_accuracy_after_conversion": converted_val}, options, parent=source,
+                            teacher=distil_from)
 
 
 def parse_schedule(text: str | list) -> list[int]:
@@ -92,7 +94,8 @@ def stage_path(out: Path, timesteps: int) -> Path:
 
 
 def temporal_prune(stage: Stage, source: Checkpoint, *, schedule: list[int], config: TrainConfig,
-                   data: DataOptions, io: StageIO, options: dict | None = None) -> list[Checkpoint]:
+                   data: DataOptions, io: StageIO, teacher: Path | None = None,
+                   options: dict | None = None) -> list[Checkpoint]:
     """Retrain at each T of the schedule, each stage from the previous one; one checkpoint per T.
 
     A stage whose checkpoint already exists and descends from the previous
@@ -106,6 +109,7 @@ def temporal_prune(stage: Stage, source: Checkpoint, *, schedule: list[int], con
     if source.path is not None and any(p.resolve() == source.path.resolve() for p in paths):
         raise StpError(f"a stage of --schedule would overwrite the input {source.path}; choose another --out")
     io.check(will_train=True)
+    distil_from = resolve_teacher(source, teacher, config.distill_weight)
     parts = load_stage_data(source, data)
     outputs, parent = [], source
     for timesteps, path in zip(schedule, paths):
@@ -128,7 +132,8 @@ def temporal_prune(stage: Stage, source: Checkpoint, *, schedule: list[int], con
         parent = train_and_finish(Stage(f"temporal-prune T={timesteps}", stage.runtime, stage.console), snn,
                                   parts, config, record, stage_io, {"timesteps": timesteps, "parent": parent.sha256},
                                   {"test_accuracy_before_training": start},
-                                  {**(options or {}), "timesteps": timesteps}, parent=parent)
+                                  {**(options or {}), "timesteps": timesteps}, parent=parent,
+                                  teacher=distil_from)
         stage.say(f"[temporal-prune] T={timesteps} -> {path}")
         outputs.append(parent)
     return outputs
@@ -149,7 +154,7 @@ def _reusable(path: Path, parent: Checkpoint, timesteps: int, force: bool) -> Ch
 
 
 def spatial_prune(stage: Stage, source: Checkpoint, *, unit_stage: int | None, count: int | None,
-                  config: TrainConfig, data: DataOptions, io: StageIO,
+                  config: TrainConfig, data: DataOptions, io: StageIO, teacher: Path | None = None,
                   options: dict | None = None) -> Checkpoint:
     """Sa: remove M layers from stage AS (Algorithm 2), copy the rest, fine-tune at the checkpoint's T."""
     require_kind(source, "spatial-prune", "snn")
@@ -161,6 +166,7 @@ def spatial_prune(stage: Stage, source: Checkpoint, *, unit_stage: int | None, c
         unit_stage = units["stage"] if unit_stage is None else unit_stage
         count = units["count"] if count is None else count
     io.check(will_train=config.epochs > 0)
+    distil_from = resolve_teacher(source, teacher, config.distill_weight if config.epochs > 0 else 0)
     big = model_from_checkpoint(source)
     spec, first = without_layers(source.model_spec, unit_stage, count)
     small = SNN(spec, source.timesteps, **snn_settings(source.record))
@@ -174,4 +180,5 @@ def spatial_prune(stage: Stage, source: Checkpoint, *, unit_stage: int | None, c
     return train_and_finish(stage, small, parts, config, record, io,
                             {"as": unit_stage, "m": count, "parent": source.sha256},
                             {"test_accuracy_before_training": before,
-                             "removed_layers": list(range(first, first + count))}, options, parent=source)
+                             "removed_layers": list(range(first, first + count))}, options, parent=source,
+                            teacher=distil_from)
