@@ -71,6 +71,30 @@ def test_lif_gradients_match_autograd_reference():
             tensor.grad = None
 
 
+def test_channels_last_currents_give_channels_last_spikes_and_the_same_gradients():
+    """The CUDA path runs channels-last: same numbers as the reference, and no layout change."""
+    torch.manual_seed(2)
+    steps, batch = 3, 2
+    folded = (torch.randn(steps * batch, 4, 5, 6) + 0.6).contiguous(memory_format=torch.channels_last)
+    folded.requires_grad_()
+    threshold = torch.tensor(0.7, requires_grad=True)
+    leak = torch.tensor(0.9, requires_grad=True)
+    weights = torch.randn(steps, batch, 4, 5, 6)
+    spikes = lif_multistep(folded.view(steps, batch, 4, 5, 6), threshold, leak)
+    assert spikes.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+    (spikes * weights).sum().backward()
+    ours = (folded.grad.clone(), threshold.grad.clone(), leak.grad.clone())
+    assert ours[0].is_contiguous(memory_format=torch.channels_last)
+    plain = folded.detach().contiguous().requires_grad_()
+    threshold.grad = leak.grad = None
+    expected = reference_lif(plain.view(steps, batch, 4, 5, 6), threshold, leak)
+    torch.testing.assert_close(spikes, expected)
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(ours[0], plain.grad)
+    torch.testing.assert_close(ours[1], threshold.grad)
+    torch.testing.assert_close(ours[2], leak.grad)
+
+
 def test_surrogate_gradient_is_the_triangle_formula():
     z = torch.linspace(-2, 2, 41)
     expected = torch.tensor([0.3 * max(0.0, 1 - abs(v)) for v in z.tolist()])

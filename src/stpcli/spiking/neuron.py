@@ -48,7 +48,7 @@ class _LIFFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, current, threshold, leak, gamma, initial):
         steps = current.shape[0]
-        spikes = torch.empty(current.shape, dtype=current.dtype, device=current.device)
+        spikes = _empty_steps(current[0], steps)
         zero = torch.zeros((), dtype=current.dtype, device=current.device)
         amplitude = threshold.to(current.dtype)
         membranes = []
@@ -74,8 +74,7 @@ class _LIFFunction(torch.autograd.Function):
         threshold, leak, *membranes = ctx.saved_tensors
         gamma = ctx.gamma
         steps = len(membranes)
-        grad_spikes = grad_spikes.contiguous()
-        grad_current = torch.empty_like(grad_spikes)
+        grad_current = _empty_steps(membranes[0], steps)
         grad_threshold = torch.zeros((), dtype=torch.float32, device=threshold.device)
         grad_leak = torch.zeros_like(grad_threshold)
         inverse = 1.0 / threshold
@@ -108,9 +107,35 @@ class _LIFFunction(torch.autograd.Function):
         return grad_current, grad_threshold.to(threshold.dtype), grad_leak.to(leak.dtype), None, None
 
 
+def _empty_steps(step: torch.Tensor, steps: int) -> torch.Tensor:
+    """An empty [T, *step.shape] tensor whose every step has ``step``'s memory layout.
+
+    On CUDA the network runs channels-last; spikes and input gradients written
+    in that layout reach the next convolution without a transposing copy.
+    """
+    if step.dim() == 4 and not step.is_contiguous() and step.is_contiguous(memory_format=torch.channels_last):
+        flat = torch.empty((steps * step.shape[0], *step.shape[1:]), dtype=step.dtype, device=step.device,
+                           memory_format=torch.channels_last)
+        return flat.view(steps, *step.shape)
+    return torch.empty((steps, *step.shape), dtype=step.dtype, device=step.device)
+
+
+def _in_memory_order(x: torch.Tensor) -> torch.Tensor | None:
+    """A 1-D view of a dense (contiguous or channels-last) tensor, or None."""
+    if x.is_contiguous():
+        return x.view(-1)
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return x.permute(0, 2, 3, 1).reshape(-1)  # a view: this permutation is contiguous
+    return None
+
+
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """sum(a * b) in float32 without materialising the product."""
-    return torch.dot(a.reshape(-1).float(), b.reshape(-1).float())
+    """sum(a * b) in float32; without materialising the product when both are float32 in one layout."""
+    if a.dtype == b.dtype == torch.float32 and a.stride() == b.stride():
+        flat_a, flat_b = _in_memory_order(a), _in_memory_order(b)
+        if flat_a is not None and flat_b is not None:
+            return torch.dot(flat_a, flat_b)
+    return torch.mul(a, b).sum(dtype=torch.float32)
 
 
 def lif_multistep(current: torch.Tensor, threshold: torch.Tensor, leak: torch.Tensor,
