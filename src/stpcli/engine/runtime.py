@@ -49,13 +49,13 @@ class Runtime:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
-    def broadcast_flag(self, flag: bool) -> bool:
-        """True on every rank if any rank raised the flag (stop requests, NaN)."""
+    def any_rank(self, *flags: bool) -> tuple[bool, ...]:
+        """Each flag, True on every rank if any rank raised it (stop requests, NaN); one all-reduce."""
         if not self.distributed:
-            return flag
-        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
+            return flags
+        value = torch.tensor([1.0 if f else 0.0 for f in flags], device=self.device)
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item() > 0)
+        return tuple(bool(v > 0) for v in value.tolist())
 
 
 _RUNTIME: Runtime | None = None

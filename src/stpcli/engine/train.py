@@ -218,12 +218,17 @@ def fit(model, data: SplitData, config: TrainConfig, runtime: Runtime, *, mean: 
                 correct += (logits.argmax(1) == y).sum()
                 seen += y.shape[0]
                 progress.advance(task)
-                if device.type == "cpu" or step % NAN_CHECK_EVERY == 0:
-                    _check_finite(loss, runtime, label, epoch, step, state_path, history)
-                if runtime.broadcast_flag(stop.signal_name is not None):
+                # one collective per step under DDP: finiteness (every step on CPU, every
+                # NAN_CHECK_EVERY on CUDA, where it syncs the host) and stop requests together
+                check = device.type == "cpu" or step % NAN_CHECK_EVERY == 0
+                bad, stopping = runtime.any_rank(check and not _finite(loss), stop.signal_name is not None)
+                if bad:
+                    raise _non_finite(label, epoch, step, state_path, history)
+                if stopping:
                     raise Interrupted(_interrupt_message(stop.signal_name, label, epoch, history, state_path))
             progress.remove_task(task)
-            _check_finite(loss_sum, runtime, label, epoch, steps, state_path, history)
+            if runtime.any_rank(not _finite(loss_sum))[0]:
+                raise _non_finite(label, epoch, steps, state_path, history)
             totals = torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(seen), device=device)])
             runtime.all_reduce_sum(totals)
             val_acc = accuracy(model, val_x, val_y, num_classes, mean, std, runtime)
@@ -256,13 +261,15 @@ def fit(model, data: SplitData, config: TrainConfig, runtime: Runtime, *, mean: 
     return FitResult(best_val, best_epoch, history, time.time() - started)
 
 
-def _check_finite(value, runtime, label, epoch, step, state_path, history):
-    bad = not bool(torch.isfinite(value).all())
-    if runtime.broadcast_flag(bad):
-        kept = (f"the last good state (epoch {len(history)}) is kept in {state_path}"
-                if history else "no epoch had completed, so no state was kept")
-        raise StpError(f"[{label}] the loss became NaN or infinite at epoch {epoch + 1}, step {step + 1}; "
-                       f"training stopped; {kept}; try a lower --lr", exit_code=3)
+def _finite(value: torch.Tensor) -> bool:
+    return bool(torch.isfinite(value).all())
+
+
+def _non_finite(label, epoch, step, state_path, history) -> StpError:
+    kept = (f"the last good state (epoch {len(history)}) is kept in {state_path}"
+            if history else "no epoch had completed, so no state was kept")
+    return StpError(f"[{label}] the loss became NaN or infinite at epoch {epoch + 1}, step {step + 1}; "
+                    f"training stopped; {kept}; try a lower --lr", exit_code=3)
 
 
 def _interrupt_message(signal_name, label, epoch, history, state_path):
