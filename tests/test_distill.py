@@ -62,3 +62,5 @@ def test_distillation_refuses_a_missing_or_mismatched_teacher(pipeline, dataset_
     bad = run_cli(["temporal-prune", s3, *common[:-2], "--distill", "1.5", "--teacher", pipeline["na"], "--out", out],
                   expect=2)
     assert "--distill must lie in [0, 1]" in bad.output
+    alone = run_cli(["temporal-prune", s3, "--schedule", "1", "--teacher", pipeline["na"], "--out", out], expect=2)
+    assert "pass --distill W" in alone.output and not out.exists()

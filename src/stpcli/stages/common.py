@@ -122,14 +122,16 @@ class Teacher:
         return {"path": str(self.path.resolve()), "sha256": self.sha256}
 
 
-def resolve_teacher(student: Checkpoint, teacher_path: Path | None, weight: float) -> Teacher | None:
+def resolve_teacher(student: Checkpoint, teacher_path: Path | None, config: TrainConfig) -> Teacher | None:
     """The teacher for ``--distill``: ``--teacher``, else the ANN the student was converted from.
 
     The default is found through the lineage (the parent of the ``convert``
     entry, or the student itself when it is an ANN) and must still have the
     recorded sha256; the teacher must see the same classes and inputs.
     """
-    if weight == 0:
+    if teacher_path is not None and config.distill_weight == 0:
+        raise StpError("--teacher is used only for distillation; pass --distill W with W > 0")
+    if config.distill_weight == 0 or config.epochs == 0:
         return None
     if teacher_path is None:
         if student.kind == "ann":

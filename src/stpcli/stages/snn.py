@@ -43,7 +43,7 @@ def convert(stage: Stage, source: Checkpoint, *, timesteps: int, percentile: flo
     if not 0 <= initial < 1:
         raise StpError(f"--initial-membrane must lie in [0, 1), got {initial}")
     io.check(will_train=config.epochs > 0)
-    distil_from = resolve_teacher(source, teacher, config.distill_weight if config.epochs > 0 else 0)
+    distil_from = resolve_teacher(source, teacher, config)
     parts = load_stage_data(source, data)
     ann = model_from_checkpoint(source).eval()
     snn = snn_from_ann(ann, timesteps, gamma=gamma, dropout=dropout, initial=initial)
@@ -109,7 +109,7 @@ def temporal_prune(stage: Stage, source: Checkpoint, *, schedule: list[int], con
     if source.path is not None and any(p.resolve() == source.path.resolve() for p in paths):
         raise StpError(f"a stage of --schedule would overwrite the input {source.path}; choose another --out")
     io.check(will_train=True)
-    distil_from = resolve_teacher(source, teacher, config.distill_weight)
+    distil_from = resolve_teacher(source, teacher, config)
     parts = load_stage_data(source, data)
     outputs, parent = [], source
     for timesteps, path in zip(schedule, paths):
@@ -166,7 +166,7 @@ def spatial_prune(stage: Stage, source: Checkpoint, *, unit_stage: int | None, c
         unit_stage = units["stage"] if unit_stage is None else unit_stage
         count = units["count"] if count is None else count
     io.check(will_train=config.epochs > 0)
-    distil_from = resolve_teacher(source, teacher, config.distill_weight if config.epochs > 0 else 0)
+    distil_from = resolve_teacher(source, teacher, config)
     big = model_from_checkpoint(source)
     spec, first = without_layers(source.model_spec, unit_stage, count)
     small = SNN(spec, source.timesteps, **snn_settings(source.record))
