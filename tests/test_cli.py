@@ -129,6 +129,18 @@ def test_train_ann_metrics_csv_and_seed_reproducibility(dataset_dir, tmp_path):
     assert not (tmp_path / "a.state.safetensors").exists()  # removed once the checkpoint is written
 
 
+def test_snn_stages_with_the_same_seed_give_identical_tensors(pipeline, tmp_path):
+    """Dropout in the SNN draws from the seeded generator: a rerun is bit-identical."""
+    outs = []
+    for name in ("a", "b"):
+        out = tmp_path / f"{name}_t1.safetensors"
+        run_cli(["temporal-prune", pipeline["sb_t3"], "--schedule", "2,1", "--epochs-per-stage", "1",
+                 "--batch-size", "16", "--seed", "3", "--device", "cpu", "--out", out])
+        outs.append(load_checkpoint(out))
+    for key, tensor in outs[0].tensors.items():
+        assert __import__("torch").equal(tensor, outs[1].tensors[key]), key
+
+
 def test_pipeline_command_runs_both_chains_and_resumes(dataset_dir, tmp_path):
     preset = tmp_path / "tiny.yaml"
     preset.write_text("device: cpu\nbatch-size: 16\ntrain-ann: {arch: vgg11, width: 0.125, image-size: 32, epochs: 1}\n"

@@ -64,6 +64,7 @@ def convert(stage: Stage, source: Checkpoint, *, timesteps: int, percentile: flo
     converted_val = split_accuracy(snn, parts, "val", record, stage.runtime)
     stage.say(f"[convert] T={timesteps}: thresholds balanced on {count} images (p{percentile}, x{scale}); "
               f"accuracy right after conversion: val {converted_val:.2f}%, test {converted:.2f}%")
+    torch.manual_seed(config.seed)  # the SNN's dropout masks: one seed, one run
     return train_and_finish(stage, snn, parts, config, record, io,
                             {"timesteps": timesteps, "percentile": percentile, "scale": scale,
                              "calibration_images": count, "parent": source.sha256},
@@ -129,6 +130,7 @@ def temporal_prune(stage: Stage, source: Checkpoint, *, schedule: list[int], con
         start = split_accuracy(snn, parts, "test", record, stage.runtime)
         stage.say(f"[temporal-prune] T={parent.timesteps} -> T={timesteps}: test accuracy before "
                   f"retraining {start:.2f}%")
+        torch.manual_seed(config.seed)
         parent = train_and_finish(Stage(f"temporal-prune T={timesteps}", stage.runtime, stage.console), snn,
                                   parts, config, record, stage_io, {"timesteps": timesteps, "parent": parent.sha256},
                                   {"test_accuracy_before_training": start},
@@ -177,6 +179,7 @@ def spatial_prune(stage: Stage, source: Checkpoint, *, unit_stage: int | None, c
     before = split_accuracy(small, parts, "test", record, stage.runtime)
     stage.say(f"[spatial-prune] removed layers {first}..{first + count - 1} (stage {unit_stage}, M={count}); "
               f"T={source.timesteps}; test accuracy before fine-tuning {before:.2f}%")
+    torch.manual_seed(config.seed)
     return train_and_finish(stage, small, parts, config, record, io,
                             {"as": unit_stage, "m": count, "parent": source.sha256},
                             {"test_accuracy_before_training": before,
