@@ -99,6 +99,7 @@ def test_surrogate_gradient_is_the_triangle_formula():
     z = torch.linspace(-2, 2, 41)
     expected = torch.tensor([0.3 * max(0.0, 1 - abs(v)) for v in z.tolist()])
     torch.testing.assert_close(surrogate(z, 0.3), expected)
+    torch.testing.assert_close(z, torch.linspace(-2, 2, 41))  # the input is left alone
     # one step, threshold 1: d spike / d current = gamma * max(0, 1 - |I - 1|)
     current = torch.linspace(-0.5, 2.5, 31).reshape(1, -1).requires_grad_()
     lif_multistep(current, torch.tensor(1.0), torch.tensor(1.0), initial=0.0).sum().backward()

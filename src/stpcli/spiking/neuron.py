@@ -37,7 +37,13 @@ MIN_THRESHOLD = 1e-4
 
 
 def surrogate(z: torch.Tensor, gamma: float) -> torch.Tensor:
-    return gamma * torch.clamp(1.0 - z.abs(), min=0.0)
+    """dH/dz = gamma * max(0, 1 - |z|), the triangle surrogate."""
+    return _surrogate_(z.clone(), gamma)
+
+
+def _surrogate_(z: torch.Tensor, gamma: float) -> torch.Tensor:
+    """The surrogate computed in place on ``z`` (the fused backward's temporary)."""
+    return z.abs_().neg_().add_(1.0).clamp_(min=0.0).mul_(gamma)
 
 
 class _LIFFunction(torch.autograd.Function):
@@ -83,8 +89,7 @@ class _LIFFunction(torch.autograd.Function):
             u = membranes[t]
             g = grad_spikes[t]
             fired = (u > threshold).to(u.dtype)
-            # slope = surrogate(u/V - 1, gamma), computed in place on one temporary
-            slope = (u * inverse).sub_(1.0).abs_().neg_().add_(1.0).clamp_(min=0.0).mul_(gamma)
+            slope = _surrogate_((u * inverse).sub_(1.0), gamma)  # on one temporary
             direct = slope.mul_(g)  # dL/du through this step's spike
             # s = V*H(z): ds/dV = H - slope*u/V ; r = u - V*H: dr/dV = -H
             grad_threshold += _dot(g, fired) - _dot(direct, u) * inverse
