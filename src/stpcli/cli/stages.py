@@ -9,8 +9,8 @@ import typer
 from stpcli.checkpoint import load_checkpoint
 from stpcli.cli.common import (AllowDataChange, BatchSize, CacheDir, Compile, Config, Data, Device, Distill,
                                DistillTemperature, Force, Momentum, OnBadImage, Optimizer, Out, Precision,
-                               Resume, Schedule, Seed, Source, Teacher, WeightDecay, apply_config, make_data, make_io, make_stage,
-                               make_train_config, recorded_options, stp_command)
+                               Resume, Schedule, Seed, Source, Teacher, WeightDecay, apply_config, make_data,
+                               make_io, make_stage, make_train_config, recorded_options, stp_command)
 from stpcli.stages.ann import add_unit, train_ann
 from stpcli.stages.snn import convert, parse_schedule, spatial_prune, temporal_prune
 

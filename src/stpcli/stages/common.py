@@ -81,7 +81,6 @@ def model_from_checkpoint(ckpt: Checkpoint, timesteps: int | None = None):
         if ckpt.kind == "ann":
             model = ANN(spec)
         else:
-            ckpt.record.get("snn") or {}
             model = SNN(spec, timesteps or ckpt.timesteps, **snn_settings(ckpt.record))
         model.load_state_dict(ckpt.tensors)
     except StpError:
