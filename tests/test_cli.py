@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from stpcli.checkpoint import load_checkpoint
 
 from conftest import TINY, run_cli
@@ -139,6 +141,23 @@ def test_snn_stages_with_the_same_seed_give_identical_tensors(pipeline, tmp_path
         outs.append(load_checkpoint(out))
     for key, tensor in outs[0].tensors.items():
         assert __import__("torch").equal(tensor, outs[1].tensors[key]), key
+
+
+def test_temporal_prune_takes_epochs_and_lr_schedule_per_time_step(pipeline, tmp_path):
+    """--epochs-per-stage 1,2 --lr-schedule constant,cosine: T=2 trains 1 epoch at a constant lr,
+    T=1 two epochs on a cosine from the base lr (epoch 2 starts at half of it)."""
+    out = tmp_path / "p_t1.safetensors"
+    run_cli(["temporal-prune", pipeline["sb_t3"], "--schedule", "2,1", "--epochs-per-stage", "1,2",
+             "--lr-schedule", "constant,cosine", "--lr", "4e-4", "--batch-size", "16", "--device", "cpu",
+             "--out", out])
+
+    def lrs(name):
+        rows = (tmp_path / f"{name}.metrics.csv").read_text().splitlines()[1:]
+        return [float(row.split(",")[1]) for row in rows]
+
+    assert lrs("p_t2") == [4e-4]
+    assert lrs("p_t1") == pytest.approx([4e-4, 2e-4])
+    assert load_checkpoint(out).history[-1]["options"]["epochs_per_stage"] == "1,2"
 
 
 def test_pipeline_command_runs_both_chains_and_resumes(dataset_dir, tmp_path):

@@ -98,6 +98,10 @@ def test_bad_numbers(pipeline, dataset_dir, out):
     refused(["convert", pipeline["nb"], "--timesteps", "0", "--out", out, *CPU], "--timesteps must be at least 1", out)
     refused(["temporal-prune", pipeline["sb_t3"], "--epochs-per-stage", "0", "--out", out, *CPU],
             "--epochs must be positive", out)
+    tp = ["temporal-prune", pipeline["sb_t3"], "--schedule", "2,1", "--out", out, *CPU]
+    refused([*tp, "--epochs-per-stage", "1,2,3"], "--epochs-per-stage has 3 values for the 2 time steps", out)
+    refused([*tp, "--epochs-per-stage", "1,x"], "--epochs-per-stage must be integers", out)
+    refused([*tp, "--lr-schedule", "step,linear"], "--lr-schedule must be one of", out)
     refused(["convert", pipeline["nb"], "--percentile", "0", "--out", out, *CPU], "--percentile", out)
 
 

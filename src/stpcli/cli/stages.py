@@ -12,7 +12,7 @@ from stpcli.cli.common import (AllowDataChange, BatchSize, CacheDir, Compile, Co
                                Resume, Schedule, Seed, Source, Teacher, WeightDecay, apply_config, make_data,
                                make_io, make_stage, make_train_config, recorded_options, stp_command)
 from stpcli.stages.ann import add_unit, train_ann
-from stpcli.stages.snn import convert, parse_schedule, spatial_prune, temporal_prune
+from stpcli.stages.snn import convert, parse_schedule, spatial_prune, stage_configs, temporal_prune
 
 ANN_MILESTONES = [0.45, 0.7, 0.9]
 SNN_MILESTONES = [0.6, 0.8, 0.9]
@@ -145,13 +145,15 @@ def temporal_prune_command(
     source: Source,
     out: Out,
     schedule: Annotated[str, typer.Option("--schedule", help="Descending time steps ending at 1, e.g. 3,2,1.")] = "3,2,1",
-    epochs_per_stage: Annotated[int, typer.Option("--epochs-per-stage", help="Training epochs at each T.")] = 10,
+    epochs_per_stage: Annotated[str, typer.Option(
+        "--epochs-per-stage", help="Training epochs at each T: one value, or one per T of --schedule (15,15,40).")] = "10",
     batch_size: BatchSize = 64,
     lr: Annotated[float, typer.Option("--lr")] = 1e-4,
     optimizer: Optimizer = "adam",
     momentum: Momentum = 0.9,
     weight_decay: WeightDecay = 0.0,
-    lr_schedule: Schedule = "step",
+    lr_schedule: Annotated[str, typer.Option(
+        "--lr-schedule", help="step | cosine | constant: one, or one per T of --schedule (step,step,cosine).")] = "step",
     distill: Distill = 0.0,
     distill_temperature: DistillTemperature = 4.0,
     teacher: Teacher = None,
@@ -169,12 +171,13 @@ def temporal_prune_command(
 ):
     """Step 2b: retrain at each T of the schedule down to T=1, one checkpoint per T."""
     values = apply_config(ctx, locals(), config)
-    values["epochs"] = values["epochs_per_stage"]
     steps = parse_schedule(values["schedule"])
+    base = make_train_config({**values, "epochs": 1}, SNN_MILESTONES)
+    configs = stage_configs(base, steps, values["epochs_per_stage"], values["lr_schedule"])
     stage = make_stage("temporal-prune", values)
-    temporal_prune(stage, load_checkpoint(values["source"]), schedule=steps,
-                   config=make_train_config(values, SNN_MILESTONES), data=make_data(values), io=make_io(values),
-                   teacher=values["teacher"], options=recorded_options(values))
+    temporal_prune(stage, load_checkpoint(values["source"]), schedule=steps, configs=configs,
+                   data=make_data(values), io=make_io(values), teacher=values["teacher"],
+                   options=recorded_options(values))
 
 
 @stp_command(app, "spatial-prune")

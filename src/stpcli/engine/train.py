@@ -60,7 +60,7 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise StpError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
-            raise StpError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+            raise StpError(f"--lr-schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.weight_decay < 0:
             raise StpError(f"--weight-decay must be zero or more, got {self.weight_decay}")
         if not 0 <= self.distill_weight <= 1:

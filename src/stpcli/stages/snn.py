@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -87,6 +88,28 @@ def parse_schedule(text: str | list) -> list[int]:
     return values
 
 
+def stage_configs(base: TrainConfig, schedule: list[int], epochs: str | int, lr_schedule: str) -> list[TrainConfig]:
+    """One training config per T of the schedule: each of ``epochs`` and ``lr_schedule`` holds one
+    value for every stage ("15") or one per stage ("15,15,40"; "step,step,cosine")."""
+    counts = _per_stage(epochs, "--epochs-per-stage", schedule)
+    try:
+        counts = [int(c) for c in counts]
+    except ValueError:
+        raise StpError(f"--epochs-per-stage must be integers such as 15 or 15,15,40, got {epochs!r}") from None
+    schedules = _per_stage(lr_schedule, "--lr-schedule", schedule)
+    return [replace(base, epochs=e, schedule=s) for e, s in zip(counts, schedules)]
+
+
+def _per_stage(text: str | int, option: str, schedule: list[int]) -> list[str]:
+    values = [v.strip() for v in str(text).split(",")]
+    if len(values) == 1:
+        return values * len(schedule)
+    if len(values) != len(schedule):
+        raise StpError(f"{option} has {len(values)} values for the {len(schedule)} time steps of --schedule "
+                       f"{','.join(map(str, schedule))}; give one value, or one per time step")
+    return values
+
+
 def stage_path(out: Path, timesteps: int) -> Path:
     """sb_t1.safetensors -> sb_t3.safetensors; other names get a _t3 suffix."""
     stem = out.name.removesuffix(".safetensors")
@@ -94,26 +117,30 @@ def stage_path(out: Path, timesteps: int) -> Path:
     return out.with_name(f"{base}_t{timesteps}.safetensors")
 
 
-def temporal_prune(stage: Stage, source: Checkpoint, *, schedule: list[int], config: TrainConfig,
+def temporal_prune(stage: Stage, source: Checkpoint, *, schedule: list[int], configs: list[TrainConfig],
                    data: DataOptions, io: StageIO, teacher: Path | None = None,
                    options: dict | None = None) -> list[Checkpoint]:
-    """Retrain at each T of the schedule, each stage from the previous one; one checkpoint per T.
+    """Retrain at each T of the schedule (``configs[i]`` for ``schedule[i]``), each stage from the
+    previous one; one checkpoint per T.
 
     A stage whose checkpoint already exists and descends from the previous
     stage's file (by sha256) is reused, so a killed run resumes stage by stage.
     """
     require_kind(source, "temporal-prune", "snn")
-    config.check(training_required=True)
+    if len(configs) != len(schedule):
+        raise ValueError("temporal_prune needs one training config per time step of the schedule")
+    for config in configs:
+        config.check(training_required=True)
     if schedule[0] > source.timesteps:
         raise StpError(f"--schedule starts at T={schedule[0]}, above the checkpoint's T={source.timesteps}")
     paths = [stage_path(io.out, t) for t in schedule[:-1]] + [io.out]
     if source.path is not None and any(p.resolve() == source.path.resolve() for p in paths):
         raise StpError(f"a stage of --schedule would overwrite the input {source.path}; choose another --out")
     io.check(will_train=True)
-    distil_from = resolve_teacher(source, teacher, config)
+    distil_from = resolve_teacher(source, teacher, configs[0])
     parts = load_stage_data(source, data)
     outputs, parent = [], source
-    for timesteps, path in zip(schedule, paths):
+    for timesteps, path, config in zip(schedule, paths, configs):
         stage_io = StageIO(path, force=io.force, resume=io.resume, command=io.command)
         reused = _reusable(path, parent, timesteps, stage_io.force)
         if reused is not None:
