@@ -164,12 +164,14 @@ def test_pipeline_command_runs_both_chains_and_resumes(dataset_dir, tmp_path):
     preset = tmp_path / "tiny.yaml"
     preset.write_text("device: cpu\nbatch-size: 16\ntrain-ann: {arch: vgg11, width: 0.125, image-size: 32, epochs: 1}\n"
                       "add-unit: {as: 4, m: 1, epochs: 0}\nconvert: {timesteps: 3, epochs: 1, calibration-images: 16}\n"
-                      "temporal-prune: {schedule: '2,1', epochs-per-stage: 1}\nspatial-prune: {epochs: 0}\n")
+                      "temporal-prune: {schedule: '2,1', epochs-per-stage: '1,1', lr-schedule: 'step,cosine'}\n"
+                      "spatial-prune: {epochs: 0}\n")
     out = tmp_path / "chain"
     result = run_cli(["pipeline", preset, "--out-dir", out, "--data", dataset_dir])
     assert "comparison" in result.stdout
     names = {p.name for p in out.glob("*.safetensors")}
     assert {"na.safetensors", "sa_t1.safetensors", "sa_t2.safetensors", "s_t1.safetensors", "sb_t2.safetensors"} <= names
     assert load_checkpoint(out / "sa_t1.safetensors").timesteps == 1
+    assert load_checkpoint(out / "s_t1.safetensors").history[-1]["options"]["lr_schedule"] == "step,cosine"
     again = run_cli(["pipeline", preset, "--out-dir", out, "--data", dataset_dir])
     assert again.stdout.count("skipping") == 8
