@@ -172,7 +172,7 @@ def temporal_prune_command(
     """Step 2b: retrain at each T of the schedule down to T=1, one checkpoint per T."""
     values = apply_config(ctx, locals(), config)
     steps = parse_schedule(values["schedule"])
-    base = make_train_config({**values, "epochs": 1}, SNN_MILESTONES)
+    base = make_train_config({**values, "epochs": 1}, SNN_MILESTONES)  # epochs, lr schedule: set per T below
     configs = stage_configs(base, steps, values["epochs_per_stage"], values["lr_schedule"])
     stage = make_stage("temporal-prune", values)
     temporal_prune(stage, load_checkpoint(values["source"]), schedule=steps, configs=configs,
