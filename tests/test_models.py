@@ -11,7 +11,7 @@ from stpcli.models.registry import ARCHITECTURES, make_spec
 from stpcli.models.surgery import (first_layer_index, index_mapping, rename_layers, with_units,
                                    without_layers)
 from stpcli.spiking.convert import balance_thresholds, snn_from_ann
-from stpcli.spiking.network import SNN
+from stpcli.spiking.network import SNN, SpikingSettings
 
 ARCHS = sorted(ARCHITECTURES)
 
@@ -148,7 +148,7 @@ def test_converted_if_snn_approaches_the_ann_at_large_t(arch):
     for initial in (0.0, 0.5):
         errors = {}
         for steps in (4, 128):
-            snn = snn_from_ann(ann, steps, gamma=0.3, dropout=0.0, initial=initial).eval()
+            snn = snn_from_ann(ann, steps, SpikingSettings(dropout=0.0, initial_membrane=initial)).eval()
             balance_thresholds(snn, x, percentile=99.0, scale=1.0)
             with torch.no_grad():
                 errors[steps] = float((snn(x) / steps - target).abs().mean() / target.abs().mean())

@@ -11,6 +11,7 @@ from stpcli.cli.common import (AllowDataChange, BatchSize, CacheDir, Compile, Co
                                DistillTemperature, Force, Momentum, OnBadImage, Optimizer, Out, Precision,
                                Resume, Schedule, Seed, Source, Teacher, WeightDecay, apply_config, make_data,
                                make_io, make_stage, make_train_config, recorded_options, stp_command)
+from stpcli.spiking.network import SpikingSettings
 from stpcli.stages.ann import add_unit, train_ann
 from stpcli.stages.snn import convert, parse_schedule, spatial_prune, stage_configs, temporal_prune
 
@@ -114,8 +115,10 @@ def convert_command(
     distill: Distill = 0.0,
     distill_temperature: DistillTemperature = 4.0,
     teacher: Teacher = None,
-    dropout: Annotated[float, typer.Option("--dropout", help="SNN dropout (one mask shared by all steps).")] = 0.2,
+    dropout: Annotated[float, typer.Option("--dropout", help="SNN dropout in hidden FC layers (one mask per image, shared by all steps).")] = 0.2,
+    conv_dropout: Annotated[float, typer.Option("--conv-dropout", help="SNN dropout after convolutional neuron layers (one mask per image, shared by all steps).")] = 0.0,
     initial_membrane: Annotated[float, typer.Option("--initial-membrane", help="Initial membrane as a fraction of the threshold (0: DIET-SNN/TP).")] = 0.5,
+    spike_amplitude: Annotated[str, typer.Option("--spike-amplitude", help="threshold (a spike carries V) | binary (DIET-SNN/TP: V folded into the next weights).")] = "threshold",
     seed: Seed = 0,
     data: Data = None,
     allow_data_change: AllowDataChange = False,
@@ -134,8 +137,11 @@ def convert_command(
     convert(stage, load_checkpoint(values["source"]), timesteps=values["timesteps"],
             percentile=values["percentile"], scale=values["scale"],
             calibration_images=values["calibration_images"], config=make_train_config(values, SNN_MILESTONES),
-            data=make_data(values), io=make_io(values), dropout=values["dropout"],
-            initial=values["initial_membrane"], teacher=values["teacher"],
+            data=make_data(values), io=make_io(values),
+            settings=SpikingSettings(dropout=values["dropout"], conv_dropout=values["conv_dropout"],
+                                     initial_membrane=values["initial_membrane"],
+                                     spike_amplitude=values["spike_amplitude"]),
+            teacher=values["teacher"],
             options=recorded_options(values))
 
 

@@ -5,9 +5,14 @@ layers run once on the folded batch; only the neurons look at ``[T, N, ...]``
 and iterate over time. With direct encoding the first layer's input is the
 same image at every step, so its convolution runs once and its current is
 broadcast over T. The output layer has no neuron: logits = sum over t of W s(t) + b.
+
+Dropout (hidden FC layers: ``dropout``; after every convolutional neuron layer:
+``conv_dropout``) draws one mask per image, shared by all time steps, as DIET-SNN does.
 """
 
 from __future__ import annotations
+
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -16,16 +21,53 @@ from torch import nn
 from stpcli.models.plan import build_plan
 from stpcli.spiking.neuron import INITIAL_MEMBRANE, LIF, SURROGATE_GAMMA
 
+SPIKE_AMPLITUDES = ("threshold", "binary")
+
+
+@dataclass(frozen=True)
+class SpikingSettings:
+    """How an SNN's neurons behave; recorded in every SNN checkpoint under ``snn``."""
+
+    surrogate_gamma: float = SURROGATE_GAMMA  # slope of the triangle surrogate
+    dropout: float = 0.2  # hidden FC layers
+    conv_dropout: float = 0.0  # after convolutional neuron layers
+    initial_membrane: float = INITIAL_MEMBRANE  # fraction of the threshold
+    spike_amplitude: str = "threshold"  # or "binary"
+
+    @property
+    def binary(self) -> bool:
+        return self.spike_amplitude == "binary"
+
+    @classmethod
+    def from_record(cls, snn: dict | None) -> SpikingSettings:
+        """The settings an SNN checkpoint records; fields it predates take their original values."""
+        snn = snn or {}
+        return cls(surrogate_gamma=snn.get("surrogate_gamma", SURROGATE_GAMMA), dropout=snn.get("dropout", 0.2),
+                   conv_dropout=snn.get("conv_dropout", 0.0), initial_membrane=snn.get("initial_membrane", 0.0),
+                   spike_amplitude=snn.get("spike_amplitude", "threshold"))
+
+    def as_record(self) -> dict:
+        return asdict(self)
+
 
 def _unfold(x: torch.Tensor, timesteps: int) -> torch.Tensor:
     return x.view(timesteps, x.shape[0] // timesteps, *x.shape[1:])
 
 
+def drop_per_image(spikes: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Dropout on [T, N, ...] spikes with one mask per image, shared by every time step."""
+    if not training or rate <= 0:
+        return spikes
+    keep = torch.rand(spikes.shape[1:], device=spikes.device) >= rate
+    return spikes * (keep.to(spikes.dtype) / (1.0 - rate))
+
+
 class SpikingConv(nn.Module):
-    def __init__(self, entry: dict, make_neuron):
+    def __init__(self, entry: dict, make_neuron, dropout: float = 0.0):
         super().__init__()
         self.conv = nn.Conv2d(entry["in"], entry["out"], entry["kernel"], entry["stride"], entry["padding"])
         self.neuron = make_neuron()
+        self.dropout = dropout
 
     def forward(self, x, timesteps: int, static: bool = False):
         current = self.conv(x)
@@ -33,13 +75,17 @@ class SpikingConv(nn.Module):
             current = current.unsqueeze(0).expand(timesteps, *current.shape)
         else:
             current = _unfold(current, timesteps)
-        return self.neuron(current).flatten(0, 1)
+        return drop_per_image(self.neuron(current), self.dropout, self.training).flatten(0, 1)
 
 
 class SpikingBlock(nn.Module):
-    """BasicBlock: LIF1 on conv1; LIF2 on conv2 + shortcut (identity or 1x1 conv)."""
+    """BasicBlock: LIF1 on conv1; LIF2 on conv2 + shortcut (identity or 1x1 conv).
 
-    def __init__(self, entry: dict, make_neuron):
+    With binary spikes an identity shortcut has no weight to carry the feeding
+    layer's threshold, so it carries a constant ``shortcut_scale`` (set at conversion).
+    """
+
+    def __init__(self, entry: dict, make_neuron, dropout: float = 0.0, binary: bool = False):
         super().__init__()
         cin, cout, stride = entry["in"], entry["out"], entry["stride"]
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1)
@@ -47,11 +93,20 @@ class SpikingBlock(nn.Module):
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
         self.shortcut = nn.Conv2d(cin, cout, 1, stride, 0) if (stride != 1 or cin != cout) else None
         self.neuron2 = make_neuron()
+        self.dropout = dropout
+        if binary and self.shortcut is None:
+            self.register_buffer("shortcut_scale", torch.tensor(1.0))
+        else:
+            self.shortcut_scale = None
 
     def forward(self, x, timesteps: int, static: bool = False):
-        hidden = self.neuron1(_unfold(self.conv1(x), timesteps)).flatten(0, 1)
-        current = self.conv2(hidden) + (x if self.shortcut is None else self.shortcut(x))
-        return self.neuron2(_unfold(current, timesteps)).flatten(0, 1)
+        hidden = drop_per_image(self.neuron1(_unfold(self.conv1(x), timesteps)), self.dropout, self.training)
+        if self.shortcut is not None:
+            skip = self.shortcut(x)
+        else:
+            skip = x if self.shortcut_scale is None else x * self.shortcut_scale
+        current = self.conv2(hidden.flatten(0, 1)) + skip
+        return drop_per_image(self.neuron2(_unfold(current, timesteps)), self.dropout, self.training).flatten(0, 1)
 
 
 class SpikingLinear(nn.Module):
@@ -65,10 +120,7 @@ class SpikingLinear(nn.Module):
 
     def forward(self, x, timesteps: int, static: bool = False):
         spikes = self.neuron(_unfold(self.fc(x), timesteps))
-        if self.training and self.dropout > 0:
-            keep = torch.rand(spikes.shape[1:], device=spikes.device) >= self.dropout
-            spikes = spikes * (keep.to(spikes.dtype) / (1.0 - self.dropout))
-        return spikes.flatten(0, 1)
+        return drop_per_image(spikes, self.dropout, self.training).flatten(0, 1)
 
 
 class OutputLayer(nn.Module):
@@ -103,25 +155,26 @@ class Stateless(nn.Module):
 class SNN(nn.Module):
     """``layers.<i>`` is plan entry i, as in the ANN; thresholds and leaks live in the neurons."""
 
-    def __init__(self, spec: dict, timesteps: int, gamma: float = SURROGATE_GAMMA, dropout: float = 0.2,
-                 initial: float = INITIAL_MEMBRANE):
+    def __init__(self, spec: dict, timesteps: int, settings: SpikingSettings | None = None):
         super().__init__()
+        settings = settings or SpikingSettings()
 
         def make_neuron():
-            return LIF(gamma=gamma, initial=initial)
+            return LIF(gamma=settings.surrogate_gamma, initial=settings.initial_membrane, binary=settings.binary)
 
         self.spec = spec
+        self.settings = settings
         self.timesteps = timesteps
         self.plan = build_plan(spec)
-        layers = []
+        layers: list[nn.Module] = []
         for entry in self.plan:
             kind = entry["type"]
             if kind == "conv":
-                layers.append(SpikingConv(entry, make_neuron))
+                layers.append(SpikingConv(entry, make_neuron, settings.conv_dropout))
             elif kind == "block":
-                layers.append(SpikingBlock(entry, make_neuron))
+                layers.append(SpikingBlock(entry, make_neuron, settings.conv_dropout, settings.binary))
             elif kind == "fc":
-                layers.append(SpikingLinear(entry, make_neuron, dropout))
+                layers.append(SpikingLinear(entry, make_neuron, settings.dropout))
             elif kind == "output":
                 layers.append(OutputLayer(entry))
             else:

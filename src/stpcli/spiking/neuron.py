@@ -4,7 +4,7 @@ For a layer with threshold V and leak lambda, at t = 1..T:
 
     u(t)  = lambda * r(t-1) + I(t),        r(0) = f * V
     z(t)  = u(t) / V - 1
-    s(t)  = V * H(z(t))                    (a spike carries the layer's threshold)
+    s(t)  = V * H(z(t))  or  H(z(t))       (spike amplitude: the threshold, or 1)
     r(t)  = u(t) - V * H(z(t))             (soft reset; H carries no gradient here)
 
 with the triangle surrogate dH/dz = gamma * max(0, 1 - |z|), gamma = 0.3.
@@ -16,9 +16,16 @@ error of a converted network (Bu et al., "Optimal ANN-SNN conversion", 2022)
 and is what makes one-time-step training work (at T = 1 a neuron fires when
 its input exceeds V/2, not V). The value is recorded in every checkpoint.
 
-A spike's amplitude is V: equivalent to binary spikes with V folded into the
-next layer's weights, and it keeps BN-folded biases, identity shortcuts and the
-output layer at their ANN scale, so conversion is exact in the rate limit.
+Spike amplitude, recorded per checkpoint (``spike_amplitude``):
+
+* ``threshold`` (stp's original choice): s(t) = V * H(z). The forward pass equals
+  binary spikes with V folded into the next layer's weights, but the backward
+  does not: dL/dV gains sum(g * H) through the amplitude, and V and the next
+  weights scale the same product.
+* ``binary`` (DIET-SNN / TP): s(t) = H(z); conversion folds V into the weights
+  that read the spikes (see spiking/convert.py), and V then acts only through
+  the firing condition and the reset.
+
 Energy counts each spike as one event whatever its amplitude.
 
 The whole recurrence runs inside one forward call (no state survives it) and
@@ -52,11 +59,12 @@ class _LIFFunction(torch.autograd.Function):
     tensors, the scalar gradients are dot products, and only u(t) is saved."""
 
     @staticmethod
-    def forward(ctx, current, threshold, leak, gamma, initial):
+    def forward(ctx, current, threshold, leak, gamma, initial, binary):
         steps = current.shape[0]
         spikes = _empty_steps(current[0], steps)
         zero = torch.zeros((), dtype=current.dtype, device=current.device)
-        amplitude = threshold.to(current.dtype)
+        height = threshold.to(current.dtype)
+        amplitude = torch.ones_like(height) if binary else height
         membranes = []
         residual = None
         for t in range(steps):
@@ -70,8 +78,8 @@ class _LIFFunction(torch.autograd.Function):
             torch.where(fired, amplitude, zero, out=spikes[t])
             membranes.append(u)
             if t + 1 < steps:
-                residual = u - spikes[t]
-        ctx.gamma, ctx.initial = gamma, initial
+                residual = u - spikes[t] * height if binary else u - spikes[t]
+        ctx.gamma, ctx.initial, ctx.binary = gamma, initial, binary
         ctx.save_for_backward(threshold, leak, *membranes)
         return spikes
 
@@ -90,9 +98,14 @@ class _LIFFunction(torch.autograd.Function):
             g = grad_spikes[t]
             fired = (u > threshold).to(u.dtype)
             slope = _surrogate_((u * inverse).sub_(1.0), gamma)  # on one temporary
-            direct = slope.mul_(g)  # dL/du through this step's spike
-            # s = V*H(z): ds/dV = H - slope*u/V ; r = u - V*H: dr/dV = -H
-            grad_threshold += _dot(g, fired) - _dot(direct, u) * inverse
+            if ctx.binary:
+                # s = H(z): ds/du = slope/V, ds/dV = -slope*u/V^2 ; r = u - V*H: dr/dV = -H
+                direct = slope.mul_(g).mul_(inverse)  # dL/du through this step's spike
+                grad_threshold -= _dot(direct, u) * inverse
+            else:
+                # s = V*H(z): ds/du = slope, ds/dV = H - slope*u/V ; r = u - V*H: dr/dV = -H
+                direct = slope.mul_(g)
+                grad_threshold += _dot(g, fired) - _dot(direct, u) * inverse
             grad_u = grad_current[t]
             if grad_residual is None:
                 grad_u.copy_(direct)
@@ -109,7 +122,7 @@ class _LIFFunction(torch.autograd.Function):
                 grad_threshold += total * ctx.initial * leak.float()
             if t > 0:
                 grad_residual = grad_u * leak
-        return grad_current, grad_threshold.to(threshold.dtype), grad_leak.to(leak.dtype), None, None
+        return grad_current, grad_threshold.to(threshold.dtype), grad_leak.to(leak.dtype), None, None, None
 
 
 def _empty_steps(step: torch.Tensor, steps: int) -> torch.Tensor:
@@ -144,9 +157,10 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def lif_multistep(current: torch.Tensor, threshold: torch.Tensor, leak: torch.Tensor,
-                  gamma: float = SURROGATE_GAMMA, initial: float = INITIAL_MEMBRANE) -> torch.Tensor:
-    """Spikes [T, ...] (amplitude ``threshold``) for input currents [T, ...]."""
-    return _LIFFunction.apply(current, threshold, leak, gamma, float(initial))
+                  gamma: float = SURROGATE_GAMMA, initial: float = INITIAL_MEMBRANE,
+                  binary: bool = False) -> torch.Tensor:
+    """Spikes [T, ...] for input currents [T, ...]: of amplitude ``threshold``, or 1 when ``binary``."""
+    return _LIFFunction.apply(current, threshold, leak, gamma, float(initial), bool(binary))
 
 
 class CurrentCaptured(Exception):
@@ -157,9 +171,10 @@ class LIF(nn.Module):
     """A layer of LIF neurons with one learnable threshold and leak (scalars)."""
 
     def __init__(self, threshold: float = 1.0, leak: float = 1.0, gamma: float = SURROGATE_GAMMA,
-                 initial: float = INITIAL_MEMBRANE):
+                 initial: float = INITIAL_MEMBRANE, binary: bool = False):
         super().__init__()
         self.initial = initial
+        self.binary = binary
         self.threshold = nn.Parameter(torch.tensor(float(threshold)))
         self.leak = nn.Parameter(torch.tensor(float(leak)))
         self.gamma = gamma
@@ -170,7 +185,7 @@ class LIF(nn.Module):
         if self.capture is not None:
             self.capture(current)
             raise CurrentCaptured
-        spikes = lif_multistep(current, self.threshold, self.leak, self.gamma, self.initial)
+        spikes = lif_multistep(current, self.threshold, self.leak, self.gamma, self.initial, self.binary)
         if self.counter is not None:
             self.counter.add(spikes)
         return spikes
@@ -182,7 +197,7 @@ class LIF(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"threshold={float(self.threshold):.4g}, leak={float(self.leak):.4g}, gamma={self.gamma}, "
-                f"initial={self.initial}")
+                f"initial={self.initial}, binary={self.binary}")
 
 
 class SpikeCounter:

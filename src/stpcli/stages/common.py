@@ -17,8 +17,7 @@ from stpcli.engine.state import state_path_for
 from stpcli.engine.train import FitResult, TrainConfig, config_dict, fit
 from stpcli.errors import StpError
 from stpcli.models.ann import ANN
-from stpcli.spiking.network import SNN
-from stpcli.spiking.neuron import SURROGATE_GAMMA
+from stpcli.spiking.network import SNN, SpikingSettings
 
 
 @dataclass
@@ -81,7 +80,7 @@ def model_from_checkpoint(ckpt: Checkpoint, timesteps: int | None = None):
         if ckpt.kind == "ann":
             model = ANN(spec)
         else:
-            model = SNN(spec, timesteps or ckpt.timesteps, **snn_settings(ckpt.record))
+            model = SNN(spec, timesteps or ckpt.timesteps, SpikingSettings.from_record(ckpt.record.get("snn")))
         model.load_state_dict(ckpt.tensors)
     except StpError:
         raise
@@ -89,13 +88,6 @@ def model_from_checkpoint(ckpt: Checkpoint, timesteps: int | None = None):
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise StpError(f"{ckpt.path}: tensors do not match the recorded model ({first})") from exc
     return model
-
-
-def snn_settings(record: dict) -> dict:
-    """The neuron settings an SNN checkpoint records (surrogate, dropout, initial membrane)."""
-    snn = record.get("snn") or {}
-    return {"gamma": snn.get("surrogate_gamma", SURROGATE_GAMMA), "dropout": snn.get("dropout", 0.2),
-            "initial": snn.get("initial_membrane", 0.0)}
 
 
 def load_stage_data(ckpt: Checkpoint, options: DataOptions) -> SplitData:

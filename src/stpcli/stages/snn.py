@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -13,10 +14,9 @@ from stpcli.engine.train import TrainConfig
 from stpcli.errors import StpError
 from stpcli.models.surgery import index_mapping, rename_layers, without_layers
 from stpcli.spiking.convert import balance_thresholds, snn_from_ann
-from stpcli.spiking.network import SNN
-from stpcli.spiking.neuron import INITIAL_MEMBRANE, SURROGATE_GAMMA
+from stpcli.spiking.network import SNN, SPIKE_AMPLITUDES, SpikingSettings
 from stpcli.stages.common import (DataOptions, Stage, StageIO, child_record, input_stats, load_stage_data,
-                                  model_from_checkpoint, require_kind, resolve_teacher, snn_settings,
+                                  model_from_checkpoint, require_kind, resolve_teacher,
                                   split_accuracy, train_and_finish)
 
 
@@ -27,27 +27,24 @@ def check_timesteps(timesteps: int) -> None:
 
 def convert(stage: Stage, source: Checkpoint, *, timesteps: int, percentile: float, scale: float,
             calibration_images: int, config: TrainConfig, data: DataOptions, io: StageIO,
-            dropout: float = 0.2, gamma: float = SURROGATE_GAMMA, initial: float = INITIAL_MEMBRANE,
-            teacher: Path | None = None, options: dict | None = None) -> Checkpoint:
+            settings: SpikingSettings = SpikingSettings(), teacher: Path | None = None,
+            options: dict | None = None) -> Checkpoint:
     """Sb: BN folded, ReLU -> LIF, thresholds balanced layer by layer, then hybrid training at T."""
     require_kind(source, "convert", "ann")
     check_timesteps(timesteps)
     config.check()
     if not 0 < percentile <= 100:
         raise StpError(f"--percentile must lie in (0, 100], got {percentile}")
-    if scale <= 0:
+    if not scale > 0 or not math.isfinite(scale):
         raise StpError(f"--scale must be positive, got {scale}")
     if calibration_images <= 0:
         raise StpError(f"--calibration-images must be positive, got {calibration_images}")
-    if not 0 <= dropout < 1:
-        raise StpError(f"--dropout must lie in [0, 1), got {dropout}")
-    if not 0 <= initial < 1:
-        raise StpError(f"--initial-membrane must lie in [0, 1), got {initial}")
+    check_settings(settings)
     io.check(will_train=config.epochs > 0)
     distil_from = resolve_teacher(source, teacher, config)
     parts = load_stage_data(source, data)
     ann = model_from_checkpoint(source).eval()
-    snn = snn_from_ann(ann, timesteps, gamma=gamma, dropout=dropout, initial=initial)
+    snn = snn_from_ann(ann, timesteps, settings)
     device = stage.runtime.device
     snn.to(device)
     images, _ = parts.part("train")
@@ -55,10 +52,9 @@ def convert(stage: Stage, source: Checkpoint, *, timesteps: int, percentile: flo
     pick = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(config.seed))[:count]
     mean, std = input_stats(source.record)
     batch = ((images[pick].float() / 255.0 - mean) / std).to(device)
-    thresholds = balance_thresholds(snn, batch, percentile, scale)
+    thresholds = balance_thresholds(snn, batch, percentile, scale, seed=config.seed)
     record = child_record(source, kind="snn", timesteps=timesteps,
-                          snn={"surrogate_gamma": gamma, "dropout": dropout, "leak_init": 1.0, "initial_membrane": initial,
-                               "spike_amplitude": "threshold",
+                          snn={**settings.as_record(), "leak_init": 1.0,
                                "conversion": {"percentile": percentile, "scale": scale,
                                               "calibration_images": count, "thresholds": thresholds}})
     converted = split_accuracy(snn, parts, "test", record, stage.runtime)
@@ -72,6 +68,18 @@ def convert(stage: Stage, source: Checkpoint, *, timesteps: int, percentile: flo
                             {"test_accuracy_after_conversion": converted,
                              "val_accuracy_after_conversion": converted_val}, options, parent=source,
                             teacher=distil_from)
+
+
+def check_settings(settings: SpikingSettings) -> None:
+    for option, value in (("--dropout", settings.dropout), ("--conv-dropout", settings.conv_dropout),
+                          ("--initial-membrane", settings.initial_membrane)):
+        if not 0 <= value < 1:
+            raise StpError(f"{option} must lie in [0, 1), got {value}")
+    if settings.spike_amplitude not in SPIKE_AMPLITUDES:
+        raise StpError(f"--spike-amplitude must be one of {', '.join(SPIKE_AMPLITUDES)}, "
+                       f"got {settings.spike_amplitude!r}")
+    if not settings.surrogate_gamma > 0:
+        raise StpError(f"the surrogate slope must be positive, got {settings.surrogate_gamma}")
 
 
 def parse_schedule(text: str | list) -> list[int]:
@@ -198,7 +206,7 @@ def spatial_prune(stage: Stage, source: Checkpoint, *, unit_stage: int | None, c
     distil_from = resolve_teacher(source, teacher, config)
     big = model_from_checkpoint(source)
     spec, first = without_layers(source.model_spec, unit_stage, count)
-    small = SNN(spec, source.timesteps, **snn_settings(source.record))
+    small = SNN(spec, source.timesteps, SpikingSettings.from_record(source.record.get("snn")))
     mapping = index_mapping(len(small.plan), first, count)
     small.load_state_dict(rename_layers(big.state_dict(), {large: i for i, large in enumerate(mapping)}))
     record = child_record(source, model=spec)
