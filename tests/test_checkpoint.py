@@ -6,15 +6,17 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from stpcli.checkpoint import (FORMAT_VERSION, Checkpoint, check_output_path, load_checkpoint, read_record,
-                               save_checkpoint, sha256_file)
+from stpcli.checkpoint import FORMAT_VERSION, Checkpoint, check_output_path, load_checkpoint, read_record, save_checkpoint
+from stpcli.files import sha256_file
 from stpcli.errors import StpError
 
 
 def sample_record(kind="snn"):
     return {
         "kind": kind,
-        "model": {"arch": "vgg11", "width": 0.5, "depths": [1, 1, 2, 2, 3], "units": {"stage": 5, "count": 1}},
+        "model": {"arch": "vgg11", "family": "vgg", "width": 0.5, "depths": [1, 1, 2, 2, 3],
+                  "channels": [32, 64, 128, 256, 256], "hidden": [2048, 2048], "num_classes": 2, "image_size": 64,
+                  "in_channels": 3, "dropout": 0.5, "units": {"stage": 5, "count": 1}},
         "classes": ["a", "b"],
         "input": {"image_size": 64, "mean": [0.5] * 3, "std": [0.25] * 3},
         "data": {"kind": "folder", "path": "/data/x", "fingerprint": "f" * 64, "num_files": 10},

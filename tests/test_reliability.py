@@ -78,7 +78,8 @@ def test_unit_locations_out_of_range_or_not_removable(pipeline, out):
 
 @pytest.mark.parametrize("schedule,message", [("3,3,1", "strictly descending"), ("1,2", "strictly descending"),
                                               ("3,2", "end at 1"), ("2,x,1", "comma-separated integers"),
-                                              ("5,3,1", "above the checkpoint's T=3"), ("0", "positive")])
+                                              ("5,3,1", "above the checkpoint's T=3"), ("0", "time steps in 1..64"),
+                                              ("100000,1", "time steps in 1..64")])
 def test_bad_schedules(pipeline, out, schedule, message):
     refused(["temporal-prune", pipeline["sb_t3"], "--schedule", schedule, "--out", out, *CPU], message, out)
 
@@ -88,14 +89,14 @@ def test_bad_numbers(pipeline, dataset_dir, out):
     refused([*base, "--epochs", "-1"], "--epochs must be positive", out)
     refused([*base, "--epochs", "0"], "--epochs must be positive", out)
     refused([*base, "--batch-size", "0"], "--batch-size must be positive", out)
-    refused([*base, "--image-size", "0"], "--image-size must be positive", out)
+    refused([*base, "--image-size", "0"], "--image-size must lie in 16..1024", out)
     refused([*base, "--train-ratio", "0"], "--train-ratio must lie in (0, 1)", out)
     refused([*base, "--train-ratio", "1.5"], "--train-ratio must lie in (0, 1)", out)
     refused([*base, "--val-ratio", "1"], "--val-ratio must lie in [0, 1)", out)
-    refused([*base, "--width", "-1"], "--width must be positive", out)
+    refused([*base, "--width", "-1"], "--width must lie in (0, 8]", out)
     refused([*base, "--lr", "0"], "--lr must be positive", out)
     refused(["add-unit", pipeline["na"], "--epochs", "-2", "--out", out, *CPU], "--epochs must be zero or more", out)
-    refused(["convert", pipeline["nb"], "--timesteps", "0", "--out", out, *CPU], "--timesteps must be at least 1", out)
+    refused(["convert", pipeline["nb"], "--timesteps", "0", "--out", out, *CPU], "--timesteps must lie in 1..64", out)
     refused(["temporal-prune", pipeline["sb_t3"], "--epochs-per-stage", "0", "--out", out, *CPU],
             "--epochs must be positive", out)
     tp = ["temporal-prune", pipeline["sb_t3"], "--schedule", "2,1", "--out", out, *CPU]

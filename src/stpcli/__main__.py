@@ -1,3 +1,3 @@
-from stpcli.cli import main
+from stpcli.entry import main
 
 main()

@@ -10,21 +10,19 @@ Loading never executes code: safetensors only, no pickle anywhere.
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from stpcli import __version__
 from stpcli.errors import StpError
+from stpcli.files import atomic_save_tensors, check_writable_folder, first_line, now_iso, sha256_file
+from stpcli.schema import Record, validate
 
 FORMAT_NAME = "stp-checkpoint"
 FORMAT_VERSION = 1
@@ -91,51 +89,22 @@ class StageEntry:
         }
 
 
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def check_output_path(path: str | Path, force: bool) -> Path:
-    """Refuse an output that exists (without --force) or whose folder is missing."""
+def check_output_path(path: str | Path, force: bool, inputs: tuple[Path | None, ...] = ()) -> Path:
+    """Refuse an output that exists (without --force), that is one of the command's inputs,
+    or whose folder is missing or not writable."""
     out = Path(path)
     if out.suffix != ".safetensors":
         raise StpError(f"output {out} must end in .safetensors")
-    if not out.parent.exists():
+    if not out.parent.is_dir():
         raise StpError(f"output folder {out.parent} does not exist")
+    for source in inputs:
+        if source is not None and out.exists() and out.resolve() == Path(source).resolve():
+            raise StpError(f"--out {out} is this command's input; an input is never overwritten, "
+                           "choose another --out")
     if out.exists() and not force:
         raise StpError(f"output {out} exists; pass --force to overwrite it")
+    check_writable_folder(out.parent)
     return out
-
-
-def atomic_save_tensors(
-    tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | Path
-) -> None:
-    """Write a safetensors file via a temporary file + ``os.replace``.
-
-    A crash or kill at any point leaves either the old file or the new one,
-    never half a file.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        save_file(contiguous, tmp, metadata=metadata)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> str:
@@ -146,6 +115,7 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> str:
     record["tool_version"] = __version__
     record["created"] = now_iso()
     validate_record(record, source=str(path))
+    check_finite(ckpt.tensors, f"the checkpoint for {path}")
     atomic_save_tensors(ckpt.tensors, {METADATA_KEY: json.dumps(record)}, path)
     ckpt.record = record
     ckpt.path = Path(path)
@@ -160,7 +130,7 @@ def read_record(path: str | Path) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
     except Exception as exc:  # safetensors raises several types for bad headers
-        raise StpError(f"{path} is not a readable safetensors file ({_short(exc)})") from exc
+        raise StpError(f"{path} is not a readable safetensors file ({first_line(exc)})") from exc
     return _parse_record(metadata, path)
 
 
@@ -174,7 +144,8 @@ def load_checkpoint(path: str | Path, expect_kind: str | None = None) -> Checkpo
     except StpError:
         raise
     except Exception as exc:
-        raise StpError(f"{path} is not a readable safetensors file ({_short(exc)})") from exc
+        raise StpError(f"{path} is not a readable safetensors file ({first_line(exc)})") from exc
+    check_finite(tensors, str(path))
     if expect_kind is not None and record["kind"] != expect_kind:
         raise StpError(
             f"{path} is an {record['kind'].upper()} checkpoint; this command needs an "
@@ -205,39 +176,27 @@ def _parse_record(metadata: dict[str, str], path: Path) -> dict[str, Any]:
     return record
 
 
-REQUIRED_FIELDS = {
-    "format": str,
-    "format_version": int,
-    "kind": str,
-    "model": dict,
-    "classes": list,
-    "input": dict,
-    "data": dict,
-    "split": dict,
-    "history": list,
-}
-
-
 def validate_record(record: Any, source: str) -> None:
+    """Refuse other tools' files and future versions by name, then check every field (stpcli.schema)."""
     if not isinstance(record, dict):
         raise StpError(f"{source} has a corrupt stp record (not an object)")
     if record.get("format") != FORMAT_NAME:
-        raise StpError(f"{source} was not written by stp (format {record.get('format')!r})")
+        raise StpError(f"{source} was not written by stp (format {str(record.get('format'))[:40]!r})")
     version = record.get("format_version")
-    if isinstance(version, int) and version > FORMAT_VERSION:
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise StpError(
             f"{source} uses checkpoint format {version}, newer than this stp "
             f"({__version__}) reads ({FORMAT_VERSION}); upgrade stp"
         )
-    for name, kind in REQUIRED_FIELDS.items():
-        if not isinstance(record.get(name), kind):
-            raise StpError(f"{source} has a corrupt stp record (field '{name}' missing or wrong type)")
-    if record["kind"] not in KINDS:
-        raise StpError(f"{source} has an unknown kind {record['kind']!r}")
-    if record["kind"] == "snn" and not isinstance(record.get("timesteps"), int):
+    if record.get("kind") not in KINDS:
+        raise StpError(f"{source} has an unknown kind {str(record.get('kind'))[:40]!r}")
+    if record["kind"] == "snn" and record.get("timesteps") is None:
         raise StpError(f"{source} is an SNN checkpoint without time steps")
+    validate(Record, record, source)
 
 
-def _short(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:200]
+def check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse NaN or infinite values: a model holding them can only produce noise."""
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise StpError(f"{source} holds NaN or infinite values in {key}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,8 +14,10 @@ import yaml
 from rich.console import Console
 
 from stpcli.engine.runtime import setup_runtime, shutdown_runtime
+from stpcli.entry import EARLY_SIGNALS
 from stpcli.engine.train import TrainConfig
 from stpcli.errors import StpError
+from stpcli.files import first_line, release_outputs
 from stpcli.stages.common import DataOptions, Stage, StageIO
 
 console = Console()
@@ -31,7 +34,10 @@ def stp_command(app: typer.Typer, name: str, **kwargs):
     def wrap(function):
         @functools.wraps(function)
         def run(*args, **kw):
+            previous = _stop_on_sigterm()
             try:
+                if EARLY_SIGNALS:
+                    raise KeyboardInterrupt  # SIGTERM arrived while stp was starting
                 return function(*args, **kw)
             except (typer.Exit, typer.Abort):
                 raise
@@ -41,21 +47,40 @@ def stp_command(app: typer.Typer, name: str, **kwargs):
                 error_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
                 raise typer.Exit(exc.exit_code) from None
             except KeyboardInterrupt:
-                error_console.print("error: interrupted", markup=False)
+                error_console.print("error: interrupted (nothing was written)", markup=False)
                 raise typer.Exit(130) from None
+            except MemoryError:
+                error_console.print("error: out of memory; try a smaller --batch-size or --image-size", markup=False)
+                raise typer.Exit(2) from None
             except Exception as exc:  # a bug, or something we did not foresee: still one line
                 if STATE["debug"] or type(exc).__module__.startswith(("typer", "click")):
                     raise  # usage errors are the CLI framework's to print
-                text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-                error_console.print(f"error: unexpected {type(exc).__name__}: {text} (rerun with --debug for a traceback)",
-                                    markup=False, highlight=False, soft_wrap=True)
+                error_console.print(f"error: unexpected {type(exc).__name__}: {first_line(exc, 300)} "
+                                    "(rerun with --debug for a traceback)", markup=False, highlight=False,
+                                    soft_wrap=True)
                 raise typer.Exit(1) from None
             finally:
+                if previous is not None:
+                    signal.signal(signal.SIGTERM, previous)
+                release_outputs()
                 shutdown_runtime()
 
         return app.command(name, **kwargs)(run)
 
     return wrap
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt  # outside a training loop: stop now, say so, exit 130
+
+
+def _stop_on_sigterm():
+    """SIGTERM stops a command with a message, as Ctrl-C does (training loops install their own
+    handler that stops at the next step and keeps the state)."""
+    try:
+        return signal.signal(signal.SIGTERM, _sigterm)
+    except ValueError:  # not the main thread
+        return None
 
 
 def apply_config(ctx: typer.Context, values: dict[str, Any], config: Path | None) -> dict[str, Any]:
@@ -67,14 +92,7 @@ def apply_config(ctx: typer.Context, values: dict[str, Any], config: Path | None
     """
     if config is None:
         return values
-    if not config.is_file():
-        raise StpError(f"--config {config} does not exist")
-    try:
-        data = yaml.safe_load(config.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise StpError(f"--config {config} is not valid YAML ({str(exc).splitlines()[0]})") from exc
-    if not isinstance(data, dict):
-        raise StpError(f"--config {config} must be a mapping of option names to values")
+    data = read_yaml(config, "--config")
     params = {p.name: p for p in ctx.command.params}
     sections = {k for k, v in data.items() if isinstance(v, dict)}
     shared = {k: v for k, v in data.items() if k not in sections}
@@ -92,12 +110,32 @@ def apply_config(ctx: typer.Context, values: dict[str, Any], config: Path | None
     for name, (key, value) in merged.items():
         source = ctx.get_parameter_source(name)
         if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
+            is_flag = bool(getattr(params[name], "is_flag", False))
+            if isinstance(value, bool) != is_flag or isinstance(value, (dict, list)):
+                expected = "true or false" if is_flag else "a single value"
+                raise StpError(f"--config {config}: bad value for {key!r}: expected {expected}, got {value!r}")
             try:
                 values[name] = params[name].process_value(ctx, value)
             except Exception as exc:  # the CLI framework's conversion error, whatever its class
                 message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
                 raise StpError(f"--config {config}: bad value for {key!r}: {message}") from None
     return values
+
+
+def read_yaml(path: Path, what: str) -> dict:
+    """A YAML mapping from a file, or one clear error (missing, binary, invalid, not a mapping)."""
+    if not path.is_file():
+        raise StpError(f"{what} {path} does not exist")
+    try:
+        text = path.read_bytes().decode("utf-8")
+        data = yaml.safe_load(text) or {}
+    except UnicodeDecodeError:
+        raise StpError(f"{what} {path} is not a text file") from None
+    except yaml.YAMLError as exc:
+        raise StpError(f"{what} {path} is not valid YAML ({first_line(exc)})") from None
+    if not isinstance(data, dict):
+        raise StpError(f"{what} {path} must be a mapping of option names to values")
+    return data
 
 
 def _param_name(key) -> str:

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from stpcli.checkpoint import check_output_path
+from stpcli.files import lock_output
 from stpcli.cli.common import CacheDir, Force, OnBadImage, console, stp_command
 from stpcli.data.pack import write_pack
 from stpcli.data.source import load_dataset
@@ -32,6 +33,7 @@ def pack_command(
     if not root.is_dir():
         raise StpError(f"{root} is not a dataset folder")
     check_output_path(out, force)
+    lock_output(out)
     dataset = load_dataset(str(root), image_size, on_bad_image, cache_dir)
     size = write_pack(dataset.images, dataset.labels, dataset.names, dataset.classes,
                       dataset.source | {"skipped": dataset.skipped}, out, quality)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from stpcli.checkpoint import load_checkpoint
@@ -49,12 +50,12 @@ def evaluate_command(
     if json_output:
         _print_json(result)
         return
-    title = f"{checkpoint} ({result['kind'].upper()}" + (f", T={result['timesteps']})" if "timesteps" in result else ")")
+    title = escape(f"{checkpoint} ({result['kind'].upper()}" + (f", T={result['timesteps']})" if "timesteps" in result else ")"))
     console.print(f"[bold]{title}[/bold]: {part} accuracy {result['accuracy']:.2f}% on {result['images']} images; "
                   f"{result['macs'] / 1e6:.2f} M MACs per image")
     classes = Table("class", "accuracy %", title="per class")
     for name, acc in result["per_class"].items():
-        classes.add_row(name, _fmt(acc))
+        classes.add_row(escape(name), _fmt(acc))
     console.print(classes)
     energy = result["energy"]
     if result["kind"] == "snn":
@@ -93,13 +94,13 @@ def _print_info(details: dict, chain) -> None:
     record = details["record"]
     spec = record["model"]
     units = spec.get("units")
-    console.print(f"[bold]{details['path']}[/bold]  sha256 {details['sha256'][:16]}…")
+    console.print(f"[bold]{escape(details['path'])}[/bold]  sha256 {details['sha256'][:16]}…")
     console.print(f"kind {record['kind'].upper()}" + (f", T={record['timesteps']}" if record.get("timesteps") else "")
                   + f"; {spec['arch']} width {spec['width']}; "
                   + (f"{units['count']} Unit(s) at stage {units['stage']}" if units else "no Units")
                   + f"; {details['parameters']:,} tensor elements")
-    console.print(f"classes ({len(record['classes'])}): {', '.join(record['classes'])}")
-    console.print(f"input {record['input']['image_size']} px; data {record['data']['path']} "
+    console.print(f"classes ({len(record['classes'])}): {', '.join(record['classes'])}", markup=False)
+    console.print(f"input {record['input']['image_size']} px; data {escape(record['data']['path'])} "
                   f"(fingerprint {record['data']['fingerprint'][:12]}); split seed {details['split']['seed']}, "
                   f"train ratio {details['split']['train_ratio']}, counts {details['split']['counts']}")
     table = Table("#", "stage", "layer", "in", "out", "unit", "neuron", "MACs", title="layers")
@@ -118,12 +119,13 @@ def _print_info(details: dict, chain) -> None:
     for i, entry in enumerate(details["history"], start=1):
         parent = entry.get("parent")
         lineage.add_row(str(i), entry["stage"], _fmt(entry.get("metrics", {}).get("test_accuracy")),
-                        "" if not parent else f"{Path(parent['path']).name} ({parent['sha256'][:10]})",
+                        "" if not parent else escape(f"{Path(parent['path']).name} ({parent['sha256'][:10]})"),
                         entry.get("finished", ""))
     console.print(lineage)
     if chain is not None:
         for row in chain:
-            console.print(f"verify: {Path(row['parent']).name} <- {Path(row['child']).name}: {row['status']}")
+            console.print(f"verify: {Path(row['parent']).name} <- {Path(row['child']).name}: {row['status']}",
+                          markup=False)
         if not chain:
             console.print("verify: no parent files recorded")
 
@@ -151,7 +153,7 @@ def compare_command(
                    "ANN/SNN energy"):
         table.add_column(header, no_wrap=True)
     for row in rows:
-        table.add_row(Path(row["checkpoint"]).name, row["kind"].upper(), str(row["timesteps"] or "-"),
+        table.add_row(escape(Path(row["checkpoint"]).name), row["kind"].upper(), str(row["timesteps"] or "-"),
                       str(row["layers"]), _fmt(row["accuracy"]), _fmt(row["spikes_per_neuron"], 3),
                       _fmt(row["energy_uj"], 2), _fmt(row["ann_energy_ratio"], 2))
     console.print(table)

@@ -43,7 +43,12 @@ def pipeline_command(
 
     if not config.is_file():
         raise StpError(f"{config} does not exist")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise StpError(f"--out-dir {out_dir} is a file, not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StpError(f"cannot create --out-dir {out_dir}: {exc.strerror or exc}") from exc
     command = typer.main.get_command(root)
     redo = force
     for name, source, target in STEPS:

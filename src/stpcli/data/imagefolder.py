@@ -12,12 +12,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from stpcli.errors import StpError
+from stpcli.files import sha256_file
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
+
+
+HIGH_BIT_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+HIGH_BIT_DEPTH_RULE = "per-image 2-98 % percentile stretch to 8 bits"
+STRETCH_PERCENTILES = (2.0, 98.0)
 
 
 @dataclass
@@ -26,7 +33,8 @@ class FolderListing:
     classes: list[str]
     names: list[str]  # "class/file", sorted
     labels: list[int]
-    fingerprint: str
+    fingerprint: str  # names and sizes: the data's identity for splits and lineage
+    content_sha256: str  # names and every file's bytes: what the decode cache is keyed by
 
 
 def scan(root: str | Path) -> FolderListing:
@@ -51,47 +59,73 @@ def scan(root: str | Path) -> FolderListing:
             names.append(name)
             labels.append(label)
             lines.append(f"{name}\t{path.stat().st_size}")
-    return FolderListing(root, classes, names, labels, fingerprint_lines(lines))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        digests = list(pool.map(lambda name: _file_digest(root / name), names))
+    content = fingerprint_lines([f"{name}\t{digest}" for name, digest in zip(names, digests)])
+    return FolderListing(root, classes, names, labels, fingerprint_lines(lines), content)
+
+
+def _file_digest(path: Path) -> str:
+    try:
+        return sha256_file(path)
+    except OSError as exc:
+        raise StpError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
 def fingerprint_lines(lines: list[str]) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-def decode_image(path: Path, image_size: int) -> torch.Tensor:
-    """Decode one file to uint8 [3, S, S]: RGB, shorter side to S, centre crop."""
+def to_rgb8(img: Image.Image) -> tuple[Image.Image, bool]:
+    """8-bit RGB; 16-bit, 32-bit integer and float images (common in remote sensing) are
+    stretched per image between their 2nd and 98th percentiles instead of being clipped.
+    Returns the image and whether it was stretched."""
+    if img.mode not in HIGH_BIT_DEPTH_MODES:
+        return img.convert("RGB"), False
+    values = np.asarray(img, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    low, high = np.percentile(finite, STRETCH_PERCENTILES) if finite.size else (0.0, 0.0)
+    scaled = np.clip((np.nan_to_num(values, nan=low) - low) / max(high - low, 1e-12), 0.0, 1.0)
+    return Image.fromarray(np.round(scaled * 255).astype(np.uint8), mode="L").convert("RGB"), True
+
+
+def decode_image(path: Path, image_size: int) -> tuple[torch.Tensor, bool]:
+    """Decode one file to uint8 [3, S, S]: RGB, shorter side to S, centre crop; and whether
+    a high-bit-depth image was stretched."""
     with Image.open(path) as img:
         img.load()
-        img = img.convert("RGB")
+        img, stretched = to_rgb8(img)
         img = ImageOps.fit(img, (image_size, image_size), Image.Resampling.BILINEAR)
         data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-    return data.view(image_size, image_size, 3).permute(2, 0, 1).contiguous()
+    return data.view(image_size, image_size, 3).permute(2, 0, 1).contiguous(), stretched
 
 
 def decode_all(listing: FolderListing, image_size: int, on_bad_image: str):
-    """Decode every listed file. Returns (images, labels, names, skipped_names)."""
+    """Decode every listed file. Returns (images, labels, names, skipped_names, stretched_names)."""
 
     def work(name: str):
         try:
             return decode_image(listing.root / name, image_size)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             return None
 
-    images, labels, names, skipped = [], [], [], []
+    images, labels, names, skipped, stretched = [], [], [], [], []
     with ThreadPoolExecutor(max_workers=4) as pool:
-        for name, label, img in zip(listing.names, listing.labels, pool.map(work, listing.names)):
-            if img is None:
+        for name, label, decoded in zip(listing.names, listing.labels, pool.map(work, listing.names)):
+            if decoded is None:
                 if on_bad_image == "fail":
                     raise StpError(f"image {listing.root / name} does not decode (use --on-bad-image skip to skip such files)")
                 skipped.append(name)
                 continue
-            images.append(img)
+            images.append(decoded[0])
             labels.append(label)
             names.append(name)
+            if decoded[1]:
+                stretched.append(name)
     if not images:
         raise StpError(f"no image in {listing.root} decodes")
     present = set(labels)
     for label, cls in enumerate(listing.classes):
         if label not in present:
             raise StpError(f"class {cls} has no decodable image")
-    return torch.stack(images), torch.tensor(labels, dtype=torch.int64), names, skipped
+    return torch.stack(images), torch.tensor(labels, dtype=torch.int64), names, skipped, stretched

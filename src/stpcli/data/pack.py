@@ -8,6 +8,7 @@ split and lineage machinery. Every ``--data`` option accepts a pack.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -16,22 +17,35 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from stpcli.checkpoint import atomic_save_tensors, now_iso
+from stpcli.files import atomic_save_tensors, first_line, now_iso
 from stpcli.errors import StpError
+from stpcli.schema import PackRecord, validate
 
 PACK_FORMAT = "stp-data-pack"
-PACK_VERSION = 1
+PACK_VERSION = 2  # 2: content hash (packs of version 1 have none and are checked structurally)
+
+
+def payload_sha256(data: torch.Tensor, offsets: torch.Tensor, labels: torch.Tensor, names: list[str]) -> str:
+    """What a pack's content hash covers: the JPEG bytes, where each image starts, labels and names."""
+    digest = hashlib.sha256()
+    for tensor in (data, offsets.to(torch.int64), labels.to(torch.int64)):
+        digest.update(tensor.contiguous().numpy().tobytes())
+    digest.update(json.dumps(names).encode())
+    return digest.hexdigest()
 
 
 def write_pack(images: torch.Tensor, labels: torch.Tensor, names: list[str], classes: list[str],
-               source: dict, out: Path, quality: int = 90) -> int:
+               source: dict, out: Path, quality: int = 90, progress=None) -> int:
     blobs, offsets = [], [0]
     for img in images:
         buffer = io.BytesIO()
         Image.fromarray(img.permute(1, 2, 0).numpy()).save(buffer, format="JPEG", quality=quality)
         blobs.append(buffer.getvalue())
         offsets.append(offsets[-1] + len(blobs[-1]))
+        if progress is not None:
+            progress()
     data = torch.frombuffer(bytearray(b"".join(blobs)), dtype=torch.uint8)
+    offset_tensor = torch.tensor(offsets, dtype=torch.int64)
     record = {
         "format": PACK_FORMAT,
         "format_version": PACK_VERSION,
@@ -40,9 +54,10 @@ def write_pack(images: torch.Tensor, labels: torch.Tensor, names: list[str], cla
         "image_size": int(images.shape[-1]),
         "jpeg_quality": quality,
         "source": source,
+        "content_sha256": payload_sha256(data, offset_tensor, labels, names),
         "created": now_iso(),
     }
-    tensors = {"jpeg": data, "offsets": torch.tensor(offsets, dtype=torch.int64), "labels": labels}
+    tensors = {"jpeg": data, "offsets": offset_tensor, "labels": labels}
     atomic_save_tensors(tensors, {"stp-data": json.dumps(record)}, out)
     return out.stat().st_size
 
@@ -58,28 +73,53 @@ def is_pack(path: Path) -> bool:
 
 
 def read_pack(path: Path, image_size: int):
-    """Returns (images uint8 [N,3,S,S], labels, names, classes, source record)."""
+    """Returns (images uint8 [N,3,S,S], labels, names, classes, source record).
+
+    The record is checked against its schema, the tensors against the record
+    (one offset per image, labels naming classes) and the whole payload against
+    the pack's content hash, so an edited or damaged pack is refused, never
+    silently trained on.
+    """
     try:
         with safe_open(str(path), framework="pt") as handle:
             record = json.loads(handle.metadata()["stp-data"])
             data = handle.get_tensor("jpeg")
-            offsets = handle.get_tensor("offsets").tolist()
+            offsets_tensor = handle.get_tensor("offsets")
             labels = handle.get_tensor("labels")
     except Exception as exc:
-        raise StpError(f"{path} is not a readable stp data pack ({str(exc).splitlines()[0][:160]})") from exc
-    if record.get("format") != PACK_FORMAT or record.get("format_version", 0) > PACK_VERSION:
+        raise StpError(f"{path} is not a readable stp data pack ({first_line(exc, 160)})") from exc
+    if not isinstance(record, dict) or record.get("format") != PACK_FORMAT:
         raise StpError(f"{path} is not an stp data pack this version reads")
+    if isinstance(record.get("format_version"), int) and record["format_version"] > PACK_VERSION:
+        raise StpError(f"{path} is an stp data pack of a newer format ({record['format_version']}); upgrade stp")
+    validate(PackRecord, record, str(path), "data pack record")
+    names, classes = record["names"], record["classes"]
+    count = len(names)
+    if data.dtype != torch.uint8 or data.dim() != 1 or offsets_tensor.dtype != torch.int64 \
+            or offsets_tensor.shape != (count + 1,) or labels.dtype != torch.int64 or labels.shape != (count,):
+        raise StpError(f"{path} is a damaged data pack (its tensors do not match its {count} image names)")
+    offsets = offsets_tensor.tolist()
+    if offsets[0] != 0 or offsets[-1] != data.numel() or any(b <= a for a, b in zip(offsets, offsets[1:])):
+        raise StpError(f"{path} is a damaged data pack (image offsets out of order or out of range)")
+    if count and (int(labels.min()) < 0 or int(labels.max()) >= len(classes)):
+        raise StpError(f"{path} is a damaged data pack (a label names no class)")
+    if (record["format_version"] >= 2 or "content_sha256" in record) \
+            and record.get("content_sha256") != payload_sha256(data, offsets_tensor, labels, names):
+        raise StpError(f"{path} is damaged or was edited: its content does not match its content hash")
     if image_size > record["image_size"]:
         raise StpError(
             f"{path} was packed at {record['image_size']} px; training at {image_size} px needs a pack made with --image-size {image_size} or more"
         )
     raw = data.numpy().tobytes()
     images = []
-    for start, end in zip(offsets[:-1], offsets[1:]):
-        with Image.open(io.BytesIO(raw[start:end])) as img:
-            img = img.convert("RGB")
-            if img.size != (image_size, image_size):
-                img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
-            array = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+    for name, start, end in zip(names, offsets[:-1], offsets[1:]):
+        try:
+            with Image.open(io.BytesIO(raw[start:end])) as img:
+                img = img.convert("RGB")
+                if img.size != (image_size, image_size):
+                    img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
+                array = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise StpError(f"{path}: image {name} does not decode ({first_line(exc, 120)})") from exc
         images.append(array.view(image_size, image_size, 3).permute(2, 0, 1))
-    return torch.stack(images), labels.to(torch.int64), record["names"], record["classes"], record["source"]
+    return torch.stack(images), labels, names, classes, record["source"]

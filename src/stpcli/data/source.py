@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
-from stpcli.checkpoint import atomic_save_tensors
+from stpcli.files import atomic_save_tensors, first_line
 from stpcli.data import imagefolder, pack, synthetic
 from stpcli.data.split import PARTS, check_split
 from stpcli.errors import StpError
+from stpcli.schema import MAX_IMAGE_SIZE
 
 BUILTIN = "builtin:synthetic"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BAD_IMAGE_POLICIES = ("fail", "skip")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -62,13 +64,14 @@ def default_cache_dir() -> Path:
 
 def load_dataset(data: str | None, image_size: int, on_bad_image: str = "fail",
                  cache_dir: Path | None = None) -> Dataset:
-    if image_size <= 0:
-        raise StpError(f"--image-size must be positive, got {image_size}")
+    if not 16 <= image_size <= MAX_IMAGE_SIZE:
+        raise StpError(f"--image-size must lie in 16..{MAX_IMAGE_SIZE}, got {image_size}")
     if on_bad_image not in BAD_IMAGE_POLICIES:
         raise StpError(f"--on-bad-image must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {on_bad_image!r}")
     if data is None or data in ("builtin", BUILTIN):
         images, labels, names, classes = synthetic.generate(image_size)
-        source = {"kind": "builtin", "path": BUILTIN, "fingerprint": synthetic.fingerprint(), "num_files": len(names)}
+        source = {"kind": "builtin", "path": BUILTIN, "fingerprint": synthetic.fingerprint(), "num_files": len(names),
+                  "content_sha256": synthetic.fingerprint()}
         return Dataset(images, labels, names, classes, source)
     path = Path(data).expanduser()
     if not path.exists():
@@ -77,32 +80,37 @@ def load_dataset(data: str | None, image_size: int, on_bad_image: str = "fail",
         if not pack.is_pack(path):
             raise StpError(f"--data {data} is a file but not an stp data pack (see 'stp data pack')")
         images, labels, names, classes, origin = pack.read_pack(path, image_size)
-        source = {"kind": "pack", "path": str(path.resolve()), "fingerprint": origin["fingerprint"],
-                  "num_files": origin["num_files"], "skipped": origin.get("skipped", [])}
+        source = {"kind": "pack", "path": str(path.resolve()), **{k: origin[k] for k in _RECORDED if k in origin}}
         if origin.get("skipped") and on_bad_image == "fail":
             raise StpError(f"pack {path} was made without {len(origin['skipped'])} undecodable image(s); pass --on-bad-image skip to accept it")
         return Dataset(images, labels, names, classes, source, list(origin.get("skipped", [])))
     listing = imagefolder.scan(path)
     source = {"kind": "folder", "path": str(path.resolve()), "fingerprint": listing.fingerprint,
-              "num_files": len(listing.names)}
+              "num_files": len(listing.names), "content_sha256": listing.content_sha256}
     cached = _read_cache(cache_dir, listing, image_size)
     if cached is None:
-        images, labels, names, skipped = imagefolder.decode_all(listing, image_size, on_bad_image)
-        _write_cache(cache_dir, listing, image_size, images, labels, names, skipped)
+        images, labels, names, skipped, stretched = imagefolder.decode_all(listing, image_size, on_bad_image)
+        _write_cache(cache_dir, listing, image_size, images, labels, names, skipped, stretched)
     else:
-        images, labels, names, skipped = cached
+        images, labels, names, skipped, stretched = cached
         if skipped and on_bad_image == "fail":
             raise StpError(
                 f"{len(skipped)} image(s) in {path} do not decode, e.g. {skipped[0]} (use --on-bad-image skip to skip them)"
             )
     if skipped:
         source["skipped"] = skipped
+    if stretched:
+        source["high_bit_depth"] = {"rule": imagefolder.HIGH_BIT_DEPTH_RULE, "images": len(stretched)}
     return Dataset(images, labels, names, listing.classes, source, skipped)
+
+
+# what a data source records about itself (checkpoints and packs carry these)
+_RECORDED = ("fingerprint", "num_files", "content_sha256", "skipped", "high_bit_depth")
 
 
 def _cache_file(cache_dir: Path | None, listing, image_size: int) -> Path:
     base = cache_dir if cache_dir is not None else default_cache_dir()
-    return base / f"decoded-v{CACHE_VERSION}-{listing.fingerprint[:24]}-{image_size}px.safetensors"
+    return base / f"decoded-v{CACHE_VERSION}-{listing.content_sha256[:32]}-{image_size}px.safetensors"
 
 
 def _read_cache(cache_dir, listing, image_size):
@@ -112,25 +120,29 @@ def _read_cache(cache_dir, listing, image_size):
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta = json.loads(handle.metadata()["stp-cache"])
-            if meta["fingerprint"] != listing.fingerprint or meta["image_size"] != image_size:
+            if meta["content_sha256"] != listing.content_sha256 or meta["image_size"] != image_size:
                 return None
-            return handle.get_tensor("images"), handle.get_tensor("labels"), meta["names"], meta["skipped"]
+            return (handle.get_tensor("images"), handle.get_tensor("labels"), meta["names"], meta["skipped"],
+                    meta["stretched"])
     except Exception:
         return None  # a damaged cache is rebuilt, never trusted
 
 
-def _write_cache(cache_dir, listing, image_size, images, labels, names, skipped):
+def _write_cache(cache_dir, listing, image_size, images, labels, names, skipped, stretched):
     path = _cache_file(cache_dir, listing, image_size)
+    meta = {"content_sha256": listing.content_sha256, "image_size": image_size, "names": names,
+            "skipped": skipped, "stretched": stretched}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"fingerprint": listing.fingerprint, "image_size": image_size, "names": names, "skipped": skipped}
         atomic_save_tensors({"images": images, "labels": labels}, {"stp-cache": json.dumps(meta)}, path)
-    except OSError:
-        pass  # the cache is an optimisation; a read-only home must not stop training
+    except Exception as exc:  # the cache is an optimisation: a full or read-only disk must not stop training
+        print(f"warning: decoded images not cached in {path.parent} ({first_line(exc)}); continuing without the cache",
+              file=sys.stderr)
 
 
 def data_record(dataset: Dataset) -> dict:
-    return {key: dataset.source[key] for key in ("kind", "path", "fingerprint", "num_files")}
+    return {"kind": dataset.source["kind"], "path": dataset.source["path"],
+            **{k: dataset.source[k] for k in _RECORDED if k in dataset.source and k != "skipped"}}
 
 
 def split_data(dataset: Dataset, split: dict) -> SplitData:
@@ -143,12 +155,21 @@ def load_recorded_data(record: dict, data: str | None, allow_data_change: bool,
     """The data and split a checkpoint was trained on, optionally read from a new location."""
     recorded = record["data"]
     location = data if data is not None else (None if recorded["kind"] == "builtin" else recorded["path"])
+    if data is None and location is not None and not Path(location).exists():
+        raise StpError(f"the recorded data {location} does not exist here; pass --data to read it from "
+                       "another place")
     dataset = load_dataset(location, record["input"]["image_size"], on_bad_image, cache_dir)
     if dataset.source["fingerprint"] != recorded["fingerprint"] and not allow_data_change:
         raise StpError(
             f"the data at {dataset.source['path']} differs from the data this checkpoint was trained on "
             f"(fingerprint {dataset.source['fingerprint'][:12]} vs {recorded['fingerprint'][:12]}); "
             "pass --allow-data-change to use it anyway"
+        )
+    content, recorded_content = dataset.source.get("content_sha256"), recorded.get("content_sha256")
+    if content and recorded_content and content != recorded_content and not allow_data_change:
+        raise StpError(
+            f"the images at {dataset.source['path']} have the recorded names and sizes but other content than "
+            "the data this checkpoint was trained on; pass --allow-data-change to use them anyway"
         )
     if dataset.classes != record["classes"]:
         raise StpError(

@@ -19,10 +19,7 @@ PARTS = ("train", "val", "test")
 
 def stratified_split(names: list[str], labels: list[int], classes: list[str],
                      train_ratio: float, val_ratio: float, seed: int) -> dict:
-    if not 0.0 < train_ratio < 1.0:
-        raise StpError(f"--train-ratio must lie in (0, 1), got {train_ratio}")
-    if not 0.0 <= val_ratio < 1.0:
-        raise StpError(f"--val-ratio must lie in [0, 1), got {val_ratio}")
+    check_split_ratios(train_ratio, val_ratio)
     by_class: dict[int, list[str]] = {}
     for name, label in zip(names, labels):
         by_class.setdefault(int(label), []).append(name)
@@ -50,6 +47,13 @@ def stratified_split(names: list[str], labels: list[int], classes: list[str],
         "files": files,
         "sha256": split_hash(files),
     }
+
+
+def check_split_ratios(train_ratio: float, val_ratio: float) -> None:
+    if not 0.0 < train_ratio < 1.0:
+        raise StpError(f"--train-ratio must lie in (0, 1), got {train_ratio}")
+    if not 0.0 <= val_ratio < 1.0:
+        raise StpError(f"--val-ratio must lie in [0, 1), got {val_ratio}")
 
 
 def split_hash(files: dict) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from stpcli.checkpoint import atomic_save_tensors
+from stpcli.files import atomic_save_tensors, first_line
 from stpcli.errors import StpError
 
 STATE_FORMAT = "stp-training-state"
@@ -51,7 +51,7 @@ def load_state(path: Path, model, optimizer) -> tuple[dict, dict | None]:
             meta = json.loads(handle.metadata()["stp-state"])
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}
     except Exception as exc:
-        raise StpError(f"training state {path} is unreadable ({str(exc).splitlines()[0][:160]}); "
+        raise StpError(f"training state {path} is unreadable ({first_line(exc, 160)}); "
                        "delete it or pass --force to start over") from exc
     if meta.get("format") != STATE_FORMAT:
         raise StpError(f"{path} is not an stp training state")

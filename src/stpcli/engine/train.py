@@ -13,7 +13,7 @@ import csv
 import math
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -27,42 +27,54 @@ from stpcli.engine.evaluate import accuracy
 from stpcli.engine.runtime import Runtime
 from stpcli.engine.state import load_state, read_state_record, save_state
 from stpcli.errors import Interrupted, StpError
+from stpcli.files import atomic_write_text
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("step", "cosine", "constant")
 NAN_CHECK_EVERY = 20  # steps between host-side finiteness checks on CUDA
 
 
+MAX_EPOCHS = 100_000
+MAX_BATCH = 1 << 16
+
+
+def _option(name: str):
+    return {"option": name}
+
+
 @dataclass
 class TrainConfig:
-    epochs: int
-    batch_size: int = 64
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "step"
-    milestones: list[float] = field(default_factory=lambda: [0.45, 0.7, 0.9])
-    gamma: float = 0.2
-    seed: int = 0
-    neuron_lr_scale: float = 1.0  # learning-rate multiplier for thresholds and leaks
-    distill_weight: float = 0.0  # share of the loss given to matching a teacher's soft outputs
-    distill_temperature: float = 4.0
+    """One training run's recipe. Each field's metadata names the command-line option that sets it."""
+
+    epochs: int = field(metadata=_option("--epochs"))
+    batch_size: int = field(default=64, metadata=_option("--batch-size"))
+    optimizer: str = field(default="sgd", metadata=_option("--optimizer"))
+    lr: float = field(default=0.05, metadata=_option("--lr"))
+    momentum: float = field(default=0.9, metadata=_option("--momentum"))
+    weight_decay: float = field(default=5e-4, metadata=_option("--weight-decay"))
+    schedule: str = field(default="step", metadata=_option("--lr-schedule"))
+    milestones: list[float] = field(default_factory=lambda: [0.45, 0.7, 0.9])  # step schedule: fractions of epochs
+    lr_decay: float = 0.2  # step schedule: factor at each milestone
+    seed: int = field(default=0, metadata=_option("--seed"))
+    distill_weight: float = field(default=0.0, metadata=_option("--distill"))
+    distill_temperature: float = field(default=4.0, metadata=_option("--distill-temperature"))
 
     def check(self, training_required: bool = False) -> None:
-        if self.epochs < 0 or (training_required and self.epochs == 0):
+        if not 0 <= self.epochs <= MAX_EPOCHS or (training_required and self.epochs == 0):
             bound = "positive" if training_required else "zero or more"
-            raise StpError(f"--epochs must be {bound}, got {self.epochs}")
-        if self.batch_size <= 0:
-            raise StpError(f"--batch-size must be positive, got {self.batch_size}")
-        if self.lr <= 0 or not math.isfinite(self.lr):
+            raise StpError(f"--epochs must be {bound} (at most {MAX_EPOCHS}), got {self.epochs}")
+        if not 0 < self.batch_size <= MAX_BATCH:
+            raise StpError(f"--batch-size must be positive (at most {MAX_BATCH}), got {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
             raise StpError(f"--lr must be positive, got {self.lr}")
         if self.optimizer not in OPTIMIZERS:
             raise StpError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             raise StpError(f"--lr-schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.weight_decay < 0:
-            raise StpError(f"--weight-decay must be zero or more, got {self.weight_decay}")
+        if not (0 <= self.weight_decay < 1):
+            raise StpError(f"--weight-decay must lie in [0, 1), got {self.weight_decay}")
+        if not (0 <= self.momentum < 1):
+            raise StpError(f"--momentum must lie in [0, 1), got {self.momentum}")
         if not 0 <= self.distill_weight <= 1:
             raise StpError(f"--distill must lie in [0, 1], got {self.distill_weight}")
         if not self.distill_temperature > 0 or not math.isfinite(self.distill_temperature):
@@ -73,7 +85,7 @@ class TrainConfig:
             return self.lr * 0.5 * (1 + math.cos(math.pi * epoch / max(1, self.epochs)))
         if self.schedule == "step":
             passed = sum(1 for m in self.milestones if epoch >= round(m * self.epochs))
-            return self.lr * self.gamma ** passed
+            return self.lr * self.lr_decay ** passed
         return self.lr
 
 
@@ -124,12 +136,12 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, labels
 
 
 def make_optimizer(model, config: TrainConfig):
-    """Thresholds and leaks (scalars near 1, unlike weights near 0.01) get their own learning rate."""
+    """Thresholds and leaks (scalars near 1, unlike weights near 0.01) are never weight-decayed."""
     neuron = [p for n, p in model.named_parameters() if n.endswith((".threshold", ".leak"))]
     others = [p for n, p in model.named_parameters() if not n.endswith((".threshold", ".leak"))]
-    groups = [{"params": others, "lr_scale": 1.0}]
+    groups = [{"params": others}]
     if neuron:
-        groups.append({"params": neuron, "lr_scale": config.neuron_lr_scale, "weight_decay": 0.0})
+        groups.append({"params": neuron, "weight_decay": 0.0})
     if config.optimizer == "adam":
         return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -172,12 +184,10 @@ def fit(model, data: SplitData, config: TrainConfig, runtime: Runtime, *, mean: 
     if resume:
         if not state_path.exists():
             raise StpError(f"--resume: no training state {state_path} to resume from")
-        recorded = read_state_record(state_path)
-        if recorded.get("options") != run_options:
-            changed = sorted(k for k in set(recorded.get("options", {})) | set(run_options)
-                             if recorded.get("options", {}).get(k) != run_options.get(k))
-            raise StpError(f"--resume: options differ from the interrupted run's ({', '.join(changed)}); "
-                           "rerun with the same options, or drop --resume and pass --force to start over")
+        changed = changed_options(read_state_record(state_path).get("options", {}), run_options)
+        if changed:
+            raise StpError(f"--resume: {', '.join(changed)} differ(s) from the interrupted run's; rerun with the "
+                           "same values (only --lr may change), or drop --resume and pass --force to start over")
         meta, best_state = load_state(state_path, model, optimizer)
         start_epoch, history = meta["epoch"], meta["history"]
         best_val, best_epoch = meta["best_val"], meta["best_epoch"]
@@ -187,7 +197,7 @@ def fit(model, data: SplitData, config: TrainConfig, runtime: Runtime, *, mean: 
         for epoch in range(start_epoch, config.epochs):
             lr = config.lr_at(epoch)
             for group in optimizer.param_groups:
-                group["lr"] = lr * group["lr_scale"]
+                group["lr"] = lr
             epoch_start = time.time()
             generator = epoch_generator(config.seed, epoch, device)
             steps = max(1, train_x.shape[0] // config.batch_size)
@@ -269,7 +279,7 @@ def _non_finite(label, epoch, step, state_path, history) -> StpError:
     kept = (f"the last good state (epoch {len(history)}) is kept in {state_path}"
             if history else "no epoch had completed, so no state was kept")
     return StpError(f"[{label}] the loss became NaN or infinite at epoch {epoch + 1}, step {step + 1}; "
-                    f"training stopped; {kept}; try a lower --lr", exit_code=3)
+                    f"training stopped; {kept}; rerun with --resume and a lower --lr", exit_code=3)
 
 
 def _interrupt_message(signal_name, label, epoch, history, state_path):
@@ -279,13 +289,32 @@ def _interrupt_message(signal_name, label, epoch, history, state_path):
     return f"[{label}] stopped by {signal_name} during epoch {epoch + 1}, before any epoch completed; nothing to resume"
 
 
+def changed_options(recorded: dict, current: dict) -> list[str]:
+    """The options (by command-line name where one exists) whose values differ; --lr may change."""
+    options = {f"train.{f.name}": f.metadata["option"] for f in fields(TrainConfig) if "option" in f.metadata}
+    flat_recorded, flat_current = _flatten(recorded), _flatten(current)
+    keys = sorted(set(flat_recorded) | set(flat_current))
+    return [options.get(k, k) for k in keys
+            if k != "train.lr" and flat_recorded.get(k) != flat_current.get(k)]
+
+
+def _flatten(options: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in options.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _write_csv(path: Path, history: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
+    def write(handle):
         writer = csv.DictWriter(handle, fieldnames=list(history[0]))
         writer.writeheader()
         writer.writerows(history)
-    tmp.replace(path)
+
+    atomic_write_text(path, write)
 
 
 class _NullProgress:

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from stpcli.errors import StpError
+from stpcli.files import first_line
 from stpcli.models.ann import ANN
 
 
@@ -27,7 +28,7 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
         return state.get("state_dict", state) if isinstance(state, dict) else {}
     except Exception as exc:
-        raise StpError(f"--pretrained {path} is not a readable weights file ({str(exc).splitlines()[0][:120]})") from exc
+        raise StpError(f"--pretrained {path} is not a readable weights file ({first_line(exc, 120)})") from exc
 
 
 def _natural(key: str):

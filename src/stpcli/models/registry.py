@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from stpcli.errors import StpError
+from stpcli.schema import MAX_IMAGE_SIZE, MAX_WIDTH
 
 ARCHITECTURES: dict[str, Callable[[], dict]] = {}
 
@@ -50,12 +51,14 @@ def scaled(count: int, width: float, floor: int) -> int:
 def make_spec(arch: str, num_classes: int, image_size: int, width: float = 1.0, dropout: float = 0.5) -> dict:
     if arch not in ARCHITECTURES:
         raise StpError(f"unknown architecture {arch!r}; choose one of {', '.join(sorted(ARCHITECTURES))}")
-    if width <= 0:
-        raise StpError(f"--width must be positive, got {width}")
+    if not 0 < width <= MAX_WIDTH:
+        raise StpError(f"--width must lie in (0, {MAX_WIDTH:g}], got {width}")
     if num_classes < 2:
         raise StpError(f"a classifier needs at least 2 classes, got {num_classes}")
     if not 0.0 <= dropout < 1.0:
         raise StpError(f"--dropout must lie in [0, 1), got {dropout}")
+    if not 16 <= image_size <= MAX_IMAGE_SIZE:
+        raise StpError(f"--image-size must lie in 16..{MAX_IMAGE_SIZE}, got {image_size}")
     base = ARCHITECTURES[arch]()
     if base["family"] == "vgg" and (image_size < 32 or image_size % 32):
         raise StpError(f"VGG needs an image size that is a multiple of 32 (five 2x2 poolings), got {image_size}")

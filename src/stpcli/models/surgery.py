@@ -48,11 +48,15 @@ def first_layer_index(plan: list[dict], stage: int, count: int) -> int:
     return members[len(members) - count]
 
 
-def without_layers(spec: dict, stage: int, count: int) -> tuple[dict, int]:
-    """The spec with the trailing ``count`` layers of ``stage`` removed, and AS (their first index)."""
+def without_layers(spec: dict, stage: int, count: int, named: str | None = None) -> tuple[dict, int]:
+    """The spec with the trailing ``count`` layers of ``stage`` removed, and AS (their first index).
+
+    ``named`` says where the layers were named (default: the --as/--m options) for the error message.
+    """
     check_stage(spec, stage)
     if count < 1:
         raise StpError(f"--m must be at least 1, got {count}")
+    named = named or f"--as {stage} --m {count}"
     plan = build_plan(spec)
     members = [i for i, e in enumerate(plan) if e["type"] in ("conv", "block") and e.get("stage") == stage]
     removable = 0
@@ -62,7 +66,7 @@ def without_layers(spec: dict, stage: int, count: int) -> tuple[dict, int]:
         removable += 1
     if count > removable:
         raise StpError(
-            f"--as {stage} --m {count} asks to remove {count} layer(s), but stage {stage} ends in only "
+            f"{named} asks to remove {count} layer(s), but stage {stage} ends in only "
             f"{removable} removable (shape-preserving) layer(s)"
         )
     new = copy.deepcopy(spec)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from stpcli.checkpoint import Checkpoint
 from stpcli.data.source import IMAGENET_MEAN, IMAGENET_STD, data_record, load_dataset, split_data
-from stpcli.data.split import stratified_split
+from stpcli.data.split import check_split_ratios, stratified_split
 from stpcli.engine.train import TrainConfig
+from stpcli.errors import StpError
 from stpcli.models.ann import ANN
 from stpcli.models.pretrained import load_pretrained
 from stpcli.models.registry import make_spec
@@ -20,7 +23,11 @@ def train_ann(stage: Stage, *, arch: str, width: float, image_size: int, dropout
               data: DataOptions, train_ratio: float, val_ratio: float, config: TrainConfig,
               io: StageIO, pretrained: str | None = None, options: dict | None = None) -> Checkpoint:
     config.check(training_required=True)
-    io.check(will_train=True)
+    make_spec(arch, 2, image_size, width, dropout)  # every option checked before the data is read
+    check_split_ratios(train_ratio, val_ratio)
+    if pretrained and not Path(pretrained).is_file():
+        raise StpError(f"--pretrained {pretrained} does not exist")
+    io.check(will_train=True, inputs=(Path(pretrained) if pretrained else None,))
     dataset = load_dataset(data.data, image_size, data.on_bad_image, data.cache_dir)
     if dataset.skipped:
         stage.say(f"skipped {len(dataset.skipped)} image(s) that do not decode")
@@ -57,9 +64,9 @@ def add_unit(stage: Stage, source: Checkpoint, *, unit_stage: int, count: int, c
     """Nb = Add_Unit(AS, M, Na): identity-initialised Units, then fine-tuning for ``config.epochs``."""
     config.check()
     require_kind(source, "add-unit", "ann")
-    io.check(will_train=config.epochs > 0)
-    base = model_from_checkpoint(source)
     spec = with_units(source.model_spec, unit_stage, count)
+    io.check(will_train=config.epochs > 0, inputs=(source.path,))
+    base = model_from_checkpoint(source)
     torch.manual_seed(config.seed)
     model = ANN(spec)
     first = first_layer_index(model.plan, unit_stage, count)

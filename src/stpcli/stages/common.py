@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from stpcli.checkpoint import (Checkpoint, StageEntry, check_output_path, load_checkpoint, save_checkpoint,
-                               sha256_file)
+from stpcli.checkpoint import Checkpoint, StageEntry, check_output_path, load_checkpoint, save_checkpoint
+from stpcli.files import first_line, lock_output, remove_leftovers, sha256_file
 from stpcli.data.source import SplitData, load_recorded_data
 from stpcli.engine.evaluate import accuracy
 from stpcli.engine.runtime import Runtime
@@ -37,13 +37,20 @@ class StageIO:
     def csv_path(self) -> Path:
         return self.out.with_name(self.out.name.removesuffix(".safetensors") + ".metrics.csv")
 
-    def check(self, will_train: bool) -> None:
-        check_output_path(self.out, self.force)
+    def check(self, will_train: bool, inputs: tuple[Path | None, ...] = (), resume_needs_state: bool = True) -> None:
+        """Everything about the output that can fail, checked before any data is read; then the
+        output is locked against a second writer and leftovers of an interrupted write are cleared."""
+        check_output_path(self.out, self.force, inputs)
         if self.resume and not will_train:
             raise StpError("--resume needs a stage that trains (--epochs > 0)")
+        if self.resume and resume_needs_state and not self.state_path.exists():
+            raise StpError(f"--resume: no training state {self.state_path} to resume from")
         if will_train and self.state_path.exists() and not (self.resume or self.force):
             raise StpError(f"an interrupted run left {self.state_path}; pass --resume to continue it "
                            "or --force to start over")
+        lock_output(self.out)
+        remove_leftovers(self.out)
+        remove_leftovers(self.state_path)
 
 
 @dataclass
@@ -75,19 +82,36 @@ def input_stats(record: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 def model_from_checkpoint(ckpt: Checkpoint, timesteps: int | None = None):
     """Rebuild the ANN or SNN a checkpoint describes and load its tensors."""
-    spec = ckpt.model_spec
+    check_tensors_match_model(ckpt)
+    model = _build(ckpt, timesteps)
     try:
-        if ckpt.kind == "ann":
-            model = ANN(spec)
-        else:
-            model = SNN(spec, timesteps or ckpt.timesteps, SpikingSettings.from_record(ckpt.record.get("snn")))
         model.load_state_dict(ckpt.tensors)
-    except StpError:
-        raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise StpError(f"{ckpt.path}: tensors do not match the recorded model ({first})") from exc
+        raise StpError(f"{ckpt.path}: tensors do not match the recorded model ({first_line(exc)})") from exc
     return model
+
+
+def _build(ckpt: Checkpoint, timesteps: int | None = None):
+    if ckpt.kind == "ann":
+        return ANN(ckpt.model_spec)
+    return SNN(ckpt.model_spec, timesteps or ckpt.timesteps, SpikingSettings.from_record(ckpt.record.get("snn")))
+
+
+def check_tensors_match_model(ckpt: Checkpoint) -> None:
+    """Compare the file's tensor names and shapes with the recorded model, built without memory
+    (meta device), so a record describing a huge model never allocates it."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in _build(ckpt).state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in ckpt.tensors.items()}
+    if expected == found:
+        return
+    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or extra:
+        detail = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
+    else:
+        key = next(k for k in expected if expected[k] != found[k])
+        detail = f"{key} has shape {list(found[key])}, the model needs {list(expected[key])}"
+    raise StpError(f"{ckpt.path}: tensors do not match the recorded model ({detail})")
 
 
 def load_stage_data(ckpt: Checkpoint, options: DataOptions) -> SplitData:
@@ -198,10 +222,10 @@ def finish_stage(stage: Stage, model, record: dict, entry: StageEntry, io: Stage
     tensors = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     ckpt = Checkpoint(tensors=tensors, record=record)
     if stage.runtime.is_main:
-        check_output_path(io.out, io.force)
         save_checkpoint(ckpt, io.out)
         if io.state_path.exists():
             io.state_path.unlink()
+        remove_leftovers(io.state_path)
     stage.runtime.barrier()
     if not stage.runtime.is_main:
         ckpt.path, ckpt.sha256 = io.out, sha256_file(io.out)

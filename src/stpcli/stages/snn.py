@@ -12,6 +12,7 @@ import torch
 from stpcli.checkpoint import Checkpoint, load_checkpoint
 from stpcli.engine.train import TrainConfig
 from stpcli.errors import StpError
+from stpcli.schema import MAX_TIMESTEPS
 from stpcli.models.surgery import index_mapping, rename_layers, without_layers
 from stpcli.spiking.convert import balance_thresholds, snn_from_ann
 from stpcli.spiking.network import SNN, SPIKE_AMPLITUDES, SpikingSettings
@@ -21,8 +22,8 @@ from stpcli.stages.common import (DataOptions, Stage, StageIO, child_record, inp
 
 
 def check_timesteps(timesteps: int) -> None:
-    if timesteps < 1:
-        raise StpError(f"--timesteps must be at least 1, got {timesteps}")
+    if not 1 <= timesteps <= MAX_TIMESTEPS:
+        raise StpError(f"--timesteps must lie in 1..{MAX_TIMESTEPS}, got {timesteps}")
 
 
 def convert(stage: Stage, source: Checkpoint, *, timesteps: int, percentile: float, scale: float,
@@ -40,7 +41,7 @@ def convert(stage: Stage, source: Checkpoint, *, timesteps: int, percentile: flo
     if calibration_images <= 0:
         raise StpError(f"--calibration-images must be positive, got {calibration_images}")
     check_settings(settings)
-    io.check(will_train=config.epochs > 0)
+    io.check(will_train=config.epochs > 0, inputs=(source.path, teacher))
     distil_from = resolve_teacher(source, teacher, config)
     parts = load_stage_data(source, data)
     ann = model_from_checkpoint(source).eval()
@@ -87,8 +88,8 @@ def parse_schedule(text: str | list) -> list[int]:
         values = [int(v) for v in (text.split(",") if isinstance(text, str) else text)]
     except ValueError:
         raise StpError(f"--schedule must be comma-separated integers such as 3,2,1, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise StpError(f"--schedule values must be positive time steps, got {text!r}")
+    if not values or any(not 1 <= v <= MAX_TIMESTEPS for v in values):
+        raise StpError(f"--schedule values must be time steps in 1..{MAX_TIMESTEPS}, got {text!r}")
     if any(a <= b for a, b in zip(values, values[1:])):
         raise StpError(f"--schedule must be strictly descending, got {text!r}")
     if values[-1] != 1:
@@ -144,7 +145,12 @@ def temporal_prune(stage: Stage, source: Checkpoint, *, schedule: list[int], con
     paths = [stage_path(io.out, t) for t in schedule[:-1]] + [io.out]
     if source.path is not None and any(p.resolve() == source.path.resolve() for p in paths):
         raise StpError(f"a stage of --schedule would overwrite the input {source.path}; choose another --out")
-    io.check(will_train=True)
+    if len({p.resolve() for p in paths}) < len(paths):
+        clash = next(t for t, p in zip(schedule, paths[:-1]) if p.resolve() == io.out.resolve())
+        raise StpError(f"--out {io.out.name} is also the file of the T={clash} stage of --schedule "
+                       f"{','.join(map(str, schedule))}; name --out after the last time step "
+                       f"({stage_path(io.out, schedule[-1]).name}) or without a _tN suffix")
+    io.check(will_train=True, inputs=(source.path, teacher), resume_needs_state=False)
     distil_from = resolve_teacher(source, teacher, configs[0])
     parts = load_stage_data(source, data)
     outputs, parent = [], source
@@ -157,7 +163,7 @@ def temporal_prune(stage: Stage, source: Checkpoint, *, schedule: list[int], con
             parent = reused
             continue
         if path != io.out:
-            stage_io.check(will_train=True)
+            stage_io.check(will_train=True, inputs=(source.path,), resume_needs_state=False)
         if stage_io.resume and not stage_io.state_path.exists():
             stage_io.resume = False  # only the interrupted stage has a state to resume
         snn = model_from_checkpoint(parent, timesteps=timesteps)
@@ -197,15 +203,18 @@ def spatial_prune(stage: Stage, source: Checkpoint, *, unit_stage: int | None, c
     require_kind(source, "spatial-prune", "snn")
     config.check()
     units = source.model_spec.get("units")
+    named = f"--as {unit_stage} --m {count}"
     if unit_stage is None or count is None:
         if not units:
             raise StpError(f"{source.path} has no Units recorded; pass --as and --m to name the layers to remove")
+        named = ("the recorded Units" if unit_stage is None and count is None else
+                 "--as/--m with the recorded Units") + f" (stage {units['stage']}, M={units['count']})"
         unit_stage = units["stage"] if unit_stage is None else unit_stage
         count = units["count"] if count is None else count
-    io.check(will_train=config.epochs > 0)
+    spec, first = without_layers(source.model_spec, unit_stage, count, named)
+    io.check(will_train=config.epochs > 0, inputs=(source.path, teacher))
     distil_from = resolve_teacher(source, teacher, config)
     big = model_from_checkpoint(source)
-    spec, first = without_layers(source.model_spec, unit_stage, count)
     small = SNN(spec, source.timesteps, SpikingSettings.from_record(source.record.get("snn")))
     mapping = index_mapping(len(small.plan), first, count)
     small.load_state_dict(rename_layers(big.state_dict(), {large: i for i, large in enumerate(mapping)}))

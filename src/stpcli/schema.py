@@ -1,0 +1,202 @@
+"""The checkpoint record and the data-pack record as validating schemas (pydantic).
+
+Every field is typed and bounded here, in one place, and checked before
+anything is built from a file: a crafted or damaged record is refused in one
+line instead of driving allocation or loops (an image size of 100000, 200000
+layers, a 10 MB class name). ``stp schema`` prints the JSON Schema.
+
+pydantic rather than hand-written checks: nested types, strict scalars (``true``
+is not an integer, ``"32"`` is not a number), bounds and a published schema
+come from one declaration.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from stpcli.errors import StpError
+
+MAX_IMAGE_SIZE = 1024
+MAX_TIMESTEPS = 64
+MAX_CLASSES = 10_000
+MAX_NAME = 256  # characters in a class name
+MAX_FILES = 10_000_000
+MAX_WIDTH = 8.0
+MAX_LAYERS_PER_STAGE = 64
+MAX_CHANNELS = 8192
+MAX_HIDDEN = 65_536
+MAX_HISTORY = 1_000
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
+FileName = Annotated[str, Field(max_length=4096)]
+Digest = Annotated[str, Field(max_length=128)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+class Units(_Strict):
+    stage: Annotated[int, Field(ge=1, le=8)]
+    count: Annotated[int, Field(ge=1, le=MAX_LAYERS_PER_STAGE)]
+
+
+class ModelSpec(_Strict):
+    family: Literal["vgg", "resnet"]
+    arch: Annotated[str, Field(min_length=1, max_length=64)]
+    width: Annotated[float, Field(gt=0.0, le=MAX_WIDTH)] = 1.0
+    depths: Annotated[list[Annotated[int, Field(ge=1, le=MAX_LAYERS_PER_STAGE)]], Field(min_length=1, max_length=8)]
+    channels: Annotated[list[Annotated[int, Field(ge=1, le=MAX_CHANNELS)]], Field(min_length=1, max_length=8)]
+    hidden: Annotated[list[Annotated[int, Field(ge=1, le=MAX_HIDDEN)]], Field(max_length=4)]
+    num_classes: Annotated[int, Field(ge=2, le=MAX_CLASSES)]
+    image_size: Annotated[int, Field(ge=16, le=MAX_IMAGE_SIZE)]
+    in_channels: Literal[3]
+    dropout: Fraction
+    units: Units | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if len(self.depths) != len(self.channels):
+            raise ValueError("depths and channels must have one entry per stage")
+        if self.units is not None:
+            if self.units.stage > len(self.depths):
+                raise ValueError(f"units.stage {self.units.stage} is not a stage of this model")
+            if self.units.count >= self.depths[self.units.stage - 1]:
+                raise ValueError("units.count leaves no original layer in its stage")
+        if self.family == "vgg" and self.image_size % 2 ** len(self.depths):
+            raise ValueError(f"image_size must be a multiple of {2 ** len(self.depths)} for this VGG")
+        return self
+
+
+class InputSpec(_Strict):
+    image_size: Annotated[int, Field(ge=16, le=MAX_IMAGE_SIZE)]
+    mean: Annotated[list[float], Field(min_length=3, max_length=3)]
+    std: Annotated[list[float], Field(min_length=3, max_length=3)]
+
+    @field_validator("mean")
+    @classmethod
+    def _mean(cls, values):
+        return [_finite(v) for v in values]
+
+    @field_validator("std")
+    @classmethod
+    def _std(cls, values):
+        if any(not (math.isfinite(v) and v > 0) for v in values):
+            raise ValueError("every std must be a positive finite number")
+        return values
+
+
+class DataSource(_Strict):
+    kind: Literal["builtin", "folder", "pack"]
+    path: Annotated[str, Field(min_length=1, max_length=4096)]
+    fingerprint: Digest
+    num_files: Annotated[int, Field(ge=0, le=MAX_FILES)]
+    content_sha256: Digest | None = None
+
+
+class SplitFiles(_Strict):
+    train: Annotated[list[FileName], Field(max_length=MAX_FILES)]
+    val: Annotated[list[FileName], Field(max_length=MAX_FILES)]
+    test: Annotated[list[FileName], Field(max_length=MAX_FILES)]
+
+
+class Split(_Strict):
+    train_ratio: Annotated[float, Field(gt=0.0, lt=1.0)]
+    val_ratio: Fraction
+    seed: int
+    files: SplitFiles
+    sha256: Digest
+
+
+class Parent(_Strict):
+    path: Annotated[str, Field(max_length=4096)]
+    sha256: Digest
+
+
+class HistoryEntry(_Strict):
+    stage: Annotated[str, Field(min_length=1, max_length=64)]
+    command: Annotated[str, Field(max_length=100_000)]
+    options: dict[str, Any]
+    metrics: dict[str, Any] = {}
+    parent: Parent | None = None
+
+
+class NeuronRecord(_Strict):
+    surrogate_gamma: Annotated[float, Field(gt=0.0, le=100.0)] = 0.3
+    dropout: Fraction = 0.2
+    conv_dropout: Fraction = 0.0
+    initial_membrane: Fraction = 0.0
+    spike_amplitude: Literal["threshold", "binary"] = "threshold"
+
+
+class Record(_Strict):
+    format: Literal["stp-checkpoint"]
+    format_version: Annotated[int, Field(ge=1)]
+    kind: Literal["ann", "snn"]
+    model: ModelSpec
+    classes: Annotated[list[Name], Field(min_length=2, max_length=MAX_CLASSES)]
+    input: InputSpec
+    data: DataSource
+    split: Split
+    timesteps: Annotated[int, Field(ge=1, le=MAX_TIMESTEPS)] | None = None
+    snn: NeuronRecord | None = None
+    history: Annotated[list[HistoryEntry], Field(max_length=MAX_HISTORY)]
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError("classes must be distinct")
+        if len(self.classes) != self.model.num_classes:
+            raise ValueError(f"{len(self.classes)} classes for a model with {self.model.num_classes} outputs")
+        if self.input.image_size != self.model.image_size:
+            raise ValueError("input.image_size differs from model.image_size")
+        if self.kind == "snn" and self.timesteps is None:
+            raise ValueError("an SNN checkpoint needs timesteps")
+        return self
+
+
+class PackRecord(_Strict):
+    format: Literal["stp-data-pack"]
+    format_version: Annotated[int, Field(ge=1)]
+    classes: Annotated[list[Name], Field(min_length=2, max_length=MAX_CLASSES)]
+    names: Annotated[list[FileName], Field(max_length=MAX_FILES)]
+    image_size: Annotated[int, Field(ge=16, le=MAX_IMAGE_SIZE)]
+    source: dict[str, Any]
+    content_sha256: Digest | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError("classes must be distinct")
+        if len(set(self.names)) != len(self.names):
+            raise ValueError("image names must be distinct")
+        return self
+
+
+def describe_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"])
+    message = error["msg"]
+    return f"field '{where}': {message}" if where else message
+
+
+def validate(model: type[BaseModel], record: Any, source: str, what: str = "stp record") -> None:
+    try:
+        model.model_validate(record)
+    except ValidationError as exc:
+        raise StpError(f"{source} has a corrupt {what} ({describe_error(exc)[:300]})") from None
+
+
+def json_schema() -> dict:
+    return {"checkpoint": Record.model_json_schema(), "data_pack": PackRecord.model_json_schema()}
