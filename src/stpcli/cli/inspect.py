@@ -14,6 +14,7 @@ from stpcli.checkpoint import load_checkpoint
 from stpcli.cli.common import (AllowDataChange, CacheDir, Data, Device, JsonOutput, OnBadImage, apply_config,
                                console, make_data, make_stage, stp_command)
 from stpcli.errors import StpError
+from stpcli.schema import json_schema
 from stpcli.stages.report import compare, evaluate, info, verify_chain
 
 app = typer.Typer()
@@ -157,3 +158,9 @@ def compare_command(
                       str(row["layers"]), _fmt(row["accuracy"]), _fmt(row["spikes_per_neuron"], 3),
                       _fmt(row["energy_uj"], 2), _fmt(row["ann_energy_ratio"], 2))
     console.print(table)
+
+
+@stp_command(app, "schema")
+def schema_command():
+    """Print the JSON Schema of the checkpoint record and of the data-pack record."""
+    _print_json(json_schema())
