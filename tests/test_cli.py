@@ -157,7 +157,7 @@ def test_temporal_prune_takes_epochs_and_lr_schedule_per_time_step(pipeline, tmp
 
     assert lrs("p_t2") == [4e-4]
     assert lrs("p_t1") == pytest.approx([4e-4, 2e-4])
-    assert load_checkpoint(out).history[-1]["options"]["epochs_per_stage"] == "1,2"
+    assert load_checkpoint(out).history[-1]["options"]["epochs-per-stage"] == "1,2"
 
 
 def test_pipeline_command_runs_both_chains_and_resumes(dataset_dir, tmp_path):
@@ -172,6 +172,6 @@ def test_pipeline_command_runs_both_chains_and_resumes(dataset_dir, tmp_path):
     names = {p.name for p in out.glob("*.safetensors")}
     assert {"na.safetensors", "sa_t1.safetensors", "sa_t2.safetensors", "s_t1.safetensors", "sb_t2.safetensors"} <= names
     assert load_checkpoint(out / "sa_t1.safetensors").timesteps == 1
-    assert load_checkpoint(out / "s_t1.safetensors").history[-1]["options"]["lr_schedule"] == "step,cosine"
+    assert load_checkpoint(out / "s_t1.safetensors").history[-1]["options"]["lr-schedule"] == "step,cosine"
     again = run_cli(["pipeline", preset, "--out-dir", out, "--data", dataset_dir])
     assert again.stdout.count("skipping") == 8

@@ -30,7 +30,7 @@ def test_two_process_ddp_matches_one_process(tmp_path):
                    env=env, timeout=600)
     a, b = load_checkpoint(ddp), load_checkpoint(single)
     assert a.record["split"] == b.record["split"]
-    assert sorted(p.name for p in ddp.parent.iterdir()) == ["na.metrics.csv", "na.safetensors"]  # rank 0 alone wrote
+    assert sorted(p.name for p in ddp.parent.iterdir()) == ["na.metrics.csv", "na.png", "na.safetensors"]  # rank 0 alone wrote
     assert run.stdout.count("best val") == 1  # and alone printed
     acc_ddp, acc_single = (c.history[-1]["metrics"]["test_accuracy"] for c in (a, b))
     assert acc_ddp > 25 and abs(acc_ddp - acc_single) < 20, (acc_ddp, acc_single)

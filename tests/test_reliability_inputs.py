@@ -329,7 +329,7 @@ def test_leftover_temporaries_are_cleared_by_the_next_run(pipeline, tmp_path):
         path.write_bytes(b"\0" * 1000)
     run_cli(["add-unit", pipeline["na"], "--epochs", "1", "--batch-size", "16", "--out", out, *CPU])
     assert not any(path.exists() for path in leftovers)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["nb.metrics.csv", "nb.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nb.metrics.csv", "nb.png", "nb.safetensors"]
 
 
 def test_sigterm_while_stp_starts_exits_130_with_a_message(dataset_dir, tmp_path):

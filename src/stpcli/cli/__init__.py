@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from stpcli import __version__
-from stpcli.cli import data, inspect, pipeline, stages
+from stpcli.cli import data, inspect, pipeline, stages, use
 from stpcli.cli.common import STATE
 
 app = typer.Typer(
@@ -15,9 +15,9 @@ app = typer.Typer(
     help="Spatio-Temporal Pruning: train one-time-step spiking neural networks for remote-sensing scenes.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
 )
-for group in (stages.app, inspect.app, pipeline.app):
+for group in (stages.app, inspect.app, use.app, pipeline.app):
     app.registered_commands.extend(group.registered_commands)
 app.add_typer(data.app, name="data")
 

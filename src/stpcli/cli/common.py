@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import shlex
 import signal
@@ -94,18 +95,21 @@ def apply_config(ctx: typer.Context, values: dict[str, Any], config: Path | None
         return values
     data = read_yaml(config, "--config")
     params = {p.name: p for p in ctx.command.params}
+    names = option_names(ctx)
     sections = {k for k, v in data.items() if isinstance(v, dict)}
     shared = {k: v for k, v in data.items() if k not in sections}
     own = data.get(ctx.info_name, {}) if sections else data
     merged = {}
     for key, value in (shared.items() if sections else []):
-        name = _param_name(key)
-        if name in params and name != "config":
+        name = names.get(str(key).lstrip("-"))
+        if name is not None and name != "config":
             merged[name] = (key, value)
     for key, value in own.items():
-        name = _param_name(key)
-        if name not in params or name == "config":
-            raise StpError(f"--config {config}: unknown option {key!r} for {ctx.info_name}")
+        name = names.get(str(key).lstrip("-"))
+        if name is None or name == "config":
+            close = difflib.get_close_matches(str(key), [k for k in names if "_" not in k], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise StpError(f"--config {config}: unknown option {key!r} for {ctx.info_name}{hint}")
         merged[name] = (key, value)
     for name, (key, value) in merged.items():
         source = ctx.get_parameter_source(name)
@@ -138,17 +142,29 @@ def read_yaml(path: Path, what: str) -> dict:
     return data
 
 
-def _param_name(key) -> str:
-    name = str(key).lstrip("-").replace("-", "_")
-    return {"as": "unit_stage", "m": "count"}.get(name, name)
+def option_name(param) -> str:
+    """The name users know a parameter by: its first long flag without dashes (``as``, ``image-size``)."""
+    flags = [o for o in getattr(param, "opts", []) if o.startswith("--")]
+    return flags[0][2:] if flags else param.name
 
 
-def recorded_options(values: dict[str, Any]) -> dict[str, Any]:
+def option_names(ctx: typer.Context) -> dict[str, str]:
+    """Every spelling a preset may use for a command's parameter (``image-size``, ``image_size``) -> its name."""
+    names = {}
+    for param in ctx.command.params:
+        for spelling in (option_name(param), param.name):
+            names[spelling] = names[spelling.replace("-", "_")] = param.name
+    return names
+
+
+def recorded_options(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """The resolved options of a run, under their command-line names, for the checkpoint's lineage."""
     out = {}
-    for key, value in values.items():
-        if key in NOT_RECORDED or key == "ctx":
+    for param in ctx.command.params:
+        if param.name in NOT_RECORDED:
             continue
-        out[key] = str(value) if isinstance(value, Path) else value
+        value = values.get(param.name)
+        out[option_name(param)] = str(value) if isinstance(value, Path) else value
     return out
 
 
@@ -182,12 +198,12 @@ def make_train_config(values: dict, milestones: list[float]) -> TrainConfig:
 
 # Option types shared by the commands (one definition each).
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output checkpoint (.safetensors).")]
-Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing output / start over.")]
-Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its state file.")]
+Force = Annotated[bool, typer.Option("--force", metavar="", help="Overwrite an existing output / start over.")]
+Resume = Annotated[bool, typer.Option("--resume", metavar="", help="Continue an interrupted run from its state file.")]
 Config = Annotated[Path | None, typer.Option("--config", help="YAML file of option values; flags win.")]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")]
 Precision = Annotated[str, typer.Option("--precision", help="fp32 | bf16 (autocast).")]
-Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the training step.")]
+Compile = Annotated[bool, typer.Option("--compile", metavar="", help="torch.compile the training step.")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for split, initialisation, shuffling, augmentation.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Global batch size.")]
 Optimizer = Annotated[str, typer.Option("--optimizer", help="sgd | adam.")]
@@ -195,11 +211,11 @@ Momentum = Annotated[float, typer.Option("--momentum", help="SGD momentum.")]
 WeightDecay = Annotated[float, typer.Option("--weight-decay", help="L2 weight decay.")]
 Schedule = Annotated[str, typer.Option("--lr-schedule", help="step (divide by 5 at fixed fractions) | cosine | constant.")]
 Data = Annotated[str | None, typer.Option("--data", help="ImageFolder root or stp data pack; default: recorded data.")]
-AllowDataChange = Annotated[bool, typer.Option("--allow-data-change", help="Accept data whose fingerprint differs from the recorded one.")]
+AllowDataChange = Annotated[bool, typer.Option("--allow-data-change", metavar="", help="Accept data whose fingerprint differs from the recorded one.")]
 OnBadImage = Annotated[str, typer.Option("--on-bad-image", help="fail | skip images that do not decode.")]
 CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Where decoded images are cached (default ~/.cache/stpcli).")]
 Source = Annotated[Path, typer.Argument(help="Input checkpoint.")]
 Distill = Annotated[float, typer.Option("--distill", help="Loss weight of matching the teacher's soft outputs, 0..1 (0: off).")]
 DistillTemperature = Annotated[float, typer.Option("--distill-temperature", help="Softmax temperature for --distill.")]
 Teacher = Annotated[Path | None, typer.Option("--teacher", help="Checkpoint to distil from (default: the ANN this SNN was converted from).")]
-JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+JsonOutput = Annotated[bool, typer.Option("--json", metavar="", help="Print JSON instead of tables.")]

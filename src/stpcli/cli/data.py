@@ -10,6 +10,7 @@ import typer
 from stpcli.checkpoint import check_output_path
 from stpcli.files import lock_output
 from stpcli.cli.common import CacheDir, Force, OnBadImage, console, stp_command
+from stpcli.progress import progress_bar
 from stpcli.data.pack import write_pack
 from stpcli.data.source import load_dataset
 from stpcli.errors import StpError
@@ -27,15 +28,20 @@ def pack_command(
     cache_dir: CacheDir = None,
     force: Force = False,
 ):
-    """Write a compact single-file copy of a dataset that every --data accepts."""
+    """Write a compact single-file copy of a dataset that every --data accepts.
+
+    Example: stp data pack ucm16/ --image-size 128 --out ucm16_128.safetensors
+    """
     if not 1 <= quality <= 100:
         raise StpError(f"--quality must lie in 1..100, got {quality}")
     if not root.is_dir():
         raise StpError(f"{root} is not a dataset folder")
     check_output_path(out, force)
     lock_output(out)
-    dataset = load_dataset(str(root), image_size, on_bad_image, cache_dir)
-    size = write_pack(dataset.images, dataset.labels, dataset.names, dataset.classes,
-                      dataset.source | {"skipped": dataset.skipped}, out, quality)
+    with progress_bar(console, "decoding") as advance:
+        dataset = load_dataset(str(root), image_size, on_bad_image, cache_dir, progress=advance)
+    with progress_bar(console, "packing", total=len(dataset.names)) as advance:
+        size = write_pack(dataset.images, dataset.labels, dataset.names, dataset.classes,
+                          dataset.source | {"skipped": dataset.skipped}, out, quality, progress=lambda: advance(1))
     console.print(f"packed {len(dataset.names)} images of {len(dataset.classes)} classes at {image_size}px "
                   f"into {out} ({size / 1e6:.1f} MB)" + (f"; skipped {len(dataset.skipped)}" if dataset.skipped else ""))

@@ -1,4 +1,4 @@
-"""Read-only commands: evaluate, info, compare."""
+"""Read-only commands: evaluate, info, compare, schema."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
 from rich.markup import escape
 from rich.table import Table
 
+from stpcli import plots
 from stpcli.checkpoint import load_checkpoint
 from stpcli.cli.common import (AllowDataChange, CacheDir, Data, Device, JsonOutput, OnBadImage, apply_config,
-                               console, make_data, make_stage, stp_command)
+                               console, make_data, make_stage, option_name, stp_command)
 from stpcli.errors import StpError
 from stpcli.schema import json_schema
 from stpcli.stages.report import compare, evaluate, info, verify_chain
@@ -40,24 +42,39 @@ def evaluate_command(
     on_bad_image: OnBadImage = "fail",
     cache_dir: CacheDir = None,
     device: Device = "auto",
+    plots: Annotated[Path | None, typer.Option("--plots", help="Folder for the confusion matrix (and SNN spike-rate) PNGs.")] = None,
     json_output: JsonOutput = False,
 ):
-    """Accuracy (overall, per class) and MACs; for an SNN also spike rates, SOPs and energy."""
+    """Overall accuracy, average accuracy, Cohen's kappa, per-class accuracy, confusion matrix and MACs;
+    for an SNN also spike rates, SOPs and energy.
+
+    Example: stp evaluate sa_t1.safetensors --plots figures/
+    """
     values = apply_config(ctx, locals(), None)
     if part not in ("test", "val", "train"):
         raise StpError(f"--part must be test, val or train, got {part!r}")
+    if plots is not None and not plots.is_dir():
+        raise StpError(f"--plots {plots} is not a folder")
     stage = make_stage("evaluate", values)
-    result = evaluate(stage, load_checkpoint(checkpoint), make_data(values), timesteps, part, batch_size)
+    ckpt = load_checkpoint(checkpoint)
+    result = evaluate(stage, ckpt, make_data(values), timesteps, part, batch_size)
+    if plots is not None:
+        result["plots"] = [str(p) for p in evaluation_plots(result, ckpt.classes, plots)]
     if json_output:
         _print_json(result)
         return
-    title = escape(f"{checkpoint} ({result['kind'].upper()}" + (f", T={result['timesteps']})" if "timesteps" in result else ")"))
-    console.print(f"[bold]{title}[/bold]: {part} accuracy {result['accuracy']:.2f}% on {result['images']} images; "
-                  f"{result['macs'] / 1e6:.2f} M MACs per image")
-    classes = Table("class", "accuracy %", title="per class")
-    for name, acc in result["per_class"].items():
-        classes.add_row(escape(name), _fmt(acc))
+    title = escape(f"{checkpoint} ({result['method']}" + (f", T={result['timesteps']})" if "timesteps" in result else ")"))
+    console.print(f"[bold]{title}[/bold]: {part} split, {result['images']} images: overall accuracy "
+                  f"{result['overall_accuracy']:.2f}%, average accuracy {result['average_accuracy']:.2f}%, "
+                  f"kappa {result['kappa']:.4f}; {result['macs'] / 1e6:.2f} M MACs per image")
+    classes = Table("class", "accuracy %", "images", title="per class")
+    for (name, acc), row in zip(result["per_class"].items(), result["confusion_matrix"]):
+        classes.add_row(escape(name), _fmt(acc), str(sum(row)))
     console.print(classes)
+    confusion = Table("true \\ predicted", *[escape(c[:10]) for c in ckpt.classes], title="confusion matrix")
+    for name, row in zip(ckpt.classes, result["confusion_matrix"]):
+        confusion.add_row(escape(name), *[str(v) if v else "." for v in row])
+    console.print(confusion)
     energy = result["energy"]
     if result["kind"] == "snn":
         layers = Table("layer", "MACs", "input spikes/neuron", "SOPs", "energy (nJ)", title="synaptic layers")
@@ -71,16 +88,39 @@ def evaluate_command(
                       f"{energy['energy_pj'] / 1e6:.2f} uJ, ratio ANN/SNN {energy['ann_to_snn_energy_ratio']:.2f}x")
     else:
         console.print(f"energy per image (45 nm MACs): {energy['energy_pj'] / 1e6:.2f} uJ")
+    for path in result.get("plots", []):
+        console.print(f"wrote {path}", markup=False)
+
+
+def evaluation_plots(result: dict, classes: list[str], folder: Path) -> list[Path]:
+    stem = Path(result["checkpoint"]).name.removesuffix(".safetensors")
+    label = f"{stem} ({result['method']}" + (f", T={result['timesteps']})" if "timesteps" in result else ")")
+    written = [plots.confusion_matrix(result["confusion_matrix"], classes,
+                                      f"{label}: {result['part']} split, OA {result['overall_accuracy']:.2f}%",
+                                      folder / f"{stem}.confusion.png")]
+    if result["kind"] == "snn":
+        written.append(plots.spike_rates(result["spike_rates"], f"{label}: spikes per neuron",
+                                         folder / f"{stem}.spike_rates.png"))
+    return written
 
 
 @stp_command(app, "info")
 def info_command(
+    ctx: typer.Context,
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to describe.")],
-    verify: Annotated[bool, typer.Option("--verify", help="Re-check the sha256 of every parent file found.")] = False,
+    verify: Annotated[bool, typer.Option("--verify", metavar="", help="Re-check the sha256 of every parent file found.")] = False,
+    config: Annotated[bool, typer.Option("--config", metavar="", help="Print a YAML preset that reruns the stage that made this checkpoint.")] = False,
     json_output: JsonOutput = False,
 ):
-    """Metadata, layer list and lineage of a checkpoint."""
-    details = info(load_checkpoint(checkpoint))
+    """Metadata, layer list and lineage of a checkpoint.
+
+    Example: stp info sa_t1.safetensors --verify
+    """
+    ckpt = load_checkpoint(checkpoint)
+    if config:
+        typer.echo(rerun_config(ctx, ckpt.history[-1]), nl=False)
+        return
+    details = info(ckpt)
     chain = verify_chain(checkpoint) if verify else None
     if json_output:
         _print_json(details | ({"verify": chain} if verify else {}))
@@ -140,24 +180,60 @@ def compare_command(
     on_bad_image: OnBadImage = "fail",
     cache_dir: CacheDir = None,
     device: Device = "auto",
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write accuracy against energy as this PNG.")] = None,
     json_output: JsonOutput = False,
 ):
-    """Test accuracy, spike rate and energy of several checkpoints in one table."""
+    """Method, T, test accuracy, spike rate and energy of several checkpoints in one table.
+
+    Example: stp compare na.safetensors s_t1.safetensors sa_t1.safetensors --plot compare.png
+    """
     values = apply_config(ctx, locals(), None)
+    if plot is not None and (plot.suffix != ".png" or not plot.parent.is_dir()):
+        raise StpError(f"--plot {plot} must be a .png file in an existing folder")
     stage = make_stage("compare", values)
     rows = compare(stage, checkpoints, make_data(values))
+    if plot is not None:
+        plots.accuracy_vs_energy(rows, "test accuracy against energy per image", plot)
     if json_output:
         _print_json(rows)
         return
+    console.print(comparison_table(rows))
+    if plot is not None:
+        console.print(f"wrote {plot}", markup=False)
+
+
+def comparison_table(rows: list[dict]) -> Table:
     table = Table(title="comparison (test split)")
-    for header in ("checkpoint", "kind", "T", "weight layers", "test acc %", "spikes/neuron", "energy uJ",
-                   "ANN/SNN energy"):
+    for header in ("checkpoint", "method", "T", "weight layers", "test acc %", "AA %", "kappa", "spikes/neuron",
+                   "energy uJ", "ANN/SNN energy"):
         table.add_column(header, no_wrap=True)
     for row in rows:
-        table.add_row(escape(Path(row["checkpoint"]).name), row["kind"].upper(), str(row["timesteps"] or "-"),
-                      str(row["layers"]), _fmt(row["accuracy"]), _fmt(row["spikes_per_neuron"], 3),
-                      _fmt(row["energy_uj"], 2), _fmt(row["ann_energy_ratio"], 2))
-    console.print(table)
+        table.add_row(escape(Path(row["checkpoint"]).name), row["method"], str(row["timesteps"] or "-"),
+                      str(row["layers"]), _fmt(row["accuracy"]), _fmt(row["average_accuracy"]),
+                      _fmt(row["kappa"], 3), _fmt(row["spikes_per_neuron"], 3), _fmt(row["energy_uj"], 2),
+                      _fmt(row["ann_energy_ratio"], 2))
+    return table
+
+
+def rerun_config(ctx: typer.Context, entry: dict) -> str:
+    """A preset (one section, the stage's command) holding the recorded options that command takes;
+    ``stp <stage> SOURCE --config FILE --out OUT`` then reruns it."""
+    from stpcli.cli import app as root
+
+    command = typer.main.get_command(root).commands.get(entry["stage"])
+    if command is None:
+        raise StpError(f"the last stage, {entry['stage']!r}, is not a command of this stp")
+    names = {}
+    for param in command.params:
+        if param.name not in ("source", "out", "config", "force", "resume"):
+            names[option_name(param)] = names[param.name] = option_name(param)
+    options = {}
+    for key, value in entry.get("options", {}).items():
+        name = names.get(key) or names.get(key.replace("-", "_"))
+        if name is None or value is None:
+            continue
+        options[name] = value["path"] if isinstance(value, dict) and "path" in value else value
+    return yaml.safe_dump({entry["stage"]: options}, sort_keys=False)
 
 
 @stp_command(app, "schema")

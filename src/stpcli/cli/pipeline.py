@@ -7,12 +7,18 @@ file, or pass --force, to redo it and everything after it).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
-from stpcli.cli.common import Force, console, stp_command
+from stpcli.cli.common import Force, console, make_stage, stp_command
+from stpcli.cli.inspect import comparison_table
+from stpcli.files import atomic_write_text
+from stpcli.stages.common import DataOptions
+from stpcli.stages.report import compare
 from stpcli.errors import StpError
 
 app = typer.Typer()
@@ -36,9 +42,15 @@ def pipeline_command(
     config: Annotated[Path, typer.Argument(help="Preset YAML with one section per command (see examples/configs).")],
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for every checkpoint of the chain.")],
     data: Annotated[str | None, typer.Option("--data", help="Dataset for train-ann (default: the embedded one).")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda for every stage (default: the preset's).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for every stage (default: the preset's).")] = None,
     force: Force = False,
 ):
-    """Run STP (Na -> Nb -> Sb(T5) -> Sb(T1) -> Sa) and the TP baseline, then compare them."""
+    """Run STP (Na -> Nb -> Sb(T5) -> Sb(T1) -> Sa) and the TP baseline, then compare them; the
+    comparison is printed and saved as compare.txt and compare.json beside the checkpoints.
+
+    Example: stp pipeline examples/configs/demo.yaml --out-dir runs/demo --seed 1
+    """
     from stpcli.cli import app as root
 
     if not config.is_file():
@@ -60,12 +72,16 @@ def pipeline_command(
             "--config", str(config), "--out", str(out), "--force"]
         if name == "train-ann" and data is not None:
             args += ["--data", data]
+        args += (["--device", device] if device else []) + (["--seed", str(seed)] if seed is not None else [])
         console.print(f"[pipeline] stp {' '.join(args)}", markup=False)
         code = command.main(args=args, prog_name="stp", standalone_mode=False)
         if code:
             raise StpError(f"pipeline stopped: stp {name} exited with status {code}", exit_code=code)
         redo = True  # every later stage depends on this new file
-    code = command.main(args=["compare", *(str(out_dir / f"{n}.safetensors") for n in COMPARED)],
-                        prog_name="stp", standalone_mode=False)
-    if code:
-        raise typer.Exit(code)
+    stage = make_stage("compare", {"device": device or "auto"})
+    rows = compare(stage, [out_dir / f"{n}.safetensors" for n in COMPARED], DataOptions())
+    table = comparison_table(rows)
+    console.print(table)
+    atomic_write_text(out_dir / "compare.json", lambda handle: json.dump(rows, handle, indent=2))
+    atomic_write_text(out_dir / "compare.txt", lambda handle: Console(file=handle, width=160).print(table))
+    console.print(f"[pipeline] wrote {out_dir / 'compare.txt'} and compare.json", markup=False)

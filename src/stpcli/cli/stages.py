@@ -53,13 +53,16 @@ def train_ann_command(
     resume: Resume = False,
     config: Config = None,
 ):
-    """Train the base ANN (Na)."""
+    """Train the base ANN (Na).
+
+    Example: stp train-ann --arch vgg11 --width 0.5 --image-size 64 --data ucm16/ --epochs 60 --out na.safetensors
+    """
     values = apply_config(ctx, locals(), config)
     stage = make_stage("train-ann", values)
     train_ann(stage, arch=values["arch"], width=values["width"], image_size=values["image_size"],
               dropout=values["dropout"], data=make_data(values), train_ratio=values["train_ratio"],
               val_ratio=values["val_ratio"], config=make_train_config(values, ANN_MILESTONES), io=make_io(values),
-              pretrained=values["pretrained"], options=recorded_options(values))
+              pretrained=values["pretrained"], options=recorded_options(ctx, values))
 
 
 @stp_command(app, "add-unit")
@@ -88,12 +91,15 @@ def add_unit_command(
     resume: Resume = False,
     config: Config = None,
 ):
-    """Step 1: insert M identity-initialised Units at stage AS, then fine-tune (Nb)."""
+    """Step 1: insert M identity-initialised Units at stage AS, then fine-tune (Nb).
+
+    Example: stp add-unit na.safetensors --as 5 --m 1 --epochs 10 --out nb.safetensors
+    """
     values = apply_config(ctx, locals(), config)
     stage = make_stage("add-unit", values)
     add_unit(stage, load_checkpoint(values["source"]), unit_stage=values["unit_stage"], count=values["count"],
              config=make_train_config(values, ANN_MILESTONES), data=make_data(values), io=make_io(values),
-             options=recorded_options(values))
+             options=recorded_options(ctx, values))
 
 
 @stp_command(app, "convert")
@@ -131,7 +137,10 @@ def convert_command(
     resume: Resume = False,
     config: Config = None,
 ):
-    """Step 2a: ANN -> SNN (BN folding, threshold balancing), then hybrid training at T."""
+    """Step 2a: ANN -> SNN (BN folding, threshold balancing), then hybrid training at T.
+
+    Example: stp convert nb.safetensors --timesteps 5 --epochs 8 --lr 1e-3 --out sb_t5.safetensors
+    """
     values = apply_config(ctx, locals(), config)
     stage = make_stage("convert", values)
     convert(stage, load_checkpoint(values["source"]), timesteps=values["timesteps"],
@@ -142,7 +151,7 @@ def convert_command(
                                      initial_membrane=values["initial_membrane"],
                                      spike_amplitude=values["spike_amplitude"]),
             teacher=values["teacher"],
-            options=recorded_options(values))
+            options=recorded_options(ctx, values))
 
 
 @stp_command(app, "temporal-prune")
@@ -175,7 +184,10 @@ def temporal_prune_command(
     resume: Resume = False,
     config: Config = None,
 ):
-    """Step 2b: retrain at each T of the schedule down to T=1, one checkpoint per T."""
+    """Step 2b: retrain at each T of the schedule down to T=1, one checkpoint per T.
+
+    Example: stp temporal-prune sb_t5.safetensors --schedule 3,2,1 --out sb_t1.safetensors  (also writes sb_t3, sb_t2)
+    """
     values = apply_config(ctx, locals(), config)
     steps = parse_schedule(values["schedule"])
     base = make_train_config({**values, "epochs": 1}, SNN_MILESTONES)  # epochs, lr schedule: set per T below
@@ -183,7 +195,7 @@ def temporal_prune_command(
     stage = make_stage("temporal-prune", values)
     temporal_prune(stage, load_checkpoint(values["source"]), schedule=steps, configs=configs,
                    data=make_data(values), io=make_io(values), teacher=values["teacher"],
-                   options=recorded_options(values))
+                   options=recorded_options(ctx, values))
 
 
 @stp_command(app, "spatial-prune")
@@ -215,9 +227,12 @@ def spatial_prune_command(
     resume: Resume = False,
     config: Config = None,
 ):
-    """Step 3 (Algorithm 2): remove the Units, copy every other layer, fine-tune (Sa)."""
+    """Step 3 (Algorithm 2): remove the Units, copy every other layer, fine-tune (Sa).
+
+    Example: stp spatial-prune sb_t1.safetensors --out sa_t1.safetensors
+    """
     values = apply_config(ctx, locals(), config)
     stage = make_stage("spatial-prune", values)
     spatial_prune(stage, load_checkpoint(values["source"]), unit_stage=values["unit_stage"],
                   count=values["count"], config=make_train_config(values, SNN_MILESTONES), data=make_data(values),
-                  io=make_io(values), teacher=values["teacher"], options=recorded_options(values))
+                  io=make_io(values), teacher=values["teacher"], options=recorded_options(ctx, values))

@@ -103,7 +103,7 @@ def decode_image(path: Path, image_size: int) -> tuple[torch.Tensor, bool]:
     return data.view(image_size, image_size, 3).permute(2, 0, 1).contiguous(), stretched
 
 
-def decode_all(listing: FolderListing, image_size: int, on_bad_image: str):
+def decode_all(listing: FolderListing, image_size: int, on_bad_image: str, progress=None):
     """Decode every listed file. Returns (images, labels, names, skipped_names, stretched_names)."""
 
     def work(name: str):
@@ -114,7 +114,11 @@ def decode_all(listing: FolderListing, image_size: int, on_bad_image: str):
 
     images, labels, names, skipped, stretched = [], [], [], [], []
     with ThreadPoolExecutor(max_workers=4) as pool:
+        if progress is not None:
+            progress(0, total=len(listing.names))
         for name, label, decoded in zip(listing.names, listing.labels, pool.map(work, listing.names)):
+            if progress is not None:
+                progress(1)
             if decoded is None:
                 if on_bad_image == "fail":
                     raise StpError(f"image {listing.root / name} does not decode (use --on-bad-image skip to skip such files)")

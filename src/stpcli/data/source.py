@@ -63,7 +63,8 @@ def default_cache_dir() -> Path:
 
 
 def load_dataset(data: str | None, image_size: int, on_bad_image: str = "fail",
-                 cache_dir: Path | None = None) -> Dataset:
+                 cache_dir: Path | None = None, progress=None) -> Dataset:
+    """``progress(count, total=None)``, if given, is told how many images have been decoded."""
     if not 16 <= image_size <= MAX_IMAGE_SIZE:
         raise StpError(f"--image-size must lie in 16..{MAX_IMAGE_SIZE}, got {image_size}")
     if on_bad_image not in BAD_IMAGE_POLICIES:
@@ -89,7 +90,7 @@ def load_dataset(data: str | None, image_size: int, on_bad_image: str = "fail",
               "num_files": len(listing.names), "content_sha256": listing.content_sha256}
     cached = _read_cache(cache_dir, listing, image_size)
     if cached is None:
-        images, labels, names, skipped, stretched = imagefolder.decode_all(listing, image_size, on_bad_image)
+        images, labels, names, skipped, stretched = imagefolder.decode_all(listing, image_size, on_bad_image, progress)
         _write_cache(cache_dir, listing, image_size, images, labels, names, skipped, stretched)
     else:
         images, labels, names, skipped, stretched = cached
@@ -151,14 +152,14 @@ def split_data(dataset: Dataset, split: dict) -> SplitData:
 
 
 def load_recorded_data(record: dict, data: str | None, allow_data_change: bool,
-                       on_bad_image: str = "fail", cache_dir: Path | None = None) -> SplitData:
+                       on_bad_image: str = "fail", cache_dir: Path | None = None, progress=None) -> SplitData:
     """The data and split a checkpoint was trained on, optionally read from a new location."""
     recorded = record["data"]
     location = data if data is not None else (None if recorded["kind"] == "builtin" else recorded["path"])
     if data is None and location is not None and not Path(location).exists():
         raise StpError(f"the recorded data {location} does not exist here; pass --data to read it from "
                        "another place")
-    dataset = load_dataset(location, record["input"]["image_size"], on_bad_image, cache_dir)
+    dataset = load_dataset(location, record["input"]["image_size"], on_bad_image, cache_dir, progress)
     if dataset.source["fingerprint"] != recorded["fingerprint"] and not allow_data_change:
         raise StpError(
             f"the data at {dataset.source['path']} differs from the data this checkpoint was trained on "

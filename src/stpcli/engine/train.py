@@ -23,11 +23,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from stpcli.data.loader import epoch_generator, iterate_batches
 from stpcli.data.source import SplitData
-from stpcli.engine.evaluate import accuracy
+from stpcli.engine.evaluate import Scores, score
 from stpcli.engine.runtime import Runtime
 from stpcli.engine.state import load_state, read_state_record, save_state
 from stpcli.errors import Interrupted, StpError
 from stpcli.files import atomic_write_text
+from stpcli.spiking.energy import counting_spikes, mean_spikes_per_neuron
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("step", "cosine", "constant")
@@ -241,13 +242,16 @@ def fit(model, data: SplitData, config: TrainConfig, runtime: Runtime, *, mean: 
                 raise _non_finite(label, epoch, steps, state_path, history)
             totals = torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(seen), device=device)])
             runtime.all_reduce_sum(totals)
-            val_acc = accuracy(model, val_x, val_y, num_classes, mean, std, runtime)
+            validation, spike_rate = _validate(model, val_x, val_y, num_classes, mean, std, runtime)
+            val_acc = validation.overall_accuracy
             row = {
                 "epoch": epoch + 1,
                 "lr": lr,
                 "train_loss": float(totals[0] / totals[2]),
                 "train_acc": float(100 * totals[1] / totals[2]),
                 "val_acc": val_acc,
+                "val_loss": validation.loss,
+                **({"spike_rate": spike_rate} if spike_rate is not None else {}),
                 "seconds": round(time.time() - epoch_start, 2),
             }
             history.append(row)
@@ -269,6 +273,15 @@ def fit(model, data: SplitData, config: TrainConfig, runtime: Runtime, *, mean: 
     if best_state is not None:
         model.load_state_dict(best_state)
     return FitResult(best_val, best_epoch, history, time.time() - started)
+
+
+def _validate(model, images, labels, num_classes, mean, std, runtime) -> tuple[Scores, float | None]:
+    """Scores on the validation part and, for an SNN, its mean spikes per neuron over the T steps."""
+    if not hasattr(model, "neurons"):
+        return score(model, images, labels, num_classes, mean, std, runtime), None
+    with counting_spikes(model) as counters:
+        scores = score(model, images, labels, num_classes, mean, std, runtime)
+    return scores, mean_spikes_per_neuron(counters)
 
 
 def _finite(value: torch.Tensor) -> bool:

@@ -31,6 +31,12 @@ def counting_spikes(snn: SNN):
             neuron.counter = None
 
 
+def mean_spikes_per_neuron(counters: dict[str, SpikeCounter]) -> float:
+    """Spikes per neuron over the T steps, averaged over every neuron of every layer and image."""
+    slots = sum(c.neuron_slots for c in counters.values())
+    return sum(c.spikes for c in counters.values()) / slots if slots else 0.0
+
+
 def ann_energy(spec_plan: list[dict], image_size: int) -> dict:
     layers = synaptic_layers(spec_plan, image_size)
     macs = sum(layer.macs for layer in layers)

@@ -205,14 +205,12 @@ class SpikeCounter:
 
     def __init__(self):
         self.spikes = 0.0
-        self.neurons = 0  # neurons per image x images seen
-        self.images = 0
+        self.neuron_slots = 0  # neurons per image x images seen
 
     def add(self, spikes: torch.Tensor) -> None:
         self.spikes += float((spikes != 0).sum())
-        self.neurons += spikes[0].numel()
-        self.images += spikes.shape[1]
+        self.neuron_slots += spikes[0].numel()
 
     @property
     def rate(self) -> float:
-        return self.spikes / self.neurons if self.neurons else 0.0
+        return self.spikes / self.neuron_slots if self.neuron_slots else 0.0

@@ -28,7 +28,8 @@ def train_ann(stage: Stage, *, arch: str, width: float, image_size: int, dropout
     if pretrained and not Path(pretrained).is_file():
         raise StpError(f"--pretrained {pretrained} does not exist")
     io.check(will_train=True, inputs=(Path(pretrained) if pretrained else None,))
-    dataset = load_dataset(data.data, image_size, data.on_bad_image, data.cache_dir)
+    with stage.progress("decoding images") as advance:
+        dataset = load_dataset(data.data, image_size, data.on_bad_image, data.cache_dir, progress=advance)
     if dataset.skipped:
         stage.say(f"skipped {len(dataset.skipped)} image(s) that do not decode")
     split = stratified_split(dataset.names, dataset.labels.tolist(), dataset.classes, train_ratio,
@@ -77,7 +78,7 @@ def add_unit(stage: Stage, source: Checkpoint, *, unit_stage: int, count: int, c
         state.update({f"layers.{index}.{k}": v for k, v in model.layers[index].state_dict().items()})
     model.load_state_dict(state)
     record = child_record(source, kind="ann", model=spec)
-    data_parts = load_stage_data(source, data)
+    data_parts = load_stage_data(stage, source, data)
     before = split_accuracy(model, data_parts, "test", record, stage.runtime)
     stage.say(f"[add-unit] {count} Unit(s) at stage {unit_stage} (layers {first}..{first + count - 1}); "
               f"test accuracy before fine-tuning {before:.2f}%")

@@ -8,7 +8,9 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from stpcli import plots
 from stpcli.checkpoint import Checkpoint, StageEntry, check_output_path, load_checkpoint, save_checkpoint
+from stpcli.progress import progress_bar
 from stpcli.files import first_line, lock_output, remove_leftovers, sha256_file
 from stpcli.data.source import SplitData, load_recorded_data
 from stpcli.engine.evaluate import accuracy
@@ -36,6 +38,10 @@ class StageIO:
     @property
     def csv_path(self) -> Path:
         return self.out.with_name(self.out.name.removesuffix(".safetensors") + ".metrics.csv")
+
+    @property
+    def plot_path(self) -> Path:
+        return self.out.with_name(self.out.name.removesuffix(".safetensors") + ".png")
 
     def check(self, will_train: bool, inputs: tuple[Path | None, ...] = (), resume_needs_state: bool = True) -> None:
         """Everything about the output that can fail, checked before any data is read; then the
@@ -72,6 +78,10 @@ class Stage:
     def say(self, text: str) -> None:
         if self.runtime.is_main:
             self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def progress(self, label: str):
+        """A progress bar on the main rank's terminal; yields ``advance(count, total=None)``."""
+        return progress_bar(self.console, label, show=self.runtime.is_main)
 
 
 def input_stats(record: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,9 +124,10 @@ def check_tensors_match_model(ckpt: Checkpoint) -> None:
     raise StpError(f"{ckpt.path}: tensors do not match the recorded model ({detail})")
 
 
-def load_stage_data(ckpt: Checkpoint, options: DataOptions) -> SplitData:
-    return load_recorded_data(ckpt.record, options.data, options.allow_data_change,
-                              options.on_bad_image, options.cache_dir)
+def load_stage_data(stage: Stage, ckpt: Checkpoint, options: DataOptions) -> SplitData:
+    with stage.progress("decoding images") as advance:
+        return load_recorded_data(ckpt.record, options.data, options.allow_data_change,
+                                  options.on_bad_image, options.cache_dir, progress=advance)
 
 
 def child_record(parent: Checkpoint, **changes) -> dict:
@@ -178,9 +189,12 @@ def train_stage(stage: Stage, model, data: SplitData, config: TrainConfig, recor
     run_options = {"stage": stage.name, "train": config_dict(config), **extra_options}
     if teacher is not None:
         run_options["teacher"] = teacher.sha256
-    return fit(model, data, config, stage.runtime, mean=mean, std=std, state_path=io.state_path,
-               csv_path=io.csv_path, run_options=run_options, resume=io.resume, console=stage.console,
-               label=stage.name, teacher=teacher.model if teacher is not None else None)
+    result = fit(model, data, config, stage.runtime, mean=mean, std=std, state_path=io.state_path,
+                 csv_path=io.csv_path, run_options=run_options, resume=io.resume, console=stage.console,
+                 label=stage.name, teacher=teacher.model if teacher is not None else None)
+    if stage.runtime.is_main and result.history:
+        plots.training_curves(result.history, f"{stage.name}: {io.out.name}", io.plot_path)
+    return result
 
 
 def train_and_finish(stage: Stage, model, data: SplitData, config: TrainConfig, record: dict, io: StageIO,

@@ -10,7 +10,7 @@ from stpcli.data.source import SplitData
 from stpcli.engine.evaluate import accuracy_report
 from stpcli.errors import StpError
 from stpcli.models.plan import build_plan, describe, synaptic_layers
-from stpcli.spiking.energy import ann_energy, counting_spikes, snn_energy
+from stpcli.spiking.energy import ann_energy, counting_spikes, mean_spikes_per_neuron, snn_energy
 from stpcli.schema import MAX_TIMESTEPS
 from stpcli.stages.common import (DataOptions, Stage, check_tensors_match_model, input_stats, load_stage_data,
                                   model_from_checkpoint)
@@ -26,7 +26,7 @@ def evaluate(stage: Stage, ckpt: Checkpoint, data: DataOptions, timesteps: int |
     if batch_size <= 0:
         raise StpError(f"--batch-size must be positive, got {batch_size}")
     if parts is None:
-        parts = load_stage_data(ckpt, data)
+        parts = load_stage_data(stage, ckpt, data)
     model = model_from_checkpoint(ckpt, timesteps=timesteps).to(stage.runtime.device)
     images, labels = parts.part(part)
     mean, std = input_stats(ckpt.record)
@@ -34,7 +34,7 @@ def evaluate(stage: Stage, ckpt: Checkpoint, data: DataOptions, timesteps: int |
     args = (images.to(device), labels.to(device), ckpt.classes, mean.to(device), std.to(device), stage.runtime,
             batch_size)
     plan, size = build_plan(ckpt.model_spec), ckpt.record["input"]["image_size"]
-    result = {"checkpoint": str(ckpt.path), "kind": ckpt.kind, "part": part}
+    result = {"checkpoint": str(ckpt.path), "kind": ckpt.kind, "method": method_of(ckpt.record), "part": part}
     if ckpt.kind == "ann":
         result.update(accuracy_report(model, *args))
         result["energy"] = ann_energy(plan, size)
@@ -47,12 +47,25 @@ def evaluate(stage: Stage, ckpt: Checkpoint, data: DataOptions, timesteps: int |
     result["timesteps"] = steps
     result["spike_rates"] = [
         {"layer": name, "spikes_per_neuron": rate, "rate_per_step": rate / steps} for name, rate in rates.items()]
-    total_neurons = sum(c.neurons for c in counters.values())
-    result["mean_spikes_per_neuron"] = (sum(c.spikes for c in counters.values()) / total_neurons
-                                        if total_neurons else 0.0)
+    result["mean_spikes_per_neuron"] = mean_spikes_per_neuron(counters)
     result["energy"] = snn_energy(plan, size, rates, steps)
     result["macs"] = result["energy"]["macs"]
     return result
+
+
+METHODS = ("ANN", "ANN with Units", "TP", "STP (Units kept)", "STP")
+
+
+def method_of(record: dict) -> str:
+    """Which method made a checkpoint, read from its lineage: the base ANN, the ANN with Units
+    (Nb), TP (converted without Units), STP with its Units still in (Sb) or pruned away (Sa)."""
+    stages = [entry.get("stage") for entry in record.get("history", [])]
+    has_units = bool(record["model"].get("units"))
+    if record["kind"] == "ann":
+        return "ANN with Units" if has_units else "ANN"
+    if "add-unit" in stages:
+        return "STP (Units kept)" if has_units else "STP"
+    return "TP"
 
 
 def layer_table(spec: dict, image_size: int, kind: str) -> list[dict]:
@@ -127,15 +140,18 @@ def compare(stage: Stage, paths: list[Path], data: DataOptions) -> list[dict]:
         ckpt = load_checkpoint(path)
         key = (ckpt.record["data"]["fingerprint"], ckpt.record["input"]["image_size"], ckpt.record["split"]["sha256"])
         if key not in loaded:
-            loaded[key] = load_stage_data(ckpt, data)
+            loaded[key] = load_stage_data(stage, ckpt, data)
         result = evaluate(stage, ckpt, data, parts=loaded[key])
         energy = result["energy"]
         rows.append({
             "checkpoint": str(path),
             "kind": ckpt.kind,
+            "method": result["method"],
             "timesteps": ckpt.timesteps,
             "layers": sum(1 for e in build_plan(ckpt.model_spec) if e["type"] in ("conv", "block", "fc", "output")),
             "accuracy": result["accuracy"],
+            "average_accuracy": result["average_accuracy"],
+            "kappa": result["kappa"],
             "spikes_per_neuron": result.get("mean_spikes_per_neuron"),
             "energy_uj": energy["energy_pj"] / 1e6,
             "ann_energy_ratio": energy.get("ann_to_snn_energy_ratio"),

@@ -43,7 +43,7 @@ def convert(stage: Stage, source: Checkpoint, *, timesteps: int, percentile: flo
     check_settings(settings)
     io.check(will_train=config.epochs > 0, inputs=(source.path, teacher))
     distil_from = resolve_teacher(source, teacher, config)
-    parts = load_stage_data(source, data)
+    parts = load_stage_data(stage, source, data)
     ann = model_from_checkpoint(source).eval()
     snn = snn_from_ann(ann, timesteps, settings)
     device = stage.runtime.device
@@ -152,7 +152,7 @@ def temporal_prune(stage: Stage, source: Checkpoint, *, schedule: list[int], con
                        f"({stage_path(io.out, schedule[-1]).name}) or without a _tN suffix")
     io.check(will_train=True, inputs=(source.path, teacher), resume_needs_state=False)
     distil_from = resolve_teacher(source, teacher, configs[0])
-    parts = load_stage_data(source, data)
+    parts = load_stage_data(stage, source, data)
     outputs, parent = [], source
     for timesteps, path, config in zip(schedule, paths, configs):
         stage_io = StageIO(path, force=io.force, resume=io.resume, command=io.command)
@@ -219,7 +219,7 @@ def spatial_prune(stage: Stage, source: Checkpoint, *, unit_stage: int | None, c
     mapping = index_mapping(len(small.plan), first, count)
     small.load_state_dict(rename_layers(big.state_dict(), {large: i for i, large in enumerate(mapping)}))
     record = child_record(source, model=spec)
-    parts = load_stage_data(source, data)
+    parts = load_stage_data(stage, source, data)
     before = split_accuracy(small, parts, "test", record, stage.runtime)
     stage.say(f"[spatial-prune] removed layers {first}..{first + count - 1} (stage {unit_stage}, M={count}); "
               f"T={source.timesteps}; test accuracy before fine-tuning {before:.2f}%")

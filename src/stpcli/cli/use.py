@@ -1,0 +1,107 @@
+"""Using a trained model: predict on new images, export to NIR or ONNX."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from stpcli.checkpoint import load_checkpoint
+from stpcli.cli.common import Device, Force, JsonOutput, console, make_stage, stp_command
+from stpcli.errors import StpError
+from stpcli.export import FORMATS, export
+from stpcli.files import atomic_write_text, check_writable_folder, lock_output
+from stpcli.progress import progress_bar
+from stpcli.stages.predict import find_images, predict
+
+app = typer.Typer()
+
+
+@stp_command(app, "predict")
+def predict_command(
+    checkpoint: Annotated[Path, typer.Argument(help="ANN or SNN checkpoint.")],
+    paths: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes listed per image.")] = 3,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
+    device: Device = "auto",
+    csv_file: Annotated[Path | None, typer.Option("--csv", help="Also write the predictions as CSV (path, rank, class, probability).")] = None,
+    json_output: JsonOutput = False,
+):
+    """Classify new images with a trained model: the top-k classes of each, with probabilities.
+
+    Images are resized and normalised as the checkpoint was trained; an unreadable image is
+    reported and counted, the others are still predicted.
+
+    Example: stp predict sa_t1.safetensors scenes/ photo.jpg --top-k 3 --csv predictions.csv
+    """
+    if json_output and csv_file is not None:
+        raise StpError("--json and --csv are alternatives; choose one")
+    if csv_file is not None and not csv_file.parent.is_dir():
+        raise StpError(f"--csv {csv_file}: folder {csv_file.parent} does not exist")
+    ckpt = load_checkpoint(checkpoint)
+    total = len(find_images(paths))
+    stage = make_stage("predict", {"device": device})
+    with progress_bar(console, "predicting", total=total, show=not json_output) as advance:
+        result = predict(stage, ckpt, paths, top_k, batch_size, advance=advance)
+    if csv_file is not None:
+        _write_csv(csv_file, result)
+    if json_output:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        table = Table("image", *[f"#{i + 1}" for i in range(min(top_k, len(ckpt.classes)))],
+                      title=f"{escape(checkpoint.name)} ({result['method']}"
+                            + (f", T={result['timesteps']})" if result["timesteps"] else ")"))
+        for row in result["predictions"]:
+            table.add_row(escape(row["path"]), *[f"{escape(t['class'])} {100 * t['probability']:.1f}%" for t in row["top"]])
+        console.print(table)
+        console.print(f"{result['images']} image(s) predicted, {len(result['unreadable'])} unreadable"
+                      + (f"; wrote {csv_file}" if csv_file is not None else ""), markup=False)
+    for row in result["unreadable"]:
+        console.print(f"unreadable: {row['path']} ({row['reason']})", markup=False, highlight=False)
+    if result["unreadable"] and not result["predictions"]:
+        raise StpError("no image could be read")
+
+
+def _write_csv(path: Path, result: dict) -> None:
+    def write(handle):
+        writer = csv.writer(handle)
+        writer.writerow(["path", "rank", "class", "probability"])
+        for row in result["predictions"]:
+            for rank, top in enumerate(row["top"], start=1):
+                writer.writerow([row["path"], rank, top["class"], f"{top['probability']:.6f}"])
+        for row in result["unreadable"]:
+            writer.writerow([row["path"], "", "unreadable", ""])
+
+    atomic_write_text(path, write)
+
+
+@stp_command(app, "export")
+def export_command(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to export.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write.")],
+    fmt: Annotated[str, typer.Option("--format", help=f"{' | '.join(FORMATS)}: NIR for SNNs, ONNX for ANNs.")] = "nir",
+    force: Force = False,
+):
+    """Write a model in an exchange format: NIR (SNN, for neuromorphic tools: snnTorch, Norse,
+    SpikingJelly, Sinabs, Lava) or ONNX (ANN). See the README for the NIR mapping and its limits.
+
+    Example: stp export sa_t1.safetensors --format nir --out sa_t1.nir
+    """
+    if fmt not in FORMATS:
+        raise StpError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if not out.parent.is_dir():
+        raise StpError(f"output folder {out.parent} does not exist")
+    if out.exists() and not force:
+        raise StpError(f"output {out} exists; pass --force to overwrite it")
+    if out.exists() and out.resolve() == checkpoint.resolve():
+        raise StpError(f"--out {out} is this command's input; choose another --out")
+    check_writable_folder(out.parent)
+    lock_output(out)
+    ckpt = load_checkpoint(checkpoint)
+    export(ckpt, fmt, out)
+    console.print(f"wrote {out} ({fmt.upper()}, {out.stat().st_size / 1e6:.1f} MB)", markup=False)

@@ -1,0 +1,84 @@
+"""Apply a trained checkpoint (ANN or SNN) to new images: top-k classes with probabilities.
+
+Images are decoded exactly as in training (shorter side to the checkpoint's
+size, centre crop, its normalisation). No split or fingerprint checks: these
+are new images. An unreadable image is reported and counted; the rest are
+still predicted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from stpcli.checkpoint import Checkpoint
+from stpcli.data.imagefolder import IMAGE_EXTENSIONS, decode_image
+from stpcli.data.loader import normalise
+from stpcli.errors import StpError
+from stpcli.files import first_line
+from stpcli.stages.common import Stage, input_stats, model_from_checkpoint
+from stpcli.stages.report import method_of
+
+
+def find_images(paths: list[Path]) -> list[Path]:
+    """Image files named directly, and those under named folders (recursively), in a stable order."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise StpError(f"{path} does not exist")
+    if not found:
+        raise StpError(f"no image files under {', '.join(map(str, paths))}")
+    return found
+
+
+def predict(stage: Stage, ckpt: Checkpoint, paths: list[Path], top_k: int = 3, batch_size: int = 64,
+            advance: Callable[[int], None] | None = None) -> dict:
+    if top_k < 1:
+        raise StpError(f"--top-k must be at least 1, got {top_k}")
+    if batch_size < 1:
+        raise StpError(f"--batch-size must be positive, got {batch_size}")
+    files = find_images(paths)
+    device = stage.runtime.device
+    model = model_from_checkpoint(ckpt).to(device).eval()
+    size = ckpt.record["input"]["image_size"]
+    mean, std = (t.to(device) for t in input_stats(ckpt.record))
+    classes = ckpt.classes
+    k = min(top_k, len(classes))
+    predictions, unreadable = [], []
+
+    def decode(path: Path):
+        try:
+            return decode_image(path, size)[0], None
+        except Exception as exc:  # any decoder failure: report this file, keep going
+            return None, first_line(exc, 160)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for start in range(0, len(files), batch_size):
+            chunk = files[start:start + batch_size]
+            images, kept = [], []
+            for path, (image, problem) in zip(chunk, pool.map(decode, chunk)):
+                if image is None:
+                    unreadable.append({"path": str(path), "reason": problem})
+                else:
+                    images.append(image)
+                    kept.append(path)
+            if images:
+                with torch.no_grad(), stage.runtime.autocast():
+                    logits = model(normalise(torch.stack(images).to(device), mean, std))
+                probabilities, indices = torch.softmax(logits.float(), dim=1).topk(k, dim=1)
+                for path, probs, idx in zip(kept, probabilities.tolist(), indices.tolist()):
+                    predictions.append({"path": str(path),
+                                        "top": [{"class": classes[i], "probability": p} for p, i in zip(probs, idx)]})
+            if advance is not None:
+                advance(len(chunk))
+    return {"checkpoint": str(ckpt.path), "kind": ckpt.kind, "method": method_of(ckpt.record),
+            "timesteps": ckpt.timesteps, "images": len(predictions), "unreadable": unreadable,
+            "predictions": predictions}
