@@ -24,6 +24,7 @@ and the logits are the output node's values summed over those steps.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -51,19 +52,22 @@ def _array(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().double().numpy().astype(np.float32)
 
 
-def _neuron_node(nir, neuron: LIF, initial: float):
+def _neuron_node(nir, neuron: LIF, initial: float, shape: tuple):
+    """NIR neuron parameters are per neuron: stp's per-layer scalars, broadcast to the layer's shape."""
     threshold, leak = float(neuron.threshold), float(neuron.leak)
     metadata = {"reset": "subtract", "initial_membrane": initial * threshold, "dt": 1.0, "stp_leak": leak,
                 "spike_amplitude": 1.0}
+
+    def full(value: float) -> np.ndarray:
+        return np.full(shape, value, dtype=np.float32)
+
     if leak >= 1.0:
-        return nir.IF(r=np.array([1.0], dtype=np.float32), v_threshold=np.array([threshold], dtype=np.float32),
-                      metadata=metadata)
+        return nir.IF(r=full(1.0), v_threshold=full(threshold), metadata=metadata)
     tau = 1.0 / (1.0 - leak)
-    return nir.LIF(tau=np.array([tau], dtype=np.float32), r=np.array([tau], dtype=np.float32),
-                   v_leak=np.array([0.0], dtype=np.float32), v_threshold=np.array([threshold], dtype=np.float32),
-                   metadata=metadata)
+    return nir.LIF(tau=full(tau), r=full(tau), v_leak=full(0.0), v_threshold=full(threshold), metadata=metadata)
 
 
+@torch.no_grad()
 def nir_graph(snn: SNN):
     """The SNN as a NIR graph (see the module docstring for the mapping)."""
     import nir
@@ -90,8 +94,8 @@ def nir_graph(snn: SNN):
         w = (in_shape[2] + 2 * module.padding[1] - module.kernel_size[1]) // module.stride[1] + 1
         return name, (module.out_channels, h, w)
 
-    def neuron(name: str, module: LIF, feeds: list[str]) -> str:
-        nodes[name] = _neuron_node(nir, module, initial)
+    def neuron(name: str, module: LIF, feeds: list[str], shape: tuple) -> str:
+        nodes[name] = _neuron_node(nir, module, initial, shape)
         edges.extend((feed, name) for feed in feeds)
         return name
 
@@ -99,10 +103,10 @@ def nir_graph(snn: SNN):
         prefix, kind = f"layers.{index}", entry["type"]
         if kind == "conv":
             current, shape = conv(f"{prefix}.conv", layer.conv, previous, shape)
-            previous = neuron(f"{prefix}.neuron", layer.neuron, [current])
+            previous = neuron(f"{prefix}.neuron", layer.neuron, [current], shape)
         elif kind == "block":
             hidden, hidden_shape = conv(f"{prefix}.conv1", layer.conv1, previous, shape)
-            spikes = neuron(f"{prefix}.neuron1", layer.neuron1, [hidden])
+            spikes = neuron(f"{prefix}.neuron1", layer.neuron1, [hidden], hidden_shape)
             current, out_shape = conv(f"{prefix}.conv2", layer.conv2, spikes, hidden_shape)
             if layer.shortcut is not None:
                 skip, _ = conv(f"{prefix}.shortcut", layer.shortcut, previous, shape)
@@ -113,9 +117,9 @@ def nir_graph(snn: SNN):
                 factor = (float(layer.shortcut_scale) if layer.shortcut_scale is not None
                           else amplitudes[source] if source else 1.0)
                 skip = f"{prefix}.skip"
-                nodes[skip] = nir.Scale(scale=np.full(shape[0], factor, dtype=np.float32))
+                nodes[skip] = nir.Scale(scale=np.full(shape, factor, dtype=np.float32))
                 edges.append((previous, skip))
-            previous, shape = neuron(f"{prefix}.neuron2", layer.neuron2, [current, skip]), out_shape
+            previous, shape = neuron(f"{prefix}.neuron2", layer.neuron2, [current, skip], out_shape), out_shape
         elif kind == "pool":
             name = f"{prefix}.pool"
             k, s, p = entry["kernel"], entry["stride"], entry["padding"]
@@ -143,7 +147,7 @@ def nir_graph(snn: SNN):
             edges.append((previous, name))
             previous, shape = name, (entry["out"],)
             if kind == "fc":
-                previous = neuron(f"{prefix}.neuron", layer.neuron, [name])
+                previous = neuron(f"{prefix}.neuron", layer.neuron, [name], shape)
     nodes["output"] = nir.Output(output_type={"output": np.array(shape)})
     edges.append((previous, "output"))
     metadata = {"producer": "stp", "timesteps": snn.timesteps, "dt": 1.0,
@@ -170,7 +174,8 @@ def export(ckpt: Checkpoint, fmt: str, out: Path) -> Path:
     _need("onnx", fmt)
     model = model_from_checkpoint(ckpt).eval()
     size = ckpt.record["input"]["image_size"]
-    with atomic_write(out) as tmp:
+    with atomic_write(out) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter: no onnxscript needed
         torch.onnx.export(model, (torch.zeros(1, 3, size, size),), str(tmp), input_names=["image"],
                           output_names=["logits"], dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
                           dynamo=False)

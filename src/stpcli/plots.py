@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from stpcli.files import atomic_write  # noqa: E402
 
@@ -28,7 +29,7 @@ def _save(figure, path: Path) -> Path:
 def training_curves(history: list[dict], title: str, path: Path) -> Path:
     """Loss, train/validation accuracy and learning rate per epoch (one row of the metrics CSV each)."""
     epochs = [row["epoch"] for row in history]
-    figure, (loss_axis, accuracy_axis, lr_axis) = plt.subplots(1, 3, figsize=(13, 3.6))
+    figure, (loss_axis, accuracy_axis, lr_axis) = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
     loss_axis.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train")
     if all("val_loss" in row for row in history):
         loss_axis.plot(epochs, [row["val_loss"] for row in history], marker="o", label="validation")
@@ -40,8 +41,10 @@ def training_curves(history: list[dict], title: str, path: Path) -> Path:
     accuracy_axis.legend()
     lr_axis.plot(epochs, [row["lr"] for row in history], marker="o", color="tab:gray")
     lr_axis.set(title="learning rate", xlabel="epoch", ylabel="learning rate")
+    lr_axis.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     for axis in (loss_axis, accuracy_axis, lr_axis):
         axis.grid(alpha=0.3)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.suptitle(title)
     return _save(figure, path)
 

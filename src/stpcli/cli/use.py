@@ -12,12 +12,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from stpcli.checkpoint import load_checkpoint
-from stpcli.cli.common import Device, Force, JsonOutput, console, make_stage, stp_command
+from stpcli.cli.common import Device, Force, JsonOutput, console, error_console, make_stage, stp_command
 from stpcli.errors import StpError
 from stpcli.export import FORMATS, export
 from stpcli.files import atomic_write_text, check_writable_folder, lock_output
 from stpcli.progress import progress_bar
-from stpcli.stages.predict import find_images, predict
+from stpcli.stages.predict import check_options, find_images, predict
 
 app = typer.Typer()
 
@@ -43,6 +43,7 @@ def predict_command(
         raise StpError("--json and --csv are alternatives; choose one")
     if csv_file is not None and not csv_file.parent.is_dir():
         raise StpError(f"--csv {csv_file}: folder {csv_file.parent} does not exist")
+    check_options(top_k, batch_size)
     ckpt = load_checkpoint(checkpoint)
     total = len(find_images(paths))
     stage = make_stage("predict", {"device": device})
@@ -62,7 +63,7 @@ def predict_command(
         console.print(f"{result['images']} image(s) predicted, {len(result['unreadable'])} unreadable"
                       + (f"; wrote {csv_file}" if csv_file is not None else ""), markup=False)
     for row in result["unreadable"]:
-        console.print(f"unreadable: {row['path']} ({row['reason']})", markup=False, highlight=False)
+        error_console.print(f"unreadable: {row['path']} ({row['reason']})", markup=False, highlight=False)
     if result["unreadable"] and not result["predictions"]:
         raise StpError("no image could be read")
 

@@ -39,12 +39,16 @@ def find_images(paths: list[Path]) -> list[Path]:
     return found
 
 
-def predict(stage: Stage, ckpt: Checkpoint, paths: list[Path], top_k: int = 3, batch_size: int = 64,
-            advance: Callable[[int], None] | None = None) -> dict:
+def check_options(top_k: int, batch_size: int) -> None:
     if top_k < 1:
         raise StpError(f"--top-k must be at least 1, got {top_k}")
     if batch_size < 1:
         raise StpError(f"--batch-size must be positive, got {batch_size}")
+
+
+def predict(stage: Stage, ckpt: Checkpoint, paths: list[Path], top_k: int = 3, batch_size: int = 64,
+            advance: Callable[[int], None] | None = None) -> dict:
+    check_options(top_k, batch_size)
     files = find_images(paths)
     device = stage.runtime.device
     model = model_from_checkpoint(ckpt).to(device).eval()
