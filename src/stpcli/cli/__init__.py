@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from stpcli import __version__
-from stpcli.cli import data, inspect, pipeline, stages, use
+from stpcli.cli import data, inspect, pipeline, stages, study, use
 from stpcli.cli.common import STATE
 
 app = typer.Typer(
@@ -17,7 +17,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=True,
 )
-for group in (stages.app, inspect.app, use.app, pipeline.app):
+for group in (stages.app, inspect.app, use.app, pipeline.app, study.app):
     app.registered_commands.extend(group.registered_commands)
 app.add_typer(data.app, name="data")
 

@@ -1,6 +1,6 @@
 """``stp pipeline``: the STP chain and the TP baseline from one preset, as a thin loop over the commands.
 
-It runs exactly what ``examples/Makefile`` runs, one stage command after another
+It runs the chain of ``stpcli.chain`` (what ``examples/Makefile`` runs), one stage command after another
 with the same preset, and skips a stage whose output already exists (delete a
 file, or pass --force, to redo it and everything after it).
 """
@@ -14,7 +14,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from stpcli.cli.common import Force, console, make_stage, stp_command
+from stpcli.chain import compared, pipeline_steps
+from stpcli.cli.common import Force, console, make_stage, read_yaml, stp_command
 from stpcli.cli.inspect import comparison_table
 from stpcli.files import atomic_write_text
 from stpcli.stages.common import DataOptions
@@ -22,20 +23,6 @@ from stpcli.stages.report import compare
 from stpcli.errors import StpError
 
 app = typer.Typer()
-
-# (command, input, output); temporal-prune also writes the _t3 and _t2 files of its schedule
-STEPS = [
-    ("train-ann", None, "na"),
-    ("add-unit", "na", "nb"),
-    ("convert", "nb", "sb_t5"),
-    ("temporal-prune", "sb_t5", "sb_t1"),
-    ("spatial-prune", "sb_t1", "sa_t1"),
-    ("spatial-prune", "sb_t2", "sa_t2"),
-    ("convert", "na", "s_t5"),
-    ("temporal-prune", "s_t5", "s_t1"),
-]
-COMPARED = ["na", "s_t2", "s_t1", "sa_t2", "sa_t1"]
-
 
 @stp_command(app, "pipeline")
 def pipeline_command(
@@ -61,15 +48,17 @@ def pipeline_command(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StpError(f"cannot create --out-dir {out_dir}: {exc.strerror or exc}") from exc
+    preset = read_yaml(config, "preset")
     command = typer.main.get_command(root)
     redo = force
-    for name, source, target in STEPS:
-        out = out_dir / f"{target}.safetensors"
+    for step in pipeline_steps(preset):
+        name, source = step.command, step.source
+        out = out_dir / f"{step.target}.safetensors"
         if out.exists() and not redo:
             console.print(f"[pipeline] {out} exists; skipping {name}", markup=False)
             continue
         args = [name] + ([str(out_dir / f"{source}.safetensors")] if source else []) + [
-            "--config", str(config), "--out", str(out), "--force"]
+            "--config", str(config), "--out", str(out), "--force", *step.args]
         if name == "train-ann" and data is not None:
             args += ["--data", data]
         args += (["--device", device] if device else []) + (["--seed", str(seed)] if seed is not None else [])
@@ -79,7 +68,7 @@ def pipeline_command(
             raise StpError(f"pipeline stopped: stp {name} exited with status {code}", exit_code=code)
         redo = True  # every later stage depends on this new file
     stage = make_stage("compare", {"device": device or "auto"})
-    rows = compare(stage, [out_dir / f"{n}.safetensors" for n in COMPARED], DataOptions())
+    rows = compare(stage, [out_dir / f"{n}.safetensors" for n in compared(preset)], DataOptions())
     table = comparison_table(rows)
     console.print(table)
     atomic_write_text(out_dir / "compare.json", lambda handle: json.dump(rows, handle, indent=2))

@@ -1,0 +1,78 @@
+"""The STP chain and its TP baseline, written down once: which stage command makes which file.
+
+``stp pipeline``, ``stp study`` and ``examples/Makefile`` (checked by a test)
+run these steps. File names follow the preset: the first SNN is ``s_t<T>``
+/ ``sb_t<T>`` for the preset's ``convert`` time steps, temporal pruning writes
+one file per T of its schedule, and spatial pruning makes ``sa_t<T>`` for
+each T <= 2 of the schedule (the paper's tables report T = 2 and T = 1).
+
+STP: Na -> Nb -> Sb(T0) -> Sb(T...1) -> Sa(T2), Sa(T1)
+TP:  Na -> S(T0) -> S(T...1)                   (same Na, hence the same split)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_TIMESTEPS = 5
+DEFAULT_SCHEDULE = (3, 2, 1)
+DEFAULT_UNITS = (5, 1)  # --as, --m
+
+
+@dataclass(frozen=True)
+class Step:
+    command: str
+    source: str | None  # file name without .safetensors, relative to the chain's folder
+    target: str
+    args: tuple[str, ...] = ()
+    also_writes: tuple[str, ...] = field(default=())  # temporal-prune's intermediate T files
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (*self.also_writes, self.target)
+
+
+def preset_timesteps(preset: dict) -> tuple[int, list[int]]:
+    """The preset's conversion T and temporal-pruning schedule (the commands' defaults if absent)."""
+    convert = preset.get("convert") or {}
+    prune = preset.get("temporal-prune") or {}
+    timesteps = int(convert.get("timesteps", preset.get("timesteps", DEFAULT_TIMESTEPS)))
+    schedule = prune.get("schedule", DEFAULT_SCHEDULE)
+    values = [int(v) for v in (schedule.split(",") if isinstance(schedule, str) else schedule)]
+    return timesteps, values
+
+
+def preset_units(preset: dict) -> tuple[int, int]:
+    section = preset.get("add-unit") or {}
+    return int(section.get("as", DEFAULT_UNITS[0])), int(section.get("m", DEFAULT_UNITS[1]))
+
+
+def tp_steps(preset: dict) -> list[Step]:
+    t0, schedule = preset_timesteps(preset)
+    return [Step("convert", "na", f"s_t{t0}"),
+            Step("temporal-prune", f"s_t{t0}", "s_t1", also_writes=tuple(f"s_t{t}" for t in schedule[:-1]))]
+
+
+def stp_steps(preset: dict, units: tuple[int, int] | None = None, folder: str = "") -> list[Step]:
+    """The STP chain; ``units`` (AS, M) overrides the preset's, ``folder`` prefixes its files (not Na's)."""
+    t0, schedule = preset_timesteps(preset)
+    unit_args = () if units is None else ("--as", str(units[0]), "--m", str(units[1]))
+    at = (folder + "/") if folder else ""
+    steps = [Step("add-unit", "na", f"{at}nb", unit_args),
+             Step("convert", f"{at}nb", f"{at}sb_t{t0}"),
+             Step("temporal-prune", f"{at}sb_t{t0}", f"{at}sb_t1",
+                  also_writes=tuple(f"{at}sb_t{t}" for t in schedule[:-1]))]
+    steps += [Step("spatial-prune", f"{at}sb_t{t}", f"{at}sa_t{t}") for t in sorted(schedule, reverse=True) if t <= 2]
+    return steps
+
+
+def pipeline_steps(preset: dict) -> list[Step]:
+    """Both chains in the order ``stp pipeline`` runs them."""
+    return [Step("train-ann", None, "na")] + stp_steps(preset) + tp_steps(preset)
+
+
+def compared(preset: dict) -> list[str]:
+    """The files a pipeline's comparison shows: Na, then TP and STP at each T <= 2."""
+    _, schedule = preset_timesteps(preset)
+    low = [t for t in sorted(schedule, reverse=True) if t <= 2]
+    return ["na"] + [f"s_t{t}" for t in low] + [f"sa_t{t}" for t in low]

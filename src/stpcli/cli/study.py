@@ -1,0 +1,89 @@
+"""``stp study``: a preset's TP and STP chains over several seeds, with the summary a paper table needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from stpcli import study
+from stpcli.cli.common import console, make_stage, read_yaml, stp_command
+from stpcli.errors import StpError
+
+app = typer.Typer()
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise StpError(f"--seeds must be comma-separated integers such as 0,1,2, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise StpError(f"--seeds must name distinct seeds, got {text!r}")
+    return seeds
+
+
+@stp_command(app, "study")
+def study_command(
+    preset: Annotated[Path, typer.Argument(help="Preset YAML (see examples/configs); an optional 'study:' section sweeps 'as' and 'm'.")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for every chain's checkpoints and the summary.")],
+    seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds; each draws its own split and initialisation.")] = "0,1,2",
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Chains run side by side (small nets leave most of a GPU idle).")] = 1,
+    time_limit: Annotated[float | None, typer.Option("--time-limit", help="Seconds; then the running stages stop cleanly and a rerun continues.")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="Dataset for train-ann (default: the preset's or the embedded one).")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda for every stage (default: the preset's).")] = None,
+):
+    """Run the TP and STP chains of a preset for each seed (and each Unit setting the preset sweeps),
+    every stage as its own command and checkpoint; finished stages are skipped and interrupted ones
+    resumed. Writes study.json, study.csv, study.md (mean ± std over seeds per method and T, the gap
+    to each seed's ANN, energy, and the paired STP − TP difference with its 95 % interval) and PNGs.
+
+    Example: stp study examples/configs/demo.yaml --seeds 0,1,2 --out-dir runs/demo-study --jobs 2
+    """
+    seed_list = parse_seeds(seeds)
+    if jobs < 1:
+        raise StpError(f"--jobs must be at least 1, got {jobs}")
+    if time_limit is not None and not time_limit > 0:
+        raise StpError(f"--time-limit must be a positive number of seconds, got {time_limit}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise StpError(f"--out-dir {out_dir} is a file, not a folder")
+    settings = read_yaml(preset, "preset")
+    anns, chains = study.plan(settings, seed_list)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StpError(f"cannot create --out-dir {out_dir}: {exc.strerror or exc}") from exc
+    runner = study.Runner(preset.resolve(), out_dir, data, device, jobs, time_limit,
+                          lambda text: console.print(text, markup=False, highlight=False))
+    runner.run_all(anns)
+    runner.run_all(chains)
+    stage = make_stage("study", {"device": device or "auto"})
+    runs = study.collect(stage, out_dir, settings, seed_list, data)
+    table, paired = study.summarise(runs)
+    complete = not runner.stopped and not runner.failures
+    written = study.write_reports(out_dir, preset, seed_list, runs, table, paired, complete)
+    console.print(summary_table(table, paired))
+    console.print(f"[study] wrote {', '.join(p.name for p in written)} in {out_dir}", markup=False)
+    if runner.failures:
+        raise StpError(f"{len(runner.failures)} stage(s) failed: {runner.failures[0]}", exit_code=1)
+    if runner.stopped:
+        console.print("[study] stopped at the time limit; run the same command again to continue", markup=False)
+        raise typer.Exit(study.STOPPED)
+
+
+def summary_table(table: list[dict], paired: list[dict]) -> Table:
+    out = Table(title="study (test split): mean ± std over seeds")
+    for header in ("method", "Units", "T", "accuracy %", "n", "gap to ANN", "energy uJ"):
+        out.add_column(header, no_wrap=True)
+    for row in table:
+        out.add_row(row["method"], escape(row["units"] or "-"), str(row["timesteps"] or "-"),
+                    f"{row['mean']:.2f} ± {study._fmt(row['std'])}", str(row["n"]), study._fmt(row["gap_to_ann"]),
+                    f"{row['energy_uj']:.2f}")
+    for row in paired:
+        out.add_row("STP − TP (paired)", row["units"], str(row["timesteps"]),
+                    f"{row['mean']:+.2f} [{study._fmt(row['ci95_low'])}, {study._fmt(row['ci95_high'])}]",
+                    str(row["n"]), "", "")
+    return out

@@ -1,0 +1,278 @@
+"""``stp study``: the TP and STP chains of a preset over several seeds (and Unit settings), then
+the statistics a paper table needs.
+
+Every stage runs as its own ``stp`` command in a child process, so every stage
+stays a checkpoint file: a finished stage (its file exists) is skipped, an
+interrupted one (its state file exists) is resumed, chains run side by side
+(``jobs``), and a time limit stops the children cleanly (SIGTERM: they keep
+their state) so that running the study again continues it.
+
+Layout: ``DIR/seed<S>/na``, ``s_t<T>`` (TP), and ``DIR/seed<S>/as<A>-m<M>/nb``,
+``sb_t<T>``, ``sa_t<T>`` (STP) per Unit setting. Summary: ``study.json``,
+``study.csv``, ``study.md`` and two PNGs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from stpcli import plots
+from stpcli.chain import Step, preset_units, stp_steps, tp_steps
+from stpcli.engine.state import state_path_for
+from stpcli.errors import StpError
+from stpcli.files import atomic_write_text
+from stpcli.stages.common import DataOptions, Stage
+from stpcli.stages.report import compare
+
+# two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom (then the normal 1.96)
+T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042]
+STOPPED = 124  # exit status when the time limit stopped the study (as timeout(1))
+
+
+@dataclass(frozen=True)
+class Chain:
+    seed: int
+    label: str  # "TP" or "STP AS<A> M<M>"
+    steps: tuple[Step, ...]
+
+
+def unit_settings(preset: dict) -> list[tuple[int, int]]:
+    """The (AS, M) pairs a preset's ``study:`` section sweeps (``as: [1, 5]``, ``m: [1]``), else its add-unit."""
+    study = preset.get("study") or {}
+    default_as, default_m = preset_units(preset)
+    locations = study.get("as", [default_as])
+    counts = study.get("m", [default_m])
+    if not isinstance(locations, list) or not isinstance(counts, list) or not locations or not counts:
+        raise StpError("the preset's study section must give 'as' and 'm' as lists, e.g. as: [1, 5]")
+    try:
+        return [(int(a), int(m)) for a in locations for m in counts]
+    except (TypeError, ValueError):
+        raise StpError("the preset's study section must give integers for 'as' and 'm'") from None
+
+
+def plan(preset: dict, seeds: list[int]) -> tuple[list[Chain], list[Chain]]:
+    """(the ANN of each seed, every TP and STP chain after it)."""
+    anns = [Chain(seed, "ANN", (Step("train-ann", None, "na"),)) for seed in seeds]
+    chains = []
+    for seed in seeds:
+        chains.append(Chain(seed, "TP", tuple(tp_steps(preset))))
+        for units in unit_settings(preset):
+            folder = f"as{units[0]}-m{units[1]}"
+            chains.append(Chain(seed, f"STP AS{units[0]} M{units[1]}", tuple(stp_steps(preset, units, folder))))
+    return anns, chains
+
+
+class Runner:
+    """Runs chains of stage commands as child processes, with a shared deadline."""
+
+    def __init__(self, preset_path: Path, out_dir: Path, data: str | None, device: str | None, jobs: int,
+                 time_limit: float | None, say):
+        self.preset_path, self.out_dir, self.data, self.device = preset_path, out_dir, data, device
+        self.jobs, self.say = jobs, say
+        self.deadline = None if time_limit is None else time.monotonic() + time_limit
+        self.children: set[subprocess.Popen] = set()
+        self.lock = threading.Lock()
+        self.stopped = False
+        self.failures: list[str] = []
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def run_all(self, chains: list[Chain]) -> None:
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            list(pool.map(self.run_chain, chains))
+
+    def run_chain(self, chain: Chain) -> None:
+        folder = self.out_dir / f"seed{chain.seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for step in chain.steps:
+            if self.stopped or self.out_of_time():
+                self.stopped = True
+                return
+            if all((folder / f"{name}.safetensors").is_file() for name in step.outputs):
+                continue
+            if not self.run_step(chain, step, folder):
+                return
+
+    def run_step(self, chain: Chain, step: Step, folder: Path) -> bool:
+        out = folder / f"{step.target}.safetensors"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        args = [sys.executable, "-m", "stpcli", step.command]
+        if step.source is not None:
+            args.append(str(folder / f"{step.source}.safetensors"))
+        args += ["--config", str(self.preset_path), "--out", str(out), "--seed", str(chain.seed), *step.args]
+        if step.command == "train-ann" and self.data is not None:
+            args += ["--data", self.data]
+        if self.device is not None:
+            args += ["--device", self.device]
+        states = [state_path_for(folder / f"{name}.safetensors") for name in step.outputs]
+        if step.command == "temporal-prune" or any(s.exists() for s in states):
+            args.append("--resume")  # temporal-prune resumes the interrupted T and reuses finished ones
+        environment = dict(os.environ)
+        if self.jobs > 1 and "OMP_NUM_THREADS" not in environment:
+            environment["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
+        log = out.with_name(out.name.removesuffix(".safetensors") + ".log")
+        started = time.monotonic()
+        self.say(f"[study] seed {chain.seed} {chain.label}: {step.command} -> {out.relative_to(self.out_dir)}")
+        with open(log, "a") as handle:
+            child = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, env=environment)
+            with self.lock:
+                self.children.add(child)
+            try:
+                while child.poll() is None:
+                    if self.out_of_time() and not self.stopped:
+                        self.stop()
+                    time.sleep(0.2)
+            finally:
+                with self.lock:
+                    self.children.discard(child)
+        seconds = time.monotonic() - started
+        if child.returncode == 0:
+            self.say(f"[study] seed {chain.seed} {chain.label}: {step.command} done in {seconds:.0f} s")
+            return True
+        if self.stopped:  # we sent the SIGTERM: the stage kept its state for the next run
+            self.say(f"[study] seed {chain.seed} {chain.label}: {step.command} stopped at the time limit")
+            return False
+        self.failures.append(f"seed {chain.seed} {chain.label} {step.command} (exit {child.returncode}, see {log})")
+        self.say(f"[study] seed {chain.seed} {chain.label}: {step.command} failed with exit {child.returncode}; "
+                 f"log: {log}")
+        return False
+
+    def stop(self) -> None:
+        self.stopped = True
+        with self.lock:
+            for child in self.children:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def interval(values: list[float]) -> tuple[float, float, float | None, float | None]:
+    """Mean, std and the 95 % t-interval of the mean (None below two values)."""
+    mean, std = mean_std(values)
+    if std is None:
+        return mean, 0.0, None, None
+    t = T_975[len(values) - 2] if len(values) - 1 <= len(T_975) else 1.96
+    half = t * std / math.sqrt(len(values))
+    return mean, std, mean - half, mean + half
+
+
+def collect(stage: Stage, out_dir: Path, preset: dict, seeds: list[int], data: str | None) -> list[dict]:
+    """One row per finished checkpoint: seed, method, Unit setting, T, accuracy, energy."""
+    paths = []
+    for seed in seeds:
+        folder = out_dir / f"seed{seed}"
+        candidates = [folder / "na.safetensors", *sorted(folder.glob("s_t*.safetensors"))]
+        for units in unit_settings(preset):
+            sub = folder / f"as{units[0]}-m{units[1]}"
+            candidates += sorted(sub.glob("sb_t*.safetensors")) + sorted(sub.glob("sa_t*.safetensors"))
+        paths += [(seed, p) for p in candidates if p.is_file() and not p.name.endswith(".state.safetensors")]
+    if not paths:
+        return []
+    rows = compare(stage, [p for _, p in paths], DataOptions(data=data))
+    for (seed, path), row in zip(paths, rows):
+        row["seed"] = seed
+        row["units"] = path.parent.name.upper().replace("-", " ") if path.parent.name.startswith("as") else ""
+    return rows
+
+
+def summarise(runs: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Per (method, Unit setting, T): mean +- std over seeds; and the paired STP - TP difference per T."""
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run["method"], run["units"], run["timesteps"]), []).append(run)
+    anns = {run["seed"]: run["accuracy"] for run in runs if run["method"] == "ANN"}
+    table = []
+    for (method, units, timesteps), members in sorted(groups.items(), key=lambda kv: (
+            ["ANN", "ANN with Units", "TP", "STP (Units kept)", "STP"].index(kv[0][0]), kv[0][1], -(kv[0][2] or 0))):
+        mean, std = mean_std([m["accuracy"] for m in members])
+        energy = [m["energy_uj"] for m in members]
+        gaps = [anns[m["seed"]] - m["accuracy"] for m in members if m["seed"] in anns and method != "ANN"]
+        table.append({"method": method, "units": units, "timesteps": timesteps, "mean": mean, "std": std,
+                      "n": len(members), "seeds": sorted(m["seed"] for m in members),
+                      "ann_mean": mean_std([anns[m["seed"]] for m in members if m["seed"] in anns])[0]
+                      if any(m["seed"] in anns for m in members) else None,
+                      "gap_to_ann": mean_std(gaps)[0] if gaps else None,
+                      "energy_uj": sum(energy) / len(energy),
+                      "spikes_per_neuron": (sum(m["spikes_per_neuron"] for m in members) / len(members)
+                                            if members[0]["spikes_per_neuron"] is not None else None)})
+    paired = []
+    tp = {(r["seed"], r["timesteps"]): r["accuracy"] for r in runs if r["method"] == "TP"}
+    for units in sorted({r["units"] for r in runs if r["method"] == "STP"}):
+        for timesteps in sorted({r["timesteps"] for r in runs if r["method"] == "STP" and r["units"] == units}):
+            diffs = [r["accuracy"] - tp[(r["seed"], timesteps)] for r in runs
+                     if r["method"] == "STP" and r["units"] == units and r["timesteps"] == timesteps
+                     and (r["seed"], timesteps) in tp]
+            if diffs:
+                mean, std, low, high = interval(diffs)
+                paired.append({"comparison": "STP - TP", "units": units, "timesteps": timesteps, "mean": mean,
+                               "std": std, "n": len(diffs), "ci95_low": low, "ci95_high": high})
+    return table, paired
+
+
+def _fmt(value, digits=2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def write_reports(out_dir: Path, preset_path: Path, seeds: list[int], runs: list[dict], table: list[dict],
+                  paired: list[dict], complete: bool) -> list[Path]:
+    payload = {"preset": str(preset_path), "seeds": seeds, "complete": complete, "rows": table, "paired": paired,
+               "runs": runs}
+    atomic_write_text(out_dir / "study.json", lambda handle: json.dump(payload, handle, indent=2))
+
+    def write_csv(handle):
+        writer = csv.writer(handle)
+        writer.writerow(["method", "units", "timesteps", "mean", "std", "n", "ann_mean", "gap_to_ann", "energy_uj",
+                         "spikes_per_neuron"])
+        for row in table:
+            writer.writerow([row["method"], row["units"], row["timesteps"] or "", row["mean"], row["std"] or "",
+                             row["n"], row["ann_mean"] or "", row["gap_to_ann"] or "", row["energy_uj"],
+                             row["spikes_per_neuron"] or ""])
+
+    atomic_write_text(out_dir / "study.csv", write_csv)
+    lines = [f"# Study: {preset_path.name}, seeds {', '.join(map(str, seeds))}"
+             + ("" if complete else " (incomplete: rerun to continue)"), "",
+             "Test accuracy in %, mean ± standard deviation over seeds; gap = own ANN − SNN (paired by seed).", "",
+             "| method | Units | T | accuracy | n | ANN | gap to ANN | energy µJ | spikes/neuron |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in table:
+        lines.append(f"| {row['method']} | {row['units'] or '-'} | {row['timesteps'] or '-'} | "
+                     f"{_fmt(row['mean'])} ± {_fmt(row['std'])} | {row['n']} | {_fmt(row['ann_mean'])} | "
+                     f"{_fmt(row['gap_to_ann'])} | {_fmt(row['energy_uj'])} | {_fmt(row['spikes_per_neuron'], 3)} |")
+    if paired:
+        lines += ["", "Paired difference STP − TP (same seed, same ANN), with the 95 % t-interval of its mean:", "",
+                  "| Units | T | mean | std | n | 95 % interval |", "|---|---|---|---|---|---|"]
+        for row in paired:
+            lines.append(f"| {row['units']} | {row['timesteps']} | {row['mean']:+.2f} | {_fmt(row['std'])} | "
+                         f"{row['n']} | {_fmt(row['ci95_low'])} … {_fmt(row['ci95_high'])} |")
+    atomic_write_text(out_dir / "study.md", lambda handle: handle.write("\n".join(lines) + "\n"))
+    written = [out_dir / n for n in ("study.json", "study.csv", "study.md")]
+    if table:
+        labelled = [{**row, "method": row["method"] + (f" {row['units']}" if row["units"] else "")} for row in table]
+        written.append(plots.accuracy_vs_timesteps(labelled, f"{preset_path.stem}: accuracy against T",
+                                                   out_dir / "study_accuracy_vs_T.png"))
+        points = [{"checkpoint": f"{r['method']} {r['units']}".strip(), "kind": "snn" if r["timesteps"] else "ann",
+                   "method": r["method"], "timesteps": r["timesteps"], "accuracy": r["mean"],
+                   "energy_uj": r["energy_uj"]} for r in table]
+        written.append(plots.accuracy_vs_energy(points, f"{preset_path.stem}: mean accuracy against energy",
+                                                out_dir / "study_accuracy_vs_energy.png"))
+    return written

@@ -1,0 +1,96 @@
+"""stp study: chains per seed through the stage commands, a time limit that a rerun continues, the
+statistics against hand computations; one chain description shared with pipeline and the Makefile."""
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from stpcli.chain import pipeline_steps
+from stpcli.study import interval, summarise, unit_settings
+
+from conftest import run_cli
+
+PRESET = """device: cpu
+batch-size: 16
+train-ann: {arch: vgg11, width: 0.125, image-size: 32, epochs: 2}
+add-unit: {as: 4, m: 1, epochs: 1}
+convert: {timesteps: 3, epochs: 1, calibration-images: 16}
+temporal-prune: {schedule: '2,1', epochs-per-stage: 1}
+spatial-prune: {epochs: 1}
+"""
+
+
+@pytest.mark.slow
+def test_study_stops_at_its_time_limit_and_a_rerun_completes_it(dataset_dir, tmp_path):
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(PRESET)
+    out = tmp_path / "study"
+    args = ["study", preset, "--seeds", "3", "--out-dir", out, "--data", dataset_dir]
+    first = run_cli([*args, "--time-limit", "12"], expect=124)
+    assert "run the same command again" in first.stdout
+    assert (out / "seed3" / "na.safetensors").is_file()
+    assert not (out / "seed3" / "as4-m1" / "sa_t1.safetensors").exists()
+    assert json.loads((out / "study.json").read_text())["complete"] is False
+    second = run_cli([*args, "--jobs", "2"])
+    assert "train-ann ->" not in second.stdout  # the finished ANN was not trained again
+    report = json.loads((out / "study.json").read_text())
+    assert report["complete"] is True
+    methods = {(r["method"], r["timesteps"]) for r in report["rows"]}
+    assert {("ANN", None), ("TP", 2), ("TP", 1), ("STP (Units kept)", 1), ("STP", 2), ("STP", 1)} <= methods
+    runs = {(r["method"], r["timesteps"]): r["accuracy"] for r in report["runs"]}
+    paired = {r["timesteps"]: r for r in report["paired"]}
+    assert paired[1]["mean"] == pytest.approx(runs[("STP", 1)] - runs[("TP", 1)]) and paired[1]["n"] == 1
+    for name in ("study.csv", "study.md", "study_accuracy_vs_T.png", "study_accuracy_vs_energy.png"):
+        assert (out / name).stat().st_size > 100
+    assert "STP − TP" in (out / "study.md").read_text()
+
+
+def test_summary_statistics_against_hand_computations():
+    runs = []
+    for seed, (ann, tp, stp) in enumerate([(90.0, 85.0, 87.0), (92.0, 86.0, 86.5), (91.0, 84.0, 88.0)]):
+        runs += [{"seed": seed, "method": "ANN", "units": "", "timesteps": None, "accuracy": ann, "energy_uj": 10.0,
+                  "spikes_per_neuron": None},
+                 {"seed": seed, "method": "TP", "units": "", "timesteps": 1, "accuracy": tp, "energy_uj": 1.0,
+                  "spikes_per_neuron": 0.1},
+                 {"seed": seed, "method": "STP", "units": "AS5 M1", "timesteps": 1, "accuracy": stp,
+                  "energy_uj": 1.1, "spikes_per_neuron": 0.12}]
+    table, paired = summarise(runs)
+    stp = next(r for r in table if r["method"] == "STP")
+    assert stp["mean"] == pytest.approx(87.1666667) and stp["n"] == 3
+    assert stp["std"] == pytest.approx(math.sqrt(((87 - 87.1666667) ** 2 + (86.5 - 87.1666667) ** 2
+                                                  + (88 - 87.1666667) ** 2) / 2))
+    assert stp["gap_to_ann"] == pytest.approx((3 + 5.5 + 3) / 3)
+    diffs = [2.0, 0.5, 4.0]
+    mean, std, low, high = interval(diffs)
+    half = 4.303 * std / math.sqrt(3)  # t(0.975, 2 degrees of freedom)
+    assert paired[0]["mean"] == pytest.approx(mean) and (low, high) == pytest.approx((mean - half, mean + half))
+    assert paired[0]["ci95_low"] == pytest.approx(low)
+
+
+def test_unit_sweeps_come_from_the_preset():
+    assert unit_settings({"add-unit": {"as": 3, "m": 2}}) == [(3, 2)]
+    assert unit_settings({"study": {"as": [1, 5], "m": [1]}}) == [(1, 1), (5, 1)]
+
+
+def test_the_makefile_runs_the_chain_stp_pipeline_runs():
+    """examples/Makefile and stpcli.chain describe the same files made by the same commands."""
+    makefile = (Path(__file__).parents[1] / "examples" / "Makefile").read_text()
+    rules = {}
+    for targets, source, recipe in re.findall(r"^(\$\(OUT\)/[^\s:]+(?: \$\(OUT\)/[^\s:]+)*) ?&?: (\$\(OUT\)/\S+)\n\t\$\(call RUN,([\w-]+)\)",
+                                              makefile, re.M):
+        names = [t.removeprefix("$(OUT)/").removesuffix(".safetensors") for t in targets.split()]
+        rules[names[-1]] = (recipe, source.removeprefix("$(OUT)/").removesuffix(".safetensors"), names)
+    preset = {"convert": {"timesteps": 5}, "temporal-prune": {"schedule": "3,2,1"}}
+    for step in pipeline_steps(preset):
+        if step.command == "train-ann":
+            continue
+        target = step.target if step.command != "spatial-prune" else "sa_t%"
+        command, source, names = rules[target]
+        assert command == step.command
+        if step.command == "spatial-prune":
+            assert source == "sb_t%"
+        else:
+            assert source == step.source and names == list(step.outputs)
