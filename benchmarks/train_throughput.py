@@ -5,8 +5,14 @@ FC-4096 x2 scaled by --width, classifier) with the same batch, resolution, preci
 device, in a fresh subprocess so peak memory is its own. Images per second count full
 training steps (forward, backward, optimiser step) after warm-up.
 
-    python benchmarks/train_throughput.py --device cpu     # 64 px, batch 32, fp32
-    python benchmarks/train_throughput.py --device cuda    # 224 px, batch 64, bf16
+    python benchmarks/train_throughput.py --device cpu     # 64 px, batch 32, fp32, median of 3 runs
+    python benchmarks/train_throughput.py --device cuda --compile --json out.json   # 224 px, batch 64, bf16
+
+A configuration is ``<framework>[_t<T>][_<variant>]``: ``ann``, ``stp_t2``, ``spikingjelly_t1``;
+variants of ours: ``_compiled`` (torch.compile of the model; its compile time, the first steps,
+is reported apart from the steady-state rate) and ``_triton`` (the fused Triton LIF kernels,
+STP_LIF_BACKEND=triton). ``--compile`` adds the compiled rows of ours. The JSON holds
+``settings``, ``results`` and ``ratios``.
 
 SpikingJelly and snnTorch are benchmark-only dependencies (`make bench` installs them).
 """
@@ -22,6 +28,16 @@ import time
 
 CONFIGS = ["ann", "stp_t1", "stp_t2", "stp_t5", "spikingjelly_t1", "spikingjelly_t2", "spikingjelly_t5",
            "snntorch_t1", "snntorch_t2", "snntorch_t5"]
+COMPILED = ["ann_compiled", "stp_t1_compiled", "stp_t2_compiled", "stp_t5_compiled"]
+VARIANTS = ("compiled", "triton")
+
+
+def parse(name: str) -> tuple[str, int, str | None]:
+    """``stp_t2_compiled`` -> ("stp", 2, "compiled")."""
+    parts = name.split("_")
+    variant = parts.pop() if parts[-1] in VARIANTS else None
+    timesteps = int(parts.pop()[1:]) if len(parts) > 1 and parts[-1].startswith("t") else 1
+    return "_".join(parts), timesteps, variant
 
 
 def _rss_kib(field: str) -> int:
@@ -43,9 +59,9 @@ def build(kind: str, timesteps: int, width: float, size: int, classes: int):
 
         return ANN(spec)
     if kind == "stp":
-        from stpcli.spiking.network import SNN
+        from stpcli.spiking.network import SNN, SpikingSettings
 
-        return SNN(spec, timesteps, dropout=0.0)
+        return SNN(spec, timesteps, SpikingSettings(dropout=0.0))
     from stpcli.models.plan import build_plan
 
     plan = build_plan(spec)
@@ -127,8 +143,7 @@ def worker(args) -> dict:
     torch.manual_seed(0)
     device = torch.device(args.device)
     name = args.worker
-    kind, _, steps_text = name.partition("_t")
-    timesteps = int(steps_text) if steps_text else 1
+    kind, timesteps, variant = parse(name)
     before_kib = _rss_kib("VmRSS")
     model = build(kind, timesteps, args.width, args.image_size, 10).to(device)
     channels_last = device.type == "cuda"
@@ -136,7 +151,7 @@ def worker(args) -> dict:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     step_fn = model
-    if args.compile and kind in ("ann", "stp"):
+    if variant == "compiled":
         step_fn = torch.compile(model)
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
     if channels_last:
@@ -152,8 +167,12 @@ def worker(args) -> dict:
         loss.backward()
         optimizer.step()
 
+    first = time.perf_counter()
     for _ in range(args.warmup):
         step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    warmup_s = time.perf_counter() - first  # includes compilation for the compiled variants
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -167,7 +186,8 @@ def worker(args) -> dict:
         peak_mib = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mib = (_rss_kib("VmHWM") - before_kib) / 1024
-    return {"config": name, "images_per_s": args.steps * args.batch_size / seconds, "peak_mib": peak_mib}
+    return {"config": name, "images_per_s": args.steps * args.batch_size / seconds, "peak_mib": peak_mib,
+            "warmup_s": warmup_s}
 
 
 def main() -> None:
@@ -179,8 +199,9 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--warmup", type=int)
-    parser.add_argument("--compile", action="store_true", help="torch.compile our ANN and SNN (CUDA runs)")
+    parser.add_argument("--compile", action="store_true", help="add the torch.compile rows of our ANN and SNN")
     parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--repeats", type=int, help="runs per configuration; the median is kept (CPU: 3)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -190,46 +211,74 @@ def main() -> None:
     args.precision = args.precision or ("bf16" if cuda else "fp32")
     args.steps = args.steps or (30 if cuda else 20)  # CPU readings swing by 15 % at 6 steps
     args.warmup = args.warmup if args.warmup is not None else (10 if cuda else 3)
+    args.repeats = args.repeats or (1 if cuda else 3)
     if args.worker:
         print(json.dumps(worker(args)))
         return
+    names = args.configs.split(",") + (COMPILED if args.compile else [])
     results = []
-    for name in args.configs.split(","):
-        command = [sys.executable, __file__, "--worker", name] + [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-            if k in ("device", "image_size", "batch_size", "precision", "width", "steps", "warmup")]
-        if args.compile:
-            command.append("--compile")
-        run = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ))
-        if run.returncode != 0:
-            tail = (run.stderr.strip().splitlines() or ["?"])[-1]
-            print(f"{name}: failed ({tail})", file=sys.stderr)
-            results.append({"config": name, "images_per_s": None, "peak_mib": None})
+    for name in dict.fromkeys(names):
+        runs = []
+        for _ in range(args.repeats):
+            command = [sys.executable, __file__, "--worker", name] + [
+                f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+                if k in ("device", "image_size", "batch_size", "precision", "width", "steps", "warmup")]
+            environment = dict(os.environ)
+            if parse(name)[2] == "triton":
+                environment["STP_LIF_BACKEND"] = "triton"
+            run = subprocess.run(command, capture_output=True, text=True, env=environment)
+            if run.returncode != 0:
+                tail = (run.stderr.strip().splitlines() or ["?"])[-1]
+                print(f"{name}: failed ({tail})", file=sys.stderr)
+                break
+            runs.append(json.loads(run.stdout.strip().splitlines()[-1]))
+        if not runs:
+            results.append({"config": name, "images_per_s": None, "peak_mib": None, "warmup_s": None})
             continue
-        results.append(json.loads(run.stdout.strip().splitlines()[-1]))
-        print(f"  {name:18s} {results[-1]['images_per_s']:9.1f} img/s  {results[-1]['peak_mib']:9.0f} MiB",
-              file=sys.stderr, flush=True)
+        runs.sort(key=lambda r: r["images_per_s"])
+        median = dict(runs[len(runs) // 2])
+        median["repeats"] = [round(r["images_per_s"], 2) for r in runs]
+        results.append(median)
+        print(f"  {name:20s} {median['images_per_s']:9.1f} img/s  {median['peak_mib']:9.0f} MiB  "
+              f"warm-up {median['warmup_s']:.1f} s", file=sys.stderr, flush=True)
     print(f"\nVGG11 x{args.width}, {args.image_size} px, batch {args.batch_size}, {args.precision}, {args.device}, "
           f"{args.steps} timed steps after {args.warmup} warm-up" + (", torch.compile" if args.compile else ""))
-    print(f"{'config':18s} {'images/s':>10s} {'peak MiB':>10s}")
+    print(f"{'config':20s} {'images/s':>10s} {'peak MiB':>10s} {'warm-up s':>10s}")
     for row in results:
         ips = "failed" if row["images_per_s"] is None else f"{row['images_per_s']:.1f}"
         mem = "-" if row["peak_mib"] is None else f"{row['peak_mib']:.0f}"
-        print(f"{row['config']:18s} {ips:>10s} {mem:>10s}")
-    by = {r["config"]: r for r in results}
-
-    def ratio(a, b, key="images_per_s"):
-        x, y = by.get(a, {}).get(key), by.get(b, {}).get(key)
-        return f"{x / y:.2f}" if x and y else "nan"
-
-    print(f"ratios: snn_t1_vs_ann={ratio('stp_t1', 'ann')} snn_t2_vs_ann={ratio('stp_t2', 'ann')} "
-          f"snn_t1_vs_spikingjelly={ratio('stp_t1', 'spikingjelly_t1')} "
-          f"snn_t2_vs_spikingjelly={ratio('stp_t2', 'spikingjelly_t2')} "
-          f"mem_t2_vs_spikingjelly={ratio('stp_t2', 'spikingjelly_t2', 'peak_mib')}")
+        warm = "-" if row["warmup_s"] is None else f"{row['warmup_s']:.1f}"
+        print(f"{row['config']:20s} {ips:>10s} {mem:>10s} {warm:>10s}")
+    ratios = compute_ratios({r["config"]: r for r in results})
+    print("ratios: " + " ".join(f"{k}={'nan' if v is None else f'{v:.2f}'}" for k, v in ratios.items()))
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"settings": {k: v for k, v in vars(args).items() if k != "worker"}, "results": results}, handle,
-                      indent=2)
+            json.dump({"settings": {k: v for k, v in vars(args).items() if k != "worker"}, "results": results,
+                       "ratios": ratios}, handle, indent=2)
+
+
+def compute_ratios(by: dict) -> dict:
+    """Our best (eager or compiled) SNN against the references, and peak memory at T = 2."""
+    def rate(name, key="images_per_s"):
+        return by.get(name, {}).get(key)
+
+    def best(timesteps):
+        rates = [r for r in (rate(f"stp_t{timesteps}"), rate(f"stp_t{timesteps}_compiled"),
+                             rate(f"stp_t{timesteps}_triton")) if r]
+        return max(rates) if rates else None
+
+    def ratio(a, b):
+        return a / b if a and b else None
+
+    return {
+        "snn_t1_vs_ann": ratio(best(1), rate("ann")),
+        "snn_t2_vs_ann": ratio(best(2), rate("ann")),
+        "snn_t1_vs_spikingjelly": ratio(best(1), rate("spikingjelly_t1")),
+        "snn_t2_vs_spikingjelly": ratio(best(2), rate("spikingjelly_t2")),
+        "snn_t1_vs_ann_compiled": ratio(best(1), rate("ann_compiled")),
+        "snn_t2_vs_ann_compiled": ratio(best(2), rate("ann_compiled")),
+        "mem_t2_vs_spikingjelly": ratio(rate("stp_t2", "peak_mib"), rate("spikingjelly_t2", "peak_mib")),
+    }
 
 
 if __name__ == "__main__":

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+
+# The Triton LIF kernels run on the CPU through Triton's interpreter; triton reads this when it is
+# first imported, so it is set before anything imports it (tests/test_triton_lif.py).
+os.environ.setdefault("TRITON_INTERPRET", "1")
 from pathlib import Path
 
 import numpy as np

@@ -35,6 +35,8 @@ tensor the size of the input current, and nothing is kept per time step by autog
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -156,10 +158,30 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.mul(a, b).sum(dtype=torch.float32)
 
 
+LIF_BACKENDS = ("torch", "triton")
+
+
+def lif_backend() -> str:
+    """``torch`` (the function above; the default and the CPU path) or ``triton`` (the fused kernels of
+    ``triton_lif.py``, CUDA, or the CPU under ``TRITON_INTERPRET=1``), from ``STP_LIF_BACKEND``.
+
+    The Triton kernels pass the parity tests on the CPU interpreter; they become the CUDA default
+    once a GPU run has measured them (benchmarks/gpu_kernels.py)."""
+    name = os.environ.get("STP_LIF_BACKEND", "torch")
+    if name not in LIF_BACKENDS:
+        raise ValueError(f"STP_LIF_BACKEND must be one of {', '.join(LIF_BACKENDS)}, got {name!r}")
+    return name
+
+
 def lif_multistep(current: torch.Tensor, threshold: torch.Tensor, leak: torch.Tensor,
                   gamma: float = SURROGATE_GAMMA, initial: float = INITIAL_MEMBRANE,
                   binary: bool = False) -> torch.Tensor:
     """Spikes [T, ...] for input currents [T, ...]: of amplitude ``threshold``, or 1 when ``binary``."""
+    if lif_backend() == "triton":
+        from stpcli.spiking.triton_lif import TritonLIF, dense_steps
+
+        if dense_steps(current):
+            return TritonLIF.apply(current, threshold, leak, gamma, float(initial), bool(binary))
     return _LIFFunction.apply(current, threshold, leak, gamma, float(initial), bool(binary))
 
 
