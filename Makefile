@@ -1,18 +1,19 @@
 # Two entry points on a fresh clone:
 #   make demo   the whole STP pipeline (and the TP baseline) on the embedded dataset
 #   make test   the test suite
+#   make lint   ruff over the sources, tests and benchmarks
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install bench clean
+.PHONY: demo test lint install bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[test,export]'
+	$(BIN)/pip install -q -e '.[test,export,lint]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,6 +23,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
 
 # Benchmark-only peers (SpikingJelly, snnTorch) are installed here, never at run time.
 bench: $(STAMP)

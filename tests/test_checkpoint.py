@@ -6,9 +6,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from stpcli.checkpoint import FORMAT_VERSION, Checkpoint, check_output_path, load_checkpoint, read_record, save_checkpoint
-from stpcli.files import sha256_file
+from stpcli.checkpoint import (
+    FORMAT_VERSION,
+    Checkpoint,
+    check_output_path,
+    load_checkpoint,
+    read_record,
+    save_checkpoint,
+)
 from stpcli.errors import StpError
+from stpcli.files import sha256_file
 
 
 def sample_record(kind="snn"):

@@ -5,10 +5,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import TINY, run_cli
 
 from stpcli.checkpoint import load_checkpoint
-
-from conftest import TINY, run_cli
 
 
 def as_json(result):

@@ -3,6 +3,8 @@ independent computations."""
 
 import pytest
 import torch
+from test_models import randomise_bn
+from test_neuron import reference_lif
 from torch import nn
 
 from stpcli.models.ann import ANN
@@ -10,9 +12,6 @@ from stpcli.models.registry import make_spec
 from stpcli.spiking.convert import balance_thresholds, snn_from_ann
 from stpcli.spiking.network import SNN, SpikingSettings, drop_per_image
 from stpcli.spiking.neuron import LIF, lif_multistep
-
-from test_models import randomise_bn
-from test_neuron import reference_lif
 
 
 def probe_spec(size=128, channels=16):
@@ -40,9 +39,9 @@ def naive_balance(snn: SNN, x: torch.Tensor, percentile: float, scale: float) ->
     """Rerun the whole network from the input for every neuron layer (O(L^2)), all values, no sampling."""
     thresholds = []
     for _, neuron in snn.neurons():
-        captured = []
+        captured: list[torch.Tensor] = []
 
-        def hook(module, args):
+        def hook(module, args, captured=captured):
             captured.append(args[0].detach().clone())
 
         handle = neuron.register_forward_pre_hook(hook)

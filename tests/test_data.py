@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import CLASSES, make_imagefolder
 from PIL import Image
 
 from stpcli.data import synthetic
@@ -11,8 +12,6 @@ from stpcli.data.pack import read_pack, write_pack
 from stpcli.data.source import load_dataset
 from stpcli.data.split import check_split, stratified_split
 from stpcli.errors import StpError
-
-from conftest import CLASSES, make_imagefolder
 
 
 def test_folder_decodes_png_jpeg_tiff_and_odd_sizes(dataset_dir, tmp_path):

@@ -4,11 +4,10 @@ import shutil
 
 import torch
 import torch.nn.functional as F
+from conftest import TINY, run_cli
 
 from stpcli.checkpoint import load_checkpoint
 from stpcli.engine.train import distillation_loss
-
-from conftest import TINY, run_cli
 
 
 def test_distillation_loss_is_the_weighted_sum_of_ce_and_tempered_kl():

@@ -8,8 +8,7 @@ from stpcli.errors import StpError
 from stpcli.models.ann import ANN, fold_batchnorm
 from stpcli.models.plan import build_plan
 from stpcli.models.registry import ARCHITECTURES, make_spec
-from stpcli.models.surgery import (first_layer_index, index_mapping, rename_layers, with_units,
-                                   without_layers)
+from stpcli.models.surgery import first_layer_index, index_mapping, insert_units, remove_units, with_units, without_layers
 from stpcli.spiking.convert import balance_thresholds, snn_from_ann
 from stpcli.spiking.network import SNN, SpikingSettings
 
@@ -34,7 +33,8 @@ def test_registry_has_the_papers_architectures_and_counts():
     assert {"vgg11", "vgg14", "vgg16", "resnet18"} <= set(ARCHITECTURES)
     convs = {a: sum(1 for e in build_plan(make_spec(a, 10, 64)) if e["type"] == "conv") for a in ("vgg11", "vgg14", "vgg16")}
     assert convs == {"vgg11": 8, "vgg14": 13, "vgg16": 13}
-    fcs = {a: sum(1 for e in build_plan(make_spec(a, 10, 64)) if e["type"] in ("fc", "output")) for a in ("vgg11", "vgg14", "vgg16")}
+    fcs = {a: sum(1 for e in build_plan(make_spec(a, 10, 64)) if e["type"] in ("fc", "output"))
+           for a in ("vgg11", "vgg14", "vgg16")}
     assert fcs == {"vgg11": 3, "vgg14": 1, "vgg16": 3}
     blocks = sum(1 for e in build_plan(make_spec("resnet18", 10, 64)) if e["type"] == "block")
     assert blocks == 8
@@ -62,19 +62,18 @@ def test_add_unit_every_stage_identity_init_and_shapes(arch):
     expected = base(x)
     for stage in range(1, len(spec["depths"]) + 1):
         for count in (1, 2):
-            big_spec = with_units(spec, stage, count)
-            big = ANN(big_spec).eval()
+            big = insert_units(base, stage, count).eval()
             first = first_layer_index(big.plan, stage, count)
             units = [i for i, e in enumerate(big.plan) if e.get("unit")]
             assert units == list(range(first, first + count))
+            assert big.spec["units"] == {"stage": stage, "count": count}
             assert all(big.plan[i]["stage"] == stage and big.plan[i]["in"] == big.plan[i]["out"] for i in units)
-            mapping = index_mapping(len(base.plan), first, count)
-            state = rename_layers(base.state_dict(), dict(enumerate(mapping)))
-            for i in units:
-                big.layers[i].init_identity()
-                state.update({f"layers.{i}.{k}": v for k, v in big.layers[i].state_dict().items()})
-            big.load_state_dict(state)
             torch.testing.assert_close(big(x), expected, rtol=1e-4, atol=1e-4)
+            # and removing them again gives back Na's tensors exactly
+            small, removed_at = remove_units(big, stage, count)
+            assert removed_at == first and small.spec["depths"] == spec["depths"]
+            for key, tensor in base.state_dict().items():
+                assert torch.equal(small.state_dict()[key], tensor), key
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -88,14 +87,12 @@ def test_algorithm2_mapping_every_stage(arch):
         sb = SNN(big_spec, timesteps=2)
         for p in sb.parameters():
             p.data.normal_()  # every tensor distinct
-        small_spec_, first = without_layers(big_spec, stage, count)
-        assert small_spec_["depths"] == spec["depths"] and small_spec_["units"] is None
-        sa = SNN(small_spec_, timesteps=2)
-        mapping = index_mapping(len(sa.plan), first, count)
-        sa.load_state_dict(rename_layers(sb.state_dict(), {j: i for i, j in enumerate(mapping)}))
+        sa, first = remove_units(sb, stage, count)
+        assert sa.spec["depths"] == spec["depths"] and sa.spec["units"] is None
+        assert sa.timesteps == sb.timesteps and sa.settings == sb.settings
         # independent computation: drop the Unit entries from Sb's layer list
         kept = [i for i, e in enumerate(sb.plan) if not e.get("unit")]
-        assert kept == mapping
+        assert kept == index_mapping(len(sa.plan), first, count)
         sb_state = sb.state_dict()
         unit_tensors = [v for k, v in sb_state.items() if int(k.split(".")[1]) in range(first, first + count)]
         for key, tensor in sa.state_dict().items():

@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torchvision
+from conftest import run_cli
 from safetensors.torch import save_file
 
 from stpcli.checkpoint import load_checkpoint
@@ -10,8 +11,6 @@ from stpcli.errors import StpError
 from stpcli.models.ann import ANN
 from stpcli.models.pretrained import load_pretrained
 from stpcli.models.registry import make_spec
-
-from conftest import run_cli
 
 
 @pytest.mark.parametrize("arch,factory", [("vgg11", torchvision.models.vgg11_bn), ("resnet18", torchvision.models.resnet18)])

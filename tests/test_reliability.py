@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY, make_imagefolder, run_cli
 from safetensors.torch import save_file
 
 from stpcli.checkpoint import load_checkpoint
-
-from conftest import TINY, make_imagefolder, run_cli
 
 CPU = ["--device", "cpu"]
 

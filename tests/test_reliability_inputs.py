@@ -15,16 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, make_imagefolder, run_cli
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
+from test_reliability import CPU, refused
 
 from stpcli.checkpoint import load_checkpoint
 from stpcli.data.source import load_dataset
 from stpcli.engine.train import changed_options
-
-from conftest import TINY, make_imagefolder, run_cli
-from test_reliability import CPU, refused
 
 
 def rewrite(source: Path, target: Path, edit=None, tensors_edit=None) -> Path:
@@ -197,6 +196,14 @@ def test_a_recorded_data_path_that_is_gone_is_named_as_recorded(pipeline, tmp_pa
     moved = rewrite(pipeline["na"], tmp_path / "na.safetensors", _set(("data", "path"), str(tmp_path / "gone")))
     result = refused(["add-unit", moved, "--epochs", "0", "--out", out, *CPU], "the recorded data", out)
     assert "--data " + str(tmp_path) not in result.output
+
+
+def test_errors_name_where_a_unit_setting_came_from(pipeline, out):
+    """Values read from the record are not blamed on options the user never passed."""
+    result = refused(["spatial-prune", pipeline["sb_t1"], "--as", "1", "--out", out, *CPU], "removable", out)
+    assert "--as 1 with the recorded M=1" in result.output and "--m" not in result.output
+    result = refused(["spatial-prune", pipeline["sb_t1"], "--m", "3", "--out", out, *CPU], "removable", out)
+    assert "--m 3 at the recorded Unit stage 3" in result.output and "--as" not in result.output
 
 
 def test_info_checks_the_tensors_against_the_recorded_model(pipeline, tmp_path):

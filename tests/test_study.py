@@ -7,11 +7,10 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from stpcli.chain import pipeline_steps
 from stpcli.study import interval, summarise, unit_settings
-
-from conftest import run_cli
 
 PRESET = """device: cpu
 batch-size: 16
@@ -79,8 +78,8 @@ def test_the_makefile_runs_the_chain_stp_pipeline_runs():
     """examples/Makefile and stpcli.chain describe the same files made by the same commands."""
     makefile = (Path(__file__).parents[1] / "examples" / "Makefile").read_text()
     rules = {}
-    for targets, source, recipe in re.findall(r"^(\$\(OUT\)/[^\s:]+(?: \$\(OUT\)/[^\s:]+)*) ?&?: (\$\(OUT\)/\S+)\n\t\$\(call RUN,([\w-]+)\)",
-                                              makefile, re.M):
+    rule = r"^(\$\(OUT\)/[^\s:]+(?: \$\(OUT\)/[^\s:]+)*) ?&?: (\$\(OUT\)/\S+)\n\t\$\(call RUN,([\w-]+)\)"
+    for targets, source, recipe in re.findall(rule, makefile, re.M):
         names = [t.removeprefix("$(OUT)/").removesuffix(".safetensors") for t in targets.split()]
         rules[names[-1]] = (recipe, source.removeprefix("$(OUT)/").removesuffix(".safetensors"), names)
     preset = {"convert": {"timesteps": 5}, "temporal-prune": {"schedule": "3,2,1"}}

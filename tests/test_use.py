@@ -12,7 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from conftest import TINY, run_cli
 from PIL import Image
+from test_models import randomise_bn
 
 from stpcli.checkpoint import load_checkpoint
 from stpcli.engine.evaluate import Scores
@@ -21,9 +23,6 @@ from stpcli.models.registry import make_spec
 from stpcli.spiking.convert import balance_thresholds, snn_from_ann
 from stpcli.spiking.network import SpikingSettings
 from stpcli.stages.common import model_from_checkpoint
-
-from conftest import TINY, run_cli
-from test_models import randomise_bn
 
 
 def as_json(result):

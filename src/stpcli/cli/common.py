@@ -15,8 +15,8 @@ import yaml
 from rich.console import Console
 
 from stpcli.engine.runtime import setup_runtime, shutdown_runtime
-from stpcli.entry import EARLY_SIGNALS
 from stpcli.engine.train import TrainConfig
+from stpcli.entry import EARLY_SIGNALS
 from stpcli.errors import StpError
 from stpcli.files import first_line, release_outputs
 from stpcli.stages.common import DataOptions, Stage, StageIO
@@ -188,10 +188,10 @@ def make_data(values: dict) -> DataOptions:
                        on_bad_image=values.get("on_bad_image", "fail"), cache_dir=values.get("cache_dir"))
 
 
-def make_train_config(values: dict, milestones: list[float]) -> TrainConfig:
+def make_train_config(values: dict) -> TrainConfig:
     return TrainConfig(epochs=values["epochs"], batch_size=values["batch_size"], optimizer=values["optimizer"],
                        lr=values["lr"], momentum=values["momentum"], weight_decay=values["weight_decay"],
-                       schedule=values["lr_schedule"], milestones=milestones, seed=values["seed"],
+                       schedule=values["lr_schedule"], seed=values["seed"],
                        distill_weight=values.get("distill", 0.0),
                        distill_temperature=values.get("distill_temperature", 4.0))
 

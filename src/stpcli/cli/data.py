@@ -8,12 +8,12 @@ from typing import Annotated
 import typer
 
 from stpcli.checkpoint import check_output_path
-from stpcli.files import lock_output
 from stpcli.cli.common import CacheDir, Force, OnBadImage, console, stp_command
-from stpcli.progress import progress_bar
 from stpcli.data.pack import write_pack
 from stpcli.data.source import load_dataset
 from stpcli.errors import StpError
+from stpcli.files import lock_output
+from stpcli.progress import progress_bar
 
 app = typer.Typer(help="Dataset utilities.", no_args_is_help=True)
 

@@ -13,8 +13,20 @@ from rich.table import Table
 
 from stpcli import plots
 from stpcli.checkpoint import load_checkpoint
-from stpcli.cli.common import (AllowDataChange, CacheDir, Data, Device, JsonOutput, OnBadImage, apply_config,
-                               console, make_data, make_stage, option_name, stp_command)
+from stpcli.cli.common import (
+    AllowDataChange,
+    CacheDir,
+    Data,
+    Device,
+    JsonOutput,
+    OnBadImage,
+    apply_config,
+    console,
+    make_data,
+    make_stage,
+    option_name,
+    stp_command,
+)
 from stpcli.errors import StpError
 from stpcli.schema import json_schema
 from stpcli.stages.report import compare, evaluate, info, verify_chain
@@ -238,5 +250,8 @@ def rerun_config(ctx: typer.Context, entry: dict) -> str:
 
 @stp_command(app, "schema")
 def schema_command():
-    """Print the JSON Schema of the checkpoint record and of the data-pack record."""
+    """Print the JSON Schema of the checkpoint record and of the data-pack record.
+
+    Example: stp schema > stp-record.schema.json
+    """
     _print_json(json_schema())

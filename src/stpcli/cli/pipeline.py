@@ -17,10 +17,10 @@ from rich.console import Console
 from stpcli.chain import compared, pipeline_steps
 from stpcli.cli.common import Force, console, make_stage, read_yaml, stp_command
 from stpcli.cli.inspect import comparison_table
+from stpcli.errors import StpError
 from stpcli.files import atomic_write_text
 from stpcli.stages.common import DataOptions
 from stpcli.stages.report import compare
-from stpcli.errors import StpError
 
 app = typer.Typer()
 

@@ -7,16 +7,39 @@ from typing import Annotated
 import typer
 
 from stpcli.checkpoint import load_checkpoint
-from stpcli.cli.common import (AllowDataChange, BatchSize, CacheDir, Compile, Config, Data, Device, Distill,
-                               DistillTemperature, Force, Momentum, OnBadImage, Optimizer, Out, Precision,
-                               Resume, Schedule, Seed, Source, Teacher, WeightDecay, apply_config, make_data,
-                               make_io, make_stage, make_train_config, recorded_options, stp_command)
+from stpcli.cli.common import (
+    AllowDataChange,
+    BatchSize,
+    CacheDir,
+    Compile,
+    Config,
+    Data,
+    Device,
+    Distill,
+    DistillTemperature,
+    Force,
+    Momentum,
+    OnBadImage,
+    Optimizer,
+    Out,
+    Precision,
+    Resume,
+    Schedule,
+    Seed,
+    Source,
+    Teacher,
+    WeightDecay,
+    apply_config,
+    make_data,
+    make_io,
+    make_stage,
+    make_train_config,
+    recorded_options,
+    stp_command,
+)
 from stpcli.spiking.network import SpikingSettings
 from stpcli.stages.ann import add_unit, train_ann
 from stpcli.stages.snn import convert, parse_schedule, spatial_prune, stage_configs, temporal_prune
-
-ANN_MILESTONES = [0.45, 0.7, 0.9]
-SNN_MILESTONES = [0.6, 0.8, 0.9]
 
 app = typer.Typer()
 
@@ -61,7 +84,7 @@ def train_ann_command(
     stage = make_stage("train-ann", values)
     train_ann(stage, arch=values["arch"], width=values["width"], image_size=values["image_size"],
               dropout=values["dropout"], data=make_data(values), train_ratio=values["train_ratio"],
-              val_ratio=values["val_ratio"], config=make_train_config(values, ANN_MILESTONES), io=make_io(values),
+              val_ratio=values["val_ratio"], config=make_train_config(values), io=make_io(values),
               pretrained=values["pretrained"], options=recorded_options(ctx, values))
 
 
@@ -98,7 +121,7 @@ def add_unit_command(
     values = apply_config(ctx, locals(), config)
     stage = make_stage("add-unit", values)
     add_unit(stage, load_checkpoint(values["source"]), unit_stage=values["unit_stage"], count=values["count"],
-             config=make_train_config(values, ANN_MILESTONES), data=make_data(values), io=make_io(values),
+             config=make_train_config(values), data=make_data(values), io=make_io(values),
              options=recorded_options(ctx, values))
 
 
@@ -145,7 +168,7 @@ def convert_command(
     stage = make_stage("convert", values)
     convert(stage, load_checkpoint(values["source"]), timesteps=values["timesteps"],
             percentile=values["percentile"], scale=values["scale"],
-            calibration_images=values["calibration_images"], config=make_train_config(values, SNN_MILESTONES),
+            calibration_images=values["calibration_images"], config=make_train_config(values),
             data=make_data(values), io=make_io(values),
             settings=SpikingSettings(dropout=values["dropout"], conv_dropout=values["conv_dropout"],
                                      initial_membrane=values["initial_membrane"],
@@ -190,7 +213,7 @@ def temporal_prune_command(
     """
     values = apply_config(ctx, locals(), config)
     steps = parse_schedule(values["schedule"])
-    base = make_train_config({**values, "epochs": 1}, SNN_MILESTONES)  # epochs, lr schedule: set per T below
+    base = make_train_config({**values, "epochs": 1})  # epochs and lr schedule: set per T by stage_configs
     configs = stage_configs(base, steps, values["epochs_per_stage"], values["lr_schedule"])
     stage = make_stage("temporal-prune", values)
     temporal_prune(stage, load_checkpoint(values["source"]), schedule=steps, configs=configs,
@@ -234,5 +257,5 @@ def spatial_prune_command(
     values = apply_config(ctx, locals(), config)
     stage = make_stage("spatial-prune", values)
     spatial_prune(stage, load_checkpoint(values["source"]), unit_stage=values["unit_stage"],
-                  count=values["count"], config=make_train_config(values, SNN_MILESTONES), data=make_data(values),
+                  count=values["count"], config=make_train_config(values), data=make_data(values),
                   io=make_io(values), teacher=values["teacher"], options=recorded_options(ctx, values))

@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from stpcli.files import atomic_save_tensors, first_line, now_iso
 from stpcli.errors import StpError
+from stpcli.files import atomic_save_tensors, first_line, now_iso
 from stpcli.schema import PackRecord, validate
 
 PACK_FORMAT = "stp-data-pack"
@@ -108,7 +108,8 @@ def read_pack(path: Path, image_size: int):
         raise StpError(f"{path} is damaged or was edited: its content does not match its content hash")
     if image_size > record["image_size"]:
         raise StpError(
-            f"{path} was packed at {record['image_size']} px; training at {image_size} px needs a pack made with --image-size {image_size} or more"
+            f"{path} was packed at {record['image_size']} px; training at {image_size} px needs a pack made with "
+            f"--image-size {image_size} or more"
         )
     raw = data.numpy().tobytes()
     images = []

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from stpcli.files import atomic_save_tensors, first_line
 from stpcli.data import imagefolder, pack, synthetic
 from stpcli.data.split import PARTS, check_split
 from stpcli.errors import StpError
+from stpcli.files import atomic_save_tensors, first_line
 from stpcli.schema import MAX_IMAGE_SIZE
 
 BUILTIN = "builtin:synthetic"
@@ -83,7 +83,8 @@ def load_dataset(data: str | None, image_size: int, on_bad_image: str = "fail",
         images, labels, names, classes, origin = pack.read_pack(path, image_size)
         source = {"kind": "pack", "path": str(path.resolve()), **{k: origin[k] for k in _RECORDED if k in origin}}
         if origin.get("skipped") and on_bad_image == "fail":
-            raise StpError(f"pack {path} was made without {len(origin['skipped'])} undecodable image(s); pass --on-bad-image skip to accept it")
+            raise StpError(f"pack {path} was made without {len(origin['skipped'])} undecodable image(s); "
+                           "pass --on-bad-image skip to accept it")
         return Dataset(images, labels, names, classes, source, list(origin.get("skipped", [])))
     listing = imagefolder.scan(path)
     source = {"kind": "folder", "path": str(path.resolve()), "fingerprint": listing.fingerprint,

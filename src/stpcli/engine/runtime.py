@@ -58,11 +58,7 @@ class Runtime:
         return tuple(bool(v > 0) for v in value.tolist())
 
 
-_RUNTIME: Runtime | None = None
-
-
 def setup_runtime(device: str = "auto", precision: str = "fp32", compile: bool = False) -> Runtime:
-    global _RUNTIME
     if device not in DEVICES:
         raise StpError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
     if precision not in PRECISIONS:
@@ -83,8 +79,7 @@ def setup_runtime(device: str = "auto", precision: str = "fp32", compile: bool =
         torch.backends.cudnn.allow_tf32 = True
     else:
         torch_device = torch.device("cpu")
-    _RUNTIME = Runtime(torch_device, precision, rank, world_size, compile)
-    return _RUNTIME
+    return Runtime(torch_device, precision, rank, world_size, compile)
 
 
 def shutdown_runtime() -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from stpcli.files import atomic_save_tensors, first_line
 from stpcli.errors import StpError
+from stpcli.files import atomic_save_tensors, first_line
 
 STATE_FORMAT = "stp-training-state"
 

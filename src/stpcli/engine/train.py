@@ -36,6 +36,9 @@ NAN_CHECK_EVERY = 20  # steps between host-side finiteness checks on CUDA
 
 
 MAX_EPOCHS = 100_000
+# the step schedule's milestones (fractions of a stage's epochs), from the reference code (docs/method.md 5)
+ANN_MILESTONES = [0.45, 0.7, 0.9]
+SNN_MILESTONES = [0.6, 0.8, 0.9]
 MAX_BATCH = 1 << 16
 
 
@@ -54,7 +57,7 @@ class TrainConfig:
     momentum: float = field(default=0.9, metadata=_option("--momentum"))
     weight_decay: float = field(default=5e-4, metadata=_option("--weight-decay"))
     schedule: str = field(default="step", metadata=_option("--lr-schedule"))
-    milestones: list[float] = field(default_factory=lambda: [0.45, 0.7, 0.9])  # step schedule: fractions of epochs
+    milestones: list[float] | None = None  # step schedule, fractions of the epochs; None: the model's recipe
     lr_decay: float = 0.2  # step schedule: factor at each milestone
     seed: int = field(default=0, metadata=_option("--seed"))
     distill_weight: float = field(default=0.0, metadata=_option("--distill"))
@@ -85,7 +88,7 @@ class TrainConfig:
         if self.schedule == "cosine":
             return self.lr * 0.5 * (1 + math.cos(math.pi * epoch / max(1, self.epochs)))
         if self.schedule == "step":
-            passed = sum(1 for m in self.milestones if epoch >= round(m * self.epochs))
+            passed = sum(1 for m in self.milestones or ANN_MILESTONES if epoch >= round(m * self.epochs))
             return self.lr * self.lr_decay ** passed
         return self.lr
 
@@ -148,6 +151,29 @@ def make_optimizer(model, config: TrainConfig):
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
+@dataclass
+class _Loop:
+    """What one training run holds across its epochs (the model, optimiser, data on the device)."""
+
+    model: torch.nn.Module
+    train_model: torch.nn.Module  # the model, wrapped for DDP and/or torch.compile
+    optimizer: torch.optim.Optimizer
+    config: TrainConfig
+    runtime: Runtime
+    train: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor]
+    mean: torch.Tensor
+    std: torch.Tensor
+    num_classes: int
+    teacher: torch.nn.Module | None
+    label: str
+    state_path: Path
+    history: list[dict] = field(default_factory=list)
+    best_val: float | None = None
+    best_epoch: int = -1
+    best_state: dict | None = None
+
+
 def fit(model, data: SplitData, config: TrainConfig, runtime: Runtime, *, mean: torch.Tensor,
         std: torch.Tensor, state_path: Path, csv_path: Path | None, run_options: dict,
         resume: bool, console: Console, label: str, teacher: torch.nn.Module | None = None) -> FitResult:
@@ -159,13 +185,34 @@ def fit(model, data: SplitData, config: TrainConfig, runtime: Runtime, *, mean: 
     if config.distill_weight > 0 and teacher is None:
         raise ValueError("distillation needs a teacher model")
     started = time.time()
+    loop = _prepare(model, data, config, runtime, mean, std, teacher, label, state_path)
+    start_epoch = _resume(loop, run_options, console) if resume else 0
+    with _StopRequest() as stop, _progress(console, runtime) as progress:
+        for epoch in range(start_epoch, config.epochs):
+            epoch_start = time.time()
+            lr = config.lr_at(epoch)
+            for group in loop.optimizer.param_groups:
+                group["lr"] = lr
+            train_loss, train_acc = train_one_epoch(loop, epoch, stop, progress)
+            validation, spike_rate = _validate(model, *loop.val, loop.num_classes, loop.mean, loop.std, runtime)
+            row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
+                   "val_acc": validation.overall_accuracy, "val_loss": validation.loss,
+                   **({"spike_rate": spike_rate} if spike_rate is not None else {}),
+                   "seconds": round(time.time() - epoch_start, 2)}
+            _end_of_epoch(loop, row, run_options, csv_path, console)
+    if loop.best_state is not None:
+        model.load_state_dict(loop.best_state)
+    return FitResult(loop.best_val, loop.best_epoch, loop.history, time.time() - started)
+
+
+def _prepare(model, data: SplitData, config: TrainConfig, runtime: Runtime, mean, std, teacher, label,
+             state_path) -> _Loop:
+    """The data on the device, the model in its training layout, the optimiser, DDP and compilation."""
     device = runtime.device
-    train_x, train_y = (t.to(device) for t in data.part("train"))
-    val_x, val_y = (t.to(device) for t in data.part("val"))
-    if val_x.shape[0] == 0:
-        val_x, val_y = train_x, train_y  # no validation part: select on training accuracy
-    num_classes = len(data.dataset.classes)
-    mean, std = mean.to(device), std.to(device)
+    train = tuple(t.to(device) for t in data.part("train"))
+    val = tuple(t.to(device) for t in data.part("val"))
+    if val[0].shape[0] == 0:
+        val = train  # no validation part: select on training accuracy
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
@@ -180,99 +227,91 @@ def fit(model, data: SplitData, config: TrainConfig, runtime: Runtime, *, mean: 
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if runtime.compile:
         train_model = torch.compile(train_model)
+    return _Loop(model, train_model, optimizer, config, runtime, train, val, mean.to(device), std.to(device),
+                 len(data.dataset.classes), teacher, label, state_path)
 
-    start_epoch, history, best_val, best_epoch, best_state = 0, [], None, -1, None
-    if resume:
-        if not state_path.exists():
-            raise StpError(f"--resume: no training state {state_path} to resume from")
-        changed = changed_options(read_state_record(state_path).get("options", {}), run_options)
-        if changed:
-            raise StpError(f"--resume: {', '.join(changed)} differ(s) from the interrupted run's; rerun with the "
-                           "same values (only --lr may change), or drop --resume and pass --force to start over")
-        meta, best_state = load_state(state_path, model, optimizer)
-        start_epoch, history = meta["epoch"], meta["history"]
-        best_val, best_epoch = meta["best_val"], meta["best_epoch"]
-        console.print(f"[{label}] resuming from {state_path} after epoch {start_epoch}", markup=False)
 
-    with _StopRequest() as stop, _progress(console, runtime) as progress:
-        for epoch in range(start_epoch, config.epochs):
-            lr = config.lr_at(epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            epoch_start = time.time()
-            generator = epoch_generator(config.seed, epoch, device)
-            steps = max(1, train_x.shape[0] // config.batch_size)
-            task = progress.add_task(f"{label} epoch {epoch + 1}/{config.epochs}", total=steps)
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), dtype=torch.int64, device=device)
-            seen = 0
-            train_model.train()
-            for step, (x, y) in enumerate(iterate_batches(
-                    train_x, train_y, config.batch_size, mean, std, generator=generator, train=True,
-                    rank=runtime.rank, world_size=runtime.world_size)):
-                if device.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with runtime.autocast():
-                    logits = train_model(x)
-                    if config.distill_weight > 0:
-                        with torch.no_grad():
-                            teacher_logits = teacher(x).float()
-                        loss = distillation_loss(logits.float(), teacher_logits, y, config.distill_weight,
-                                                 config.distill_temperature)
-                    else:
-                        loss = F.cross_entropy(logits.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                model.after_step()
-                loss_sum += loss.detach() * y.shape[0]
-                correct += (logits.argmax(1) == y).sum()
-                seen += y.shape[0]
-                progress.advance(task)
-                # one collective per step under DDP: finiteness (every step on CPU, every
-                # NAN_CHECK_EVERY on CUDA, where it syncs the host) and stop requests together
-                check = device.type == "cpu" or step % NAN_CHECK_EVERY == 0
-                bad, stopping = runtime.any_rank(check and not _finite(loss), stop.signal_name is not None)
-                if bad:
-                    raise _non_finite(label, epoch, step, state_path, history)
-                if stopping:
-                    raise Interrupted(_interrupt_message(stop.signal_name, label, epoch, history, state_path))
-            progress.remove_task(task)
-            if runtime.any_rank(not _finite(loss_sum))[0]:
-                raise _non_finite(label, epoch, steps, state_path, history)
-            totals = torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(seen), device=device)])
-            runtime.all_reduce_sum(totals)
-            validation, spike_rate = _validate(model, val_x, val_y, num_classes, mean, std, runtime)
-            val_acc = validation.overall_accuracy
-            row = {
-                "epoch": epoch + 1,
-                "lr": lr,
-                "train_loss": float(totals[0] / totals[2]),
-                "train_acc": float(100 * totals[1] / totals[2]),
-                "val_acc": val_acc,
-                "val_loss": validation.loss,
-                **({"spike_rate": spike_rate} if spike_rate is not None else {}),
-                "seconds": round(time.time() - epoch_start, 2),
-            }
-            history.append(row)
-            if best_val is None or val_acc > best_val:
-                best_val, best_epoch = val_acc, epoch + 1
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            if runtime.is_main:
-                console.print(
-                    f"[{label}] epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  "
-                    f"train {row['train_acc']:.2f}%  val {val_acc:.2f}%  lr {lr:.3g}  {row['seconds']:.1f}s",
-                    markup=False, highlight=False, soft_wrap=True)
-                record = {"epoch": epoch + 1, "history": history, "best_val": best_val,
-                          "best_epoch": best_epoch, "options": run_options}
-                save_state(state_path, model, optimizer, record, best_state)
-                if csv_path is not None:
-                    _write_csv(csv_path, history)
-            runtime.barrier()
+def _resume(loop: _Loop, run_options: dict, console: Console) -> int:
+    """Restore model, optimiser, history and best-so-far from the state file; the epoch to start at."""
+    if not loop.state_path.exists():
+        raise StpError(f"--resume: no training state {loop.state_path} to resume from")
+    changed = changed_options(read_state_record(loop.state_path).get("options", {}), run_options)
+    if changed:
+        raise StpError(f"--resume: {', '.join(changed)} differ(s) from the interrupted run's; rerun with the "
+                       "same values (only --lr may change), or drop --resume and pass --force to start over")
+    meta, loop.best_state = load_state(loop.state_path, loop.model, loop.optimizer)
+    loop.history, loop.best_val, loop.best_epoch = meta["history"], meta["best_val"], meta["best_epoch"]
+    console.print(f"[{loop.label}] resuming from {loop.state_path} after epoch {meta['epoch']}", markup=False)
+    return meta["epoch"]
 
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return FitResult(best_val, best_epoch, history, time.time() - started)
+
+def train_one_epoch(loop: _Loop, epoch: int, stop: _StopRequest, progress) -> tuple[float, float]:
+    """One pass over the training part (shuffled and augmented from (seed, epoch)); returns the mean
+    loss and accuracy over every rank's images. Stops on a non-finite loss or a stop request."""
+    config, runtime, device = loop.config, loop.runtime, loop.runtime.device
+    train_x, train_y = loop.train
+    generator = epoch_generator(config.seed, epoch, device)
+    steps = max(1, train_x.shape[0] // config.batch_size)
+    task = progress.add_task(f"{loop.label} epoch {epoch + 1}/{config.epochs}", total=steps)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    loop.train_model.train()
+    for step, (x, y) in enumerate(iterate_batches(
+            train_x, train_y, config.batch_size, loop.mean, loop.std, generator=generator, train=True,
+            rank=runtime.rank, world_size=runtime.world_size)):
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with runtime.autocast():
+            logits = loop.train_model(x)
+            if config.distill_weight > 0:
+                with torch.no_grad():
+                    teacher_logits = loop.teacher(x).float()
+                loss = distillation_loss(logits.float(), teacher_logits, y, config.distill_weight,
+                                         config.distill_temperature)
+            else:
+                loss = F.cross_entropy(logits.float(), y)
+        loop.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        loop.optimizer.step()
+        loop.model.after_step()
+        loss_sum += loss.detach() * y.shape[0]
+        correct += (logits.argmax(1) == y).sum()
+        seen += y.shape[0]
+        progress.advance(task)
+        # one collective per step under DDP: finiteness (every step on CPU, every
+        # NAN_CHECK_EVERY on CUDA, where it syncs the host) and stop requests together
+        check = device.type == "cpu" or step % NAN_CHECK_EVERY == 0
+        bad, stopping = runtime.any_rank(check and not _finite(loss), stop.signal_name is not None)
+        if bad:
+            raise _non_finite(loop.label, epoch, step, loop.state_path, loop.history)
+        if stopping:
+            raise Interrupted(_interrupt_message(stop.signal_name, loop.label, epoch, loop.history, loop.state_path))
+    progress.remove_task(task)
+    if runtime.any_rank(not _finite(loss_sum))[0]:
+        raise _non_finite(loop.label, epoch, steps, loop.state_path, loop.history)
+    totals = torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(seen), device=device)])
+    runtime.all_reduce_sum(totals)
+    return float(totals[0] / totals[2]), float(100 * totals[1] / totals[2])
+
+
+def _end_of_epoch(loop: _Loop, row: dict, run_options: dict, csv_path: Path | None, console: Console) -> None:
+    """Keep the best weights so far; rank 0 prints the epoch, writes the state file and the CSV."""
+    loop.history.append(row)
+    if loop.best_val is None or row["val_acc"] > loop.best_val:
+        loop.best_val, loop.best_epoch = row["val_acc"], row["epoch"]
+        loop.best_state = {k: v.detach().to("cpu", copy=True) for k, v in loop.model.state_dict().items()}
+    if loop.runtime.is_main:
+        console.print(
+            f"[{loop.label}] epoch {row['epoch']}/{loop.config.epochs}  loss {row['train_loss']:.4f}  "
+            f"train {row['train_acc']:.2f}%  val {row['val_acc']:.2f}%  lr {row['lr']:.3g}  {row['seconds']:.1f}s",
+            markup=False, highlight=False, soft_wrap=True)
+        record = {"epoch": row["epoch"], "history": loop.history, "best_val": loop.best_val,
+                  "best_epoch": loop.best_epoch, "options": run_options}
+        save_state(loop.state_path, loop.model, loop.optimizer, record, loop.best_state)
+        if csv_path is not None:
+            _write_csv(csv_path, loop.history)
+    loop.runtime.barrier()
 
 
 def _validate(model, images, labels, num_classes, mean, std, runtime) -> tuple[Scores, float | None]:

@@ -151,5 +151,9 @@ class ANN(nn.Module):
             x = layer(x)
         return x
 
+    def rebuilt(self, spec: dict) -> ANN:
+        """A fresh ANN of another spec (Unit surgery)."""
+        return ANN(spec)
+
     def after_step(self) -> None:
         """Hook called after each optimiser step (the SNN clamps leaks here)."""

@@ -78,6 +78,3 @@ def make_spec(arch: str, num_classes: int, image_size: int, width: float = 1.0, 
         "units": None,
     }
 
-
-def num_stages(spec: dict) -> int:
-    return len(spec["depths"])

@@ -83,6 +83,31 @@ def index_mapping(num_small: int, first_unit: int, count: int) -> list[int]:
     return [i if i < first_unit else i + count for i in range(num_small)]
 
 
+def insert_units(base, stage: int, count: int):
+    """Nb = Add_Unit(AS, M, Na): the model with ``count`` identity-initialised Units appended to
+    stage ``stage``, every other layer's tensors copied from ``base`` by Algorithm 2's mapping.
+    Without training it computes what ``base`` computes."""
+    model = base.rebuilt(with_units(base.spec, stage, count))
+    first = first_layer_index(model.plan, stage, count)
+    mapping = index_mapping(len(base.plan), first, count)
+    state = rename_layers(base.state_dict(), dict(enumerate(mapping)))
+    for index in range(first, first + count):
+        model.layers[index].init_identity()
+        state.update({f"layers.{index}.{k}": v for k, v in model.layers[index].state_dict().items()})
+    model.load_state_dict(state)
+    return model
+
+
+def remove_units(model, stage: int, count: int, named: str | None = None):
+    """Algorithm 2: the model without the trailing ``count`` layers of stage ``stage``; every other
+    layer (weights, bias, threshold, leak) copied by the index mapping. Returns (model, AS)."""
+    spec, first = without_layers(model.spec, stage, count, named)
+    small = model.rebuilt(spec)
+    mapping = index_mapping(len(small.plan), first, count)
+    small.load_state_dict(rename_layers(model.state_dict(), {large: i for i, large in enumerate(mapping)}))
+    return small, first
+
+
 def rename_layers(state: dict[str, torch.Tensor], rename: dict[int, int]) -> dict[str, torch.Tensor]:
     """Copy tensors ``layers.<old>.*`` to ``layers.<new>.*`` for each old -> new in ``rename``.
 

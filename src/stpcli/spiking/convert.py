@@ -1,4 +1,4 @@
-"""ANN -> SNN conversion (method.md section 4): BN folding and threshold balancing.
+"""ANN -> SNN conversion (docs/method.md section 4): BN folding and threshold balancing.
 
 Threshold balancing walks the network once, layer by layer (O(L) layer
 evaluations): the calibration batch's activations at the current depth are kept
@@ -144,9 +144,9 @@ def balance_thresholds(snn: SNN, images: torch.Tensor, percentile: float, scale:
             pending.append(layer)
             continue
 
-        def inputs(layer_index=index):
-            for x in current_depth:
-                for stateless in pending:
+        def inputs(layer_index=index, depth=current_depth, stateless_layers=tuple(pending)):
+            for x in depth:
+                for stateless in stateless_layers:
                     x = stateless(x, steps)
                 yield x, layer_index == 0
 

@@ -1,4 +1,4 @@
-"""Spike statistics and the energy model of method.md section 6 (Horowitz, 45 nm).
+"""Spike statistics and the energy model of docs/method.md section 6 (Horowitz, 45 nm).
 
 E_ANN = 4.6 pJ x sum_l MACs_l
 E_SNN = 4.6 pJ x MACs_1 x T + 0.9 pJ x sum_{l>=2} MACs_l x r_{l-1}

@@ -186,6 +186,10 @@ class SNN(nn.Module):
             x = layer(x, self.timesteps, static=(i == 0))
         return x
 
+    def rebuilt(self, spec: dict) -> SNN:
+        """A fresh SNN of another spec with this one's T and neuron settings (Unit surgery)."""
+        return SNN(spec, self.timesteps, self.settings)
+
     def neurons(self) -> list[tuple[str, LIF]]:
         return [(name, m) for name, m in self.named_modules() if isinstance(m, LIF)]
 

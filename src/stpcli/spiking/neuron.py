@@ -1,4 +1,4 @@
-"""The LIF neuron of DIET-SNN / TP (method.md section 3), as one fused autograd function.
+"""The LIF neuron of DIET-SNN / TP (docs/method.md section 3), as one fused autograd function.
 
 For a layer with threshold V and leak lambda, at t = 1..T:
 

@@ -14,9 +14,18 @@ from stpcli.errors import StpError
 from stpcli.models.ann import ANN
 from stpcli.models.pretrained import load_pretrained
 from stpcli.models.registry import make_spec
-from stpcli.models.surgery import first_layer_index, index_mapping, rename_layers, with_units
-from stpcli.stages.common import (DataOptions, Stage, StageIO, child_record, load_stage_data,
-                                  model_from_checkpoint, require_kind, split_accuracy, train_and_finish)
+from stpcli.models.surgery import first_layer_index, insert_units, with_units
+from stpcli.stages.common import (
+    DataOptions,
+    Stage,
+    StageIO,
+    child_record,
+    load_stage_data,
+    model_from_checkpoint,
+    require_kind,
+    split_accuracy,
+    train_and_finish,
+)
 
 
 def train_ann(stage: Stage, *, arch: str, width: float, image_size: int, dropout: float,
@@ -65,18 +74,13 @@ def add_unit(stage: Stage, source: Checkpoint, *, unit_stage: int, count: int, c
     """Nb = Add_Unit(AS, M, Na): identity-initialised Units, then fine-tuning for ``config.epochs``."""
     config.check()
     require_kind(source, "add-unit", "ann")
-    spec = with_units(source.model_spec, unit_stage, count)
+    with_units(source.model_spec, unit_stage, count)  # --as/--m checked before anything is read
     io.check(will_train=config.epochs > 0, inputs=(source.path,))
     base = model_from_checkpoint(source)
     torch.manual_seed(config.seed)
-    model = ANN(spec)
+    model = insert_units(base, unit_stage, count)
+    spec = model.spec
     first = first_layer_index(model.plan, unit_stage, count)
-    mapping = index_mapping(len(base.plan), first, count)
-    state = rename_layers(base.state_dict(), {i: j for i, j in enumerate(mapping)})
-    for index in range(first, first + count):
-        model.layers[index].init_identity()
-        state.update({f"layers.{index}.{k}": v for k, v in model.layers[index].state_dict().items()})
-    model.load_state_dict(state)
     record = child_record(source, kind="ann", model=spec)
     data_parts = load_stage_data(stage, source, data)
     before = split_accuracy(model, data_parts, "test", record, stage.runtime)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -10,15 +10,16 @@ from rich.console import Console
 
 from stpcli import plots
 from stpcli.checkpoint import Checkpoint, StageEntry, check_output_path, load_checkpoint, save_checkpoint
-from stpcli.progress import progress_bar
-from stpcli.files import first_line, lock_output, remove_leftovers, sha256_file
 from stpcli.data.source import SplitData, load_recorded_data
 from stpcli.engine.evaluate import accuracy
 from stpcli.engine.runtime import Runtime
 from stpcli.engine.state import state_path_for
-from stpcli.engine.train import FitResult, TrainConfig, config_dict, fit
+from stpcli.engine.train import ANN_MILESTONES, SNN_MILESTONES, FitResult, TrainConfig, config_dict, fit
 from stpcli.errors import StpError
+from stpcli.files import first_line, lock_output, remove_leftovers, sha256_file
 from stpcli.models.ann import ANN
+from stpcli.progress import progress_bar
+from stpcli.schema import MAX_TIMESTEPS
 from stpcli.spiking.network import SNN, SpikingSettings
 
 
@@ -186,6 +187,8 @@ def resolve_teacher(student: Checkpoint, teacher_path: Path | None, config: Trai
 def train_stage(stage: Stage, model, data: SplitData, config: TrainConfig, record: dict,
                 io: StageIO, extra_options: dict, teacher: Teacher | None = None) -> FitResult:
     mean, std = input_stats(record)
+    if config.milestones is None:  # the recipe of the model being trained
+        config = replace(config, milestones=SNN_MILESTONES if isinstance(model, SNN) else ANN_MILESTONES)
     run_options = {"stage": stage.name, "train": config_dict(config), **extra_options}
     if teacher is not None:
         run_options["teacher"] = teacher.sha256
@@ -244,6 +247,11 @@ def finish_stage(stage: Stage, model, record: dict, entry: StageEntry, io: Stage
     if not stage.runtime.is_main:
         ckpt.path, ckpt.sha256 = io.out, sha256_file(io.out)
     return ckpt
+
+
+def check_timesteps(timesteps: int) -> None:
+    if not 1 <= timesteps <= MAX_TIMESTEPS:
+        raise StpError(f"--timesteps must lie in 1..{MAX_TIMESTEPS}, got {timesteps}")
 
 
 def require_kind(ckpt: Checkpoint, command: str, expected: str) -> None:

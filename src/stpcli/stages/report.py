@@ -5,15 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from stpcli.checkpoint import Checkpoint, load_checkpoint, read_record
-from stpcli.files import sha256_file
 from stpcli.data.source import SplitData
 from stpcli.engine.evaluate import accuracy_report
 from stpcli.errors import StpError
+from stpcli.files import sha256_file
 from stpcli.models.plan import build_plan, describe, synaptic_layers
 from stpcli.spiking.energy import ann_energy, counting_spikes, mean_spikes_per_neuron, snn_energy
-from stpcli.schema import MAX_TIMESTEPS
-from stpcli.stages.common import (DataOptions, Stage, check_tensors_match_model, input_stats, load_stage_data,
-                                  model_from_checkpoint)
+from stpcli.stages.common import (
+    DataOptions,
+    Stage,
+    check_tensors_match_model,
+    check_timesteps,
+    input_stats,
+    load_stage_data,
+    model_from_checkpoint,
+)
 
 
 def evaluate(stage: Stage, ckpt: Checkpoint, data: DataOptions, timesteps: int | None = None,
@@ -21,8 +27,8 @@ def evaluate(stage: Stage, ckpt: Checkpoint, data: DataOptions, timesteps: int |
     """``parts``: the checkpoint's data and split when the caller has already loaded them."""
     if timesteps is not None and ckpt.kind != "snn":
         raise StpError("--timesteps applies to SNN checkpoints only")
-    if timesteps is not None and not 1 <= timesteps <= MAX_TIMESTEPS:
-        raise StpError(f"--timesteps must lie in 1..{MAX_TIMESTEPS}, got {timesteps}")
+    if timesteps is not None:
+        check_timesteps(timesteps)
     if batch_size <= 0:
         raise StpError(f"--batch-size must be positive, got {batch_size}")
     if parts is None:

@@ -12,23 +12,29 @@ import torch
 from stpcli.checkpoint import Checkpoint, load_checkpoint
 from stpcli.engine.train import TrainConfig
 from stpcli.errors import StpError
+from stpcli.models.surgery import remove_units, without_layers
 from stpcli.schema import MAX_TIMESTEPS
-from stpcli.models.surgery import index_mapping, rename_layers, without_layers
 from stpcli.spiking.convert import balance_thresholds, snn_from_ann
-from stpcli.spiking.network import SNN, SPIKE_AMPLITUDES, SpikingSettings
-from stpcli.stages.common import (DataOptions, Stage, StageIO, child_record, input_stats, load_stage_data,
-                                  model_from_checkpoint, require_kind, resolve_teacher,
-                                  split_accuracy, train_and_finish)
-
-
-def check_timesteps(timesteps: int) -> None:
-    if not 1 <= timesteps <= MAX_TIMESTEPS:
-        raise StpError(f"--timesteps must lie in 1..{MAX_TIMESTEPS}, got {timesteps}")
+from stpcli.spiking.network import SPIKE_AMPLITUDES, SpikingSettings
+from stpcli.stages.common import (
+    DataOptions,
+    Stage,
+    StageIO,
+    check_timesteps,
+    child_record,
+    input_stats,
+    load_stage_data,
+    model_from_checkpoint,
+    require_kind,
+    resolve_teacher,
+    split_accuracy,
+    train_and_finish,
+)
 
 
 def convert(stage: Stage, source: Checkpoint, *, timesteps: int, percentile: float, scale: float,
             calibration_images: int, config: TrainConfig, data: DataOptions, io: StageIO,
-            settings: SpikingSettings = SpikingSettings(), teacher: Path | None = None,
+            settings: SpikingSettings | None = None, teacher: Path | None = None,
             options: dict | None = None) -> Checkpoint:
     """Sb: BN folded, ReLU -> LIF, thresholds balanced layer by layer, then hybrid training at T."""
     require_kind(source, "convert", "ann")
@@ -40,6 +46,7 @@ def convert(stage: Stage, source: Checkpoint, *, timesteps: int, percentile: flo
         raise StpError(f"--scale must be positive, got {scale}")
     if calibration_images <= 0:
         raise StpError(f"--calibration-images must be positive, got {calibration_images}")
+    settings = settings or SpikingSettings()
     check_settings(settings)
     io.check(will_train=config.epochs > 0, inputs=(source.path, teacher))
     distil_from = resolve_teacher(source, teacher, config)
@@ -207,17 +214,19 @@ def spatial_prune(stage: Stage, source: Checkpoint, *, unit_stage: int | None, c
     if unit_stage is None or count is None:
         if not units:
             raise StpError(f"{source.path} has no Units recorded; pass --as and --m to name the layers to remove")
-        named = ("the recorded Units" if unit_stage is None and count is None else
-                 "--as/--m with the recorded Units") + f" (stage {units['stage']}, M={units['count']})"
+        if unit_stage is None and count is None:
+            named = f"the recorded Units (stage {units['stage']}, M={units['count']})"
+        elif unit_stage is None:
+            named = f"--m {count} at the recorded Unit stage {units['stage']}"
+        else:
+            named = f"--as {unit_stage} with the recorded M={units['count']}"
         unit_stage = units["stage"] if unit_stage is None else unit_stage
         count = units["count"] if count is None else count
-    spec, first = without_layers(source.model_spec, unit_stage, count, named)
+    without_layers(source.model_spec, unit_stage, count, named)  # checked before anything is read
     io.check(will_train=config.epochs > 0, inputs=(source.path, teacher))
     distil_from = resolve_teacher(source, teacher, config)
-    big = model_from_checkpoint(source)
-    small = SNN(spec, source.timesteps, SpikingSettings.from_record(source.record.get("snn")))
-    mapping = index_mapping(len(small.plan), first, count)
-    small.load_state_dict(rename_layers(big.state_dict(), {large: i for i, large in enumerate(mapping)}))
+    small, first = remove_units(model_from_checkpoint(source), unit_stage, count, named)
+    spec = small.spec
     record = child_record(source, model=spec)
     parts = load_stage_data(stage, source, data)
     before = split_accuracy(small, parts, "test", record, stage.runtime)
