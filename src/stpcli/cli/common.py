@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import difflib
 import functools
+import inspect
 import shlex
 import signal
 import sys
+import typing
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -196,6 +198,34 @@ def make_train_config(values: dict) -> TrainConfig:
                        distill_temperature=values.get("distill_temperature", 4.0))
 
 
+def with_options(*groups: list[tuple[str, Any, Any]]):
+    """Append shared options (name, Annotated type, default) to a command's signature.
+
+    Typer has no option groups; this keeps each shared option declared once (the groups below)
+    instead of in every command. The command receives them in ``**options``; ``resolve`` merges
+    them with its own parameters and the ``--config`` preset.
+    """
+    def decorate(function):
+        signature = inspect.signature(function)
+        hints = typing.get_type_hints(function, include_extras=True)  # the real Annotated types, not strings
+        own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values()
+               if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+                 for group in groups for name, annotation, default in group]
+        function.__signature__ = signature.replace(parameters=own + extra)
+        function.__annotations__.update({name: annotation for group in groups for name, annotation, _ in group})
+        return function
+
+    return decorate
+
+
+def resolve(ctx: typer.Context, local_values: dict[str, Any]) -> dict[str, Any]:
+    """A command's parameters and shared options, filled from ``--config`` where not given."""
+    values = {k: v for k, v in local_values.items() if k not in ("ctx", "options")}
+    values.update(local_values.get("options", {}))
+    return apply_config(ctx, values, values.get("config"))
+
+
 # Option types shared by the commands (one definition each).
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output checkpoint (.safetensors).")]
 Force = Annotated[bool, typer.Option("--force", metavar="", help="Overwrite an existing output / start over.")]
@@ -219,3 +249,23 @@ Distill = Annotated[float, typer.Option("--distill", help="Loss weight of matchi
 DistillTemperature = Annotated[float, typer.Option("--distill-temperature", help="Softmax temperature for --distill.")]
 Teacher = Annotated[Path | None, typer.Option("--teacher", help="Checkpoint to distil from (default: the ANN this SNN was converted from).")]
 JsonOutput = Annotated[bool, typer.Option("--json", metavar="", help="Print JSON instead of tables.")]
+Lr = Annotated[float, typer.Option("--lr", help="Learning rate (the schedule's peak).")]
+
+
+def training_options(*, lr: float, optimizer: str, weight_decay: float, lr_schedule: str,
+                     distill: bool = False) -> list[tuple[str, Any, Any]]:
+    """The options of every training command, with the command's recipe defaults."""
+    group = [("batch_size", BatchSize, 64), ("lr", Lr, lr), ("optimizer", Optimizer, optimizer),
+             ("momentum", Momentum, 0.9), ("weight_decay", WeightDecay, weight_decay),
+             ("lr_schedule", Schedule, lr_schedule)]
+    if distill:
+        group += [("distill", Distill, 0.0), ("distill_temperature", DistillTemperature, 4.0), ("teacher", Teacher, None)]
+    return group + [("seed", Seed, 0)]
+
+
+RECORDED_DATA = [("data", Data, None), ("allow_data_change", AllowDataChange, False), ("on_bad_image", OnBadImage, "fail"),
+                 ("cache_dir", CacheDir, None)]
+RUN_OPTIONS = [("device", Device, "auto"), ("precision", Precision, "fp32"), ("compile", Compile, False),
+               ("force", Force, False), ("resume", Resume, False), ("config", Config, None)]
+ANN_TRAINING = training_options(lr=0.01, optimizer="sgd", weight_decay=5e-4, lr_schedule="cosine")
+SNN_TRAINING = training_options(lr=1e-4, optimizer="adam", weight_decay=0.0, lr_schedule="step", distill=True)

@@ -1,4 +1,8 @@
-"""The pipeline commands: train-ann, add-unit, convert, temporal-prune, spatial-prune."""
+"""The pipeline commands: train-ann, add-unit, convert, temporal-prune, spatial-prune.
+
+Each declares its own options; the options every training command shares come from the groups in
+``cli/common.py`` (``with_options``), with each command's recipe defaults.
+"""
 
 from __future__ import annotations
 
@@ -8,34 +12,23 @@ import typer
 
 from stpcli.checkpoint import load_checkpoint
 from stpcli.cli.common import (
-    AllowDataChange,
-    BatchSize,
+    ANN_TRAINING,
+    RECORDED_DATA,
+    RUN_OPTIONS,
+    SNN_TRAINING,
     CacheDir,
-    Compile,
-    Config,
-    Data,
-    Device,
-    Distill,
-    DistillTemperature,
-    Force,
-    Momentum,
     OnBadImage,
-    Optimizer,
     Out,
-    Precision,
-    Resume,
-    Schedule,
-    Seed,
     Source,
-    Teacher,
-    WeightDecay,
-    apply_config,
     make_data,
     make_io,
     make_stage,
     make_train_config,
     recorded_options,
+    resolve,
     stp_command,
+    training_options,
+    with_options,
 )
 from stpcli.spiking.network import SpikingSettings
 from stpcli.stages.ann import add_unit, train_ann
@@ -48,6 +41,8 @@ UnitCount = Annotated[int | None, typer.Option("--m", help="Number of Units (lay
 
 
 @stp_command(app, "train-ann")
+@with_options(training_options(lr=0.05, optimizer="sgd", weight_decay=5e-4, lr_schedule="cosine"),
+              [("on_bad_image", OnBadImage, "fail"), ("cache_dir", CacheDir, None)], RUN_OPTIONS)
 def train_ann_command(
     ctx: typer.Context,
     out: Out,
@@ -58,29 +53,15 @@ def train_ann_command(
     train_ratio: Annotated[float, typer.Option("--train-ratio", help="Training share of each class.")] = 0.8,
     val_ratio: Annotated[float, typer.Option("--val-ratio", help="Share of the training part kept for validation.")] = 0.1,
     epochs: Annotated[int, typer.Option("--epochs")] = 30,
-    batch_size: BatchSize = 64,
-    lr: Annotated[float, typer.Option("--lr")] = 0.05,
-    optimizer: Optimizer = "sgd",
-    momentum: Momentum = 0.9,
-    weight_decay: WeightDecay = 5e-4,
-    lr_schedule: Schedule = "cosine",
     dropout: Annotated[float, typer.Option("--dropout", help="Dropout in the classifier.")] = 0.5,
     pretrained: Annotated[str | None, typer.Option("--pretrained", help="Local torchvision ImageNet weights.")] = None,
-    seed: Seed = 0,
-    on_bad_image: OnBadImage = "fail",
-    cache_dir: CacheDir = None,
-    device: Device = "auto",
-    precision: Precision = "fp32",
-    compile: Compile = False,
-    force: Force = False,
-    resume: Resume = False,
-    config: Config = None,
+    **options,
 ):
     """Train the base ANN (Na).
 
     Example: stp train-ann --arch vgg11 --width 0.5 --image-size 64 --data ucm16/ --epochs 60 --out na.safetensors
     """
-    values = apply_config(ctx, locals(), config)
+    values = resolve(ctx, locals())
     stage = make_stage("train-ann", values)
     train_ann(stage, arch=values["arch"], width=values["width"], image_size=values["image_size"],
               dropout=values["dropout"], data=make_data(values), train_ratio=values["train_ratio"],
@@ -89,6 +70,7 @@ def train_ann_command(
 
 
 @stp_command(app, "add-unit")
+@with_options(ANN_TRAINING, RECORDED_DATA, RUN_OPTIONS)
 def add_unit_command(
     ctx: typer.Context,
     source: Source,
@@ -96,29 +78,13 @@ def add_unit_command(
     unit_stage: Annotated[int, typer.Option("--as", help="Stage that receives the Units (1-based).")] = 5,
     count: Annotated[int, typer.Option("--m", help="Number of Units to add.")] = 1,
     epochs: Annotated[int, typer.Option("--epochs", help="Fine-tuning epochs for Nb (0: none).")] = 10,
-    batch_size: BatchSize = 64,
-    lr: Annotated[float, typer.Option("--lr")] = 0.01,
-    optimizer: Optimizer = "sgd",
-    momentum: Momentum = 0.9,
-    weight_decay: WeightDecay = 5e-4,
-    lr_schedule: Schedule = "cosine",
-    seed: Seed = 0,
-    data: Data = None,
-    allow_data_change: AllowDataChange = False,
-    on_bad_image: OnBadImage = "fail",
-    cache_dir: CacheDir = None,
-    device: Device = "auto",
-    precision: Precision = "fp32",
-    compile: Compile = False,
-    force: Force = False,
-    resume: Resume = False,
-    config: Config = None,
+    **options,
 ):
     """Step 1: insert M identity-initialised Units at stage AS, then fine-tune (Nb).
 
     Example: stp add-unit na.safetensors --as 5 --m 1 --epochs 10 --out nb.safetensors
     """
-    values = apply_config(ctx, locals(), config)
+    values = resolve(ctx, locals())
     stage = make_stage("add-unit", values)
     add_unit(stage, load_checkpoint(values["source"]), unit_stage=values["unit_stage"], count=values["count"],
              config=make_train_config(values), data=make_data(values), io=make_io(values),
@@ -126,6 +92,7 @@ def add_unit_command(
 
 
 @stp_command(app, "convert")
+@with_options(SNN_TRAINING, RECORDED_DATA, RUN_OPTIONS)
 def convert_command(
     ctx: typer.Context,
     source: Source,
@@ -135,36 +102,17 @@ def convert_command(
     scale: Annotated[float, typer.Option("--scale", help="Threshold scale factor.")] = 0.6,
     calibration_images: Annotated[int, typer.Option("--calibration-images", help="Training images used for threshold balancing.")] = 512,
     epochs: Annotated[int, typer.Option("--epochs", help="Hybrid (surrogate-gradient) training epochs at T.")] = 10,
-    batch_size: BatchSize = 64,
-    lr: Annotated[float, typer.Option("--lr")] = 1e-4,
-    optimizer: Optimizer = "adam",
-    momentum: Momentum = 0.9,
-    weight_decay: WeightDecay = 0.0,
-    lr_schedule: Schedule = "step",
-    distill: Distill = 0.0,
-    distill_temperature: DistillTemperature = 4.0,
-    teacher: Teacher = None,
     dropout: Annotated[float, typer.Option("--dropout", help="SNN dropout in hidden FC layers (one mask per image, shared by all steps).")] = 0.2,
     conv_dropout: Annotated[float, typer.Option("--conv-dropout", help="SNN dropout after convolutional neuron layers (one mask per image, shared by all steps).")] = 0.0,
     initial_membrane: Annotated[float, typer.Option("--initial-membrane", help="Initial membrane as a fraction of the threshold (0: DIET-SNN/TP).")] = 0.5,
     spike_amplitude: Annotated[str, typer.Option("--spike-amplitude", help="threshold (a spike carries V) | binary (DIET-SNN/TP: V folded into the next weights).")] = "threshold",
-    seed: Seed = 0,
-    data: Data = None,
-    allow_data_change: AllowDataChange = False,
-    on_bad_image: OnBadImage = "fail",
-    cache_dir: CacheDir = None,
-    device: Device = "auto",
-    precision: Precision = "fp32",
-    compile: Compile = False,
-    force: Force = False,
-    resume: Resume = False,
-    config: Config = None,
+    **options,
 ):
     """Step 2a: ANN -> SNN (BN folding, threshold balancing), then hybrid training at T.
 
     Example: stp convert nb.safetensors --timesteps 5 --epochs 8 --lr 1e-3 --out sb_t5.safetensors
     """
-    values = apply_config(ctx, locals(), config)
+    values = resolve(ctx, locals())
     stage = make_stage("convert", values)
     convert(stage, load_checkpoint(values["source"]), timesteps=values["timesteps"],
             percentile=values["percentile"], scale=values["scale"],
@@ -173,11 +121,11 @@ def convert_command(
             settings=SpikingSettings(dropout=values["dropout"], conv_dropout=values["conv_dropout"],
                                      initial_membrane=values["initial_membrane"],
                                      spike_amplitude=values["spike_amplitude"]),
-            teacher=values["teacher"],
-            options=recorded_options(ctx, values))
+            teacher=values["teacher"], options=recorded_options(ctx, values))
 
 
 @stp_command(app, "temporal-prune")
+@with_options([entry for entry in SNN_TRAINING if entry[0] != "lr_schedule"], RECORDED_DATA, RUN_OPTIONS)
 def temporal_prune_command(
     ctx: typer.Context,
     source: Source,
@@ -185,35 +133,17 @@ def temporal_prune_command(
     schedule: Annotated[str, typer.Option("--schedule", help="Descending time steps ending at 1, e.g. 3,2,1.")] = "3,2,1",
     epochs_per_stage: Annotated[str, typer.Option(
         "--epochs-per-stage", help="Training epochs at each T: one value, or one per T of --schedule (15,15,40).")] = "10",
-    batch_size: BatchSize = 64,
-    lr: Annotated[float, typer.Option("--lr")] = 1e-4,
-    optimizer: Optimizer = "adam",
-    momentum: Momentum = 0.9,
-    weight_decay: WeightDecay = 0.0,
     lr_schedule: Annotated[str, typer.Option(
         "--lr-schedule", help="step | cosine | constant: one, or one per T of --schedule (step,step,cosine).")] = "step",
-    distill: Distill = 0.0,
-    distill_temperature: DistillTemperature = 4.0,
-    teacher: Teacher = None,
-    seed: Seed = 0,
-    data: Data = None,
-    allow_data_change: AllowDataChange = False,
-    on_bad_image: OnBadImage = "fail",
-    cache_dir: CacheDir = None,
-    device: Device = "auto",
-    precision: Precision = "fp32",
-    compile: Compile = False,
-    force: Force = False,
-    resume: Resume = False,
-    config: Config = None,
+    **options,
 ):
     """Step 2b: retrain at each T of the schedule down to T=1, one checkpoint per T.
 
     Example: stp temporal-prune sb_t5.safetensors --schedule 3,2,1 --out sb_t1.safetensors  (also writes sb_t3, sb_t2)
     """
-    values = apply_config(ctx, locals(), config)
+    values = resolve(ctx, locals())
     steps = parse_schedule(values["schedule"])
-    base = make_train_config({**values, "epochs": 1})  # epochs and lr schedule: set per T by stage_configs
+    base = make_train_config({**values, "epochs": 1, "lr_schedule": "step"})  # both set per T by stage_configs
     configs = stage_configs(base, steps, values["epochs_per_stage"], values["lr_schedule"])
     stage = make_stage("temporal-prune", values)
     temporal_prune(stage, load_checkpoint(values["source"]), schedule=steps, configs=configs,
@@ -222,6 +152,7 @@ def temporal_prune_command(
 
 
 @stp_command(app, "spatial-prune")
+@with_options(SNN_TRAINING, RECORDED_DATA, RUN_OPTIONS)
 def spatial_prune_command(
     ctx: typer.Context,
     source: Source,
@@ -229,32 +160,13 @@ def spatial_prune_command(
     unit_stage: UnitStage = None,
     count: UnitCount = None,
     epochs: Annotated[int, typer.Option("--epochs", help="Fine-tuning epochs at the checkpoint's T.")] = 10,
-    batch_size: BatchSize = 64,
-    lr: Annotated[float, typer.Option("--lr")] = 1e-4,
-    optimizer: Optimizer = "adam",
-    momentum: Momentum = 0.9,
-    weight_decay: WeightDecay = 0.0,
-    lr_schedule: Schedule = "step",
-    distill: Distill = 0.0,
-    distill_temperature: DistillTemperature = 4.0,
-    teacher: Teacher = None,
-    seed: Seed = 0,
-    data: Data = None,
-    allow_data_change: AllowDataChange = False,
-    on_bad_image: OnBadImage = "fail",
-    cache_dir: CacheDir = None,
-    device: Device = "auto",
-    precision: Precision = "fp32",
-    compile: Compile = False,
-    force: Force = False,
-    resume: Resume = False,
-    config: Config = None,
+    **options,
 ):
     """Step 3 (Algorithm 2): remove the Units, copy every other layer, fine-tune (Sa).
 
     Example: stp spatial-prune sb_t1.safetensors --out sa_t1.safetensors
     """
-    values = apply_config(ctx, locals(), config)
+    values = resolve(ctx, locals())
     stage = make_stage("spatial-prune", values)
     spatial_prune(stage, load_checkpoint(values["source"]), unit_stage=values["unit_stage"],
                   count=values["count"], config=make_train_config(values), data=make_data(values),
