@@ -151,3 +151,14 @@ def test_converted_if_snn_approaches_the_ann_at_large_t(arch):
                 errors[steps] = float((snn(x) / steps - target).abs().mean() / target.abs().mean())
         assert errors[128] < errors[4]
         assert errors[128] < 0.4 * errors[4] and errors[128] < 0.35, (initial, errors)
+
+
+def test_every_layer_type_has_an_ann_and_an_snn_module_and_families_are_registered():
+    from stpcli.models.ann import ANN_LAYERS
+    from stpcli.models.plan import LAYER_TYPES, PLAN_BUILDERS
+    from stpcli.spiking.network import SNN_LAYERS
+
+    assert set(ANN_LAYERS) == set(SNN_LAYERS) == set(LAYER_TYPES)
+    assert {spec()["family"] for spec in ARCHITECTURES.values()} <= set(PLAN_BUILDERS)
+    with pytest.raises(ValueError, match="no layer plan"):
+        build_plan({**small_spec("vgg11"), "family": "mlp"})

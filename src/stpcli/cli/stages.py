@@ -30,6 +30,7 @@ from stpcli.cli.common import (
     training_options,
     with_options,
 )
+from stpcli.models.registry import ARCHITECTURES
 from stpcli.spiking.network import SpikingSettings
 from stpcli.stages.ann import add_unit, train_ann
 from stpcli.stages.snn import convert, parse_schedule, spatial_prune, stage_configs, temporal_prune
@@ -46,7 +47,7 @@ UnitCount = Annotated[int | None, typer.Option("--m", help="Number of Units (lay
 def train_ann_command(
     ctx: typer.Context,
     out: Out,
-    arch: Annotated[str, typer.Option("--arch", help="vgg11 | vgg14 | vgg16 | resnet18.")] = "vgg11",
+    arch: Annotated[str, typer.Option("--arch", help=" | ".join(ARCHITECTURES) + ".")] = "vgg11",
     width: Annotated[float, typer.Option("--width", help="Channel width multiplier.")] = 1.0,
     data: Annotated[str | None, typer.Option("--data", help="ImageFolder root or data pack; default: the embedded synthetic dataset.")] = None,
     image_size: Annotated[int, typer.Option("--image-size", help="Training resolution (pixels).")] = 64,

@@ -11,11 +11,61 @@ Entry types: ``conv`` (conv3 + BN + ReLU/LIF), ``block`` (ResNet BasicBlock),
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
+@dataclass(frozen=True)
+class LayerType:
+    """What every part of stp needs to know about one kind of plan entry. The ANN and SNN modules
+    for each type are in ``models.ann.ANN_LAYERS`` and ``spiking.network.SNN_LAYERS`` (a test
+    checks both cover this table)."""
+
+    weights: bool  # has synaptic weights (counted as a weight layer)
+    neuron: bool  # ends in ReLU (ANN) / LIF neurons (SNN)
+    unit: bool  # can be a Unit: a shape-preserving layer of a stage
+
+
+LAYER_TYPES: dict[str, LayerType] = {
+    "conv": LayerType(weights=True, neuron=True, unit=True),
+    "block": LayerType(weights=True, neuron=True, unit=True),
+    "pool": LayerType(weights=False, neuron=False, unit=False),
+    "global_pool": LayerType(weights=False, neuron=False, unit=False),
+    "flatten": LayerType(weights=False, neuron=False, unit=False),
+    "fc": LayerType(weights=True, neuron=True, unit=False),
+    "output": LayerType(weights=True, neuron=False, unit=False),
+}
+
+PLAN_BUILDERS: dict[str, Callable[[dict], list[dict]]] = {}
+
+
+def plan_builder(family: str):
+    """Register the function that expands a family's spec into its layer plan."""
+    def wrap(function):
+        PLAN_BUILDERS[family] = function
+        return function
+
+    return wrap
+
+
 def build_plan(spec: dict) -> list[dict]:
-    return _vgg_plan(spec) if spec["family"] == "vgg" else _resnet_plan(spec)
+    builder = PLAN_BUILDERS.get(spec["family"])
+    if builder is None:
+        raise ValueError(f"no layer plan for the architecture family {spec['family']!r}")
+    return builder(spec)
+
+
+def stage_layers(plan: list[dict], stage: int) -> list[int]:
+    """Plan indices of the layers of ``stage`` that could be Units (conv layers, residual blocks)."""
+    return [i for i, e in enumerate(plan) if LAYER_TYPES[e["type"]].unit and e.get("stage") == stage]
+
+
+def has_neuron(entry: dict) -> bool:
+    return LAYER_TYPES[entry["type"]].neuron
+
+
+def has_weights(entry: dict) -> bool:
+    return LAYER_TYPES[entry["type"]].weights
 
 
 def _unit_flags(spec: dict, stage: int, depth: int) -> list[bool]:
@@ -24,6 +74,7 @@ def _unit_flags(spec: dict, stage: int, depth: int) -> list[bool]:
     return [j >= depth - count for j in range(depth)]
 
 
+@plan_builder("vgg")
 def _vgg_plan(spec: dict) -> list[dict]:
     plan, channels = [], spec["in_channels"]
     for stage, (depth, width) in enumerate(zip(spec["depths"], spec["channels"]), start=1):
@@ -42,6 +93,7 @@ def _vgg_plan(spec: dict) -> list[dict]:
     return plan
 
 
+@plan_builder("resnet")
 def _resnet_plan(spec: dict) -> list[dict]:
     stem = spec["channels"][0]
     plan = [
@@ -63,7 +115,7 @@ def _resnet_plan(spec: dict) -> list[dict]:
 
 
 def is_shape_preserving(entry: dict) -> bool:
-    return entry["type"] in ("conv", "block") and entry["in"] == entry["out"] and entry["stride"] == 1
+    return LAYER_TYPES[entry["type"]].unit and entry["in"] == entry["out"] and entry["stride"] == 1
 
 
 @dataclass

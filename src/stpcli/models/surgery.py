@@ -12,7 +12,7 @@ import copy
 import torch
 
 from stpcli.errors import StpError
-from stpcli.models.plan import build_plan, is_shape_preserving
+from stpcli.models.plan import build_plan, is_shape_preserving, stage_layers
 
 
 def stage_range(spec: dict) -> range:
@@ -44,7 +44,7 @@ def with_units(spec: dict, stage: int, count: int) -> dict:
 
 def first_layer_index(plan: list[dict], stage: int, count: int) -> int:
     """Plan index of the first of the trailing ``count`` layers of ``stage`` (Algorithm 2's AS)."""
-    members = [i for i, e in enumerate(plan) if e["type"] in ("conv", "block") and e.get("stage") == stage]
+    members = stage_layers(plan, stage)
     return members[len(members) - count]
 
 
@@ -58,7 +58,7 @@ def without_layers(spec: dict, stage: int, count: int, named: str | None = None)
         raise StpError(f"--m must be at least 1, got {count}")
     named = named or f"--as {stage} --m {count}"
     plan = build_plan(spec)
-    members = [i for i, e in enumerate(plan) if e["type"] in ("conv", "block") and e.get("stage") == stage]
+    members = stage_layers(plan, stage)
     removable = 0
     for i in reversed(members):
         if not is_shape_preserving(plan[i]) or removable == len(members) - 1:

@@ -152,6 +152,18 @@ class Stateless(nn.Module):
         return x.flatten(1)
 
 
+# plan entry type -> the SNN module built for it (models.plan.LAYER_TYPES lists the types)
+SNN_LAYERS = {
+    "conv": lambda entry, make_neuron, settings: SpikingConv(entry, make_neuron, settings.conv_dropout),
+    "block": lambda entry, make_neuron, settings: SpikingBlock(entry, make_neuron, settings.conv_dropout, settings.binary),
+    "fc": lambda entry, make_neuron, settings: SpikingLinear(entry, make_neuron, settings.dropout),
+    "output": lambda entry, make_neuron, settings: OutputLayer(entry),
+    "pool": lambda entry, make_neuron, settings: Stateless(entry),
+    "global_pool": lambda entry, make_neuron, settings: Stateless(entry),
+    "flatten": lambda entry, make_neuron, settings: Stateless(entry),
+}
+
+
 class SNN(nn.Module):
     """``layers.<i>`` is plan entry i, as in the ANN; thresholds and leaks live in the neurons."""
 
@@ -166,20 +178,7 @@ class SNN(nn.Module):
         self.settings = settings
         self.timesteps = timesteps
         self.plan = build_plan(spec)
-        layers: list[nn.Module] = []
-        for entry in self.plan:
-            kind = entry["type"]
-            if kind == "conv":
-                layers.append(SpikingConv(entry, make_neuron, settings.conv_dropout))
-            elif kind == "block":
-                layers.append(SpikingBlock(entry, make_neuron, settings.conv_dropout, settings.binary))
-            elif kind == "fc":
-                layers.append(SpikingLinear(entry, make_neuron, settings.dropout))
-            elif kind == "output":
-                layers.append(OutputLayer(entry))
-            else:
-                layers.append(Stateless(entry))
-        self.layers = nn.ModuleList(layers)
+        self.layers = nn.ModuleList(SNN_LAYERS[entry["type"]](entry, make_neuron, settings) for entry in self.plan)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(self.layers):

@@ -9,7 +9,7 @@ from stpcli.data.source import SplitData
 from stpcli.engine.evaluate import accuracy_report
 from stpcli.errors import StpError
 from stpcli.files import sha256_file
-from stpcli.models.plan import build_plan, describe, synaptic_layers
+from stpcli.models.plan import build_plan, describe, has_neuron, has_weights, synaptic_layers
 from stpcli.spiking.energy import ann_energy, counting_spikes, mean_spikes_per_neuron, snn_energy
 from stpcli.stages.common import (
     DataOptions,
@@ -88,8 +88,7 @@ def layer_table(spec: dict, image_size: int, kind: str) -> list[dict]:
             "in": entry.get("in"),
             "out": entry.get("out"),
             "unit": bool(entry.get("unit", False)),
-            "neuron": ("LIF" if kind == "snn" and entry["type"] in ("conv", "block", "fc") else
-                       "ReLU" if entry["type"] in ("conv", "block", "fc") else None),
+            "neuron": ("LIF" if kind == "snn" else "ReLU") if has_neuron(entry) else None,
             "macs": macs.get(index, 0),
         })
     return rows
@@ -154,7 +153,7 @@ def compare(stage: Stage, paths: list[Path], data: DataOptions) -> list[dict]:
             "kind": ckpt.kind,
             "method": result["method"],
             "timesteps": ckpt.timesteps,
-            "layers": sum(1 for e in build_plan(ckpt.model_spec) if e["type"] in ("conv", "block", "fc", "output")),
+            "layers": sum(1 for e in build_plan(ckpt.model_spec) if has_weights(e)),
             "accuracy": result["accuracy"],
             "average_accuracy": result["average_accuracy"],
             "kappa": result["kappa"],
