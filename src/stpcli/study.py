@@ -188,7 +188,7 @@ def collect(stage: Stage, out_dir: Path, preset: dict, seeds: list[int], data: s
         paths += [(seed, p) for p in candidates if p.is_file() and not p.name.endswith(".state.safetensors")]
     if not paths:
         return []
-    rows = compare(stage, [p for _, p in paths], DataOptions(data=data))
+    rows = compare(stage, [p for _, p in paths], DataOptions(location=data))
     for (seed, path), row in zip(paths, rows):
         row["seed"] = seed
         row["units"] = path.parent.name.upper().replace("-", " ") if path.parent.name.startswith("as") else ""

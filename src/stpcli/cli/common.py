@@ -186,7 +186,7 @@ def make_io(values: dict) -> StageIO:
 
 
 def make_data(values: dict) -> DataOptions:
-    return DataOptions(data=values.get("data"), allow_data_change=values.get("allow_data_change", False),
+    return DataOptions(location=values.get("data"), allow_data_change=values.get("allow_data_change", False),
                        on_bad_image=values.get("on_bad_image", "fail"), cache_dir=values.get("cache_dir"))
 
 

@@ -33,7 +33,7 @@ from stpcli.cli.common import (
 from stpcli.models.registry import ARCHITECTURES
 from stpcli.spiking.network import SpikingSettings
 from stpcli.stages.ann import add_unit, train_ann
-from stpcli.stages.snn import convert, parse_schedule, spatial_prune, stage_configs, temporal_prune
+from stpcli.stages.snn import convert, parse_schedule, spatial_prune, temporal_prune, timestep_configs
 
 app = typer.Typer()
 
@@ -144,8 +144,8 @@ def temporal_prune_command(
     """
     values = resolve(ctx, locals())
     steps = parse_schedule(values["schedule"])
-    base = make_train_config({**values, "epochs": 1, "lr_schedule": "step"})  # both set per T by stage_configs
-    configs = stage_configs(base, steps, values["epochs_per_stage"], values["lr_schedule"])
+    base = make_train_config({**values, "epochs": 1, "lr_schedule": "step"})  # both set per T by timestep_configs
+    configs = timestep_configs(base, steps, values["epochs_per_stage"], values["lr_schedule"])
     stage = make_stage("temporal-prune", values)
     temporal_prune(stage, load_checkpoint(values["source"]), schedule=steps, configs=configs,
                    data=make_data(values), io=make_io(values), teacher=values["teacher"],

@@ -172,7 +172,7 @@ class SNN(nn.Module):
         settings = settings or SpikingSettings()
 
         def make_neuron():
-            return LIF(gamma=settings.surrogate_gamma, initial=settings.initial_membrane, binary=settings.binary)
+            return LIF(gamma=settings.surrogate_gamma, initial_membrane=settings.initial_membrane, binary=settings.binary)
 
         self.spec = spec
         self.settings = settings

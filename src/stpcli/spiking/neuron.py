@@ -193,9 +193,9 @@ class LIF(nn.Module):
     """A layer of LIF neurons with one learnable threshold and leak (scalars)."""
 
     def __init__(self, threshold: float = 1.0, leak: float = 1.0, gamma: float = SURROGATE_GAMMA,
-                 initial: float = INITIAL_MEMBRANE, binary: bool = False):
+                 initial_membrane: float = INITIAL_MEMBRANE, binary: bool = False):
         super().__init__()
-        self.initial = initial
+        self.initial_membrane = initial_membrane  # fraction of the threshold
         self.binary = binary
         self.threshold = nn.Parameter(torch.tensor(float(threshold)))
         self.leak = nn.Parameter(torch.tensor(float(leak)))
@@ -207,7 +207,7 @@ class LIF(nn.Module):
         if self.capture is not None:
             self.capture(current)
             raise CurrentCaptured
-        spikes = lif_multistep(current, self.threshold, self.leak, self.gamma, self.initial, self.binary)
+        spikes = lif_multistep(current, self.threshold, self.leak, self.gamma, self.initial_membrane, self.binary)
         if self.counter is not None:
             self.counter.add(spikes)
         return spikes
@@ -219,7 +219,7 @@ class LIF(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"threshold={float(self.threshold):.4g}, leak={float(self.leak):.4g}, gamma={self.gamma}, "
-                f"initial={self.initial}, binary={self.binary}")
+                f"initial_membrane={self.initial_membrane}, binary={self.binary}")
 
 
 class SpikeCounter:

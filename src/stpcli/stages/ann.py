@@ -38,7 +38,7 @@ def train_ann(stage: Stage, *, arch: str, width: float, image_size: int, dropout
         raise StpError(f"--pretrained {pretrained} does not exist")
     io.check(will_train=True, inputs=(Path(pretrained) if pretrained else None,))
     with stage.progress("decoding images") as advance:
-        dataset = load_dataset(data.data, image_size, data.on_bad_image, data.cache_dir, progress=advance)
+        dataset = load_dataset(data.location, image_size, data.on_bad_image, data.cache_dir, progress=advance)
     if dataset.skipped:
         stage.say(f"skipped {len(dataset.skipped)} image(s) that do not decode")
     split = stratified_split(dataset.names, dataset.labels.tolist(), dataset.classes, train_ratio,

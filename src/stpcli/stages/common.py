@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from rich.console import Console
 
 from stpcli import plots
-from stpcli.checkpoint import Checkpoint, StageEntry, check_output_path, load_checkpoint, save_checkpoint
+from stpcli.checkpoint import Checkpoint, StageEntry, check_output_path, save_checkpoint
 from stpcli.data.source import SplitData, load_recorded_data
 from stpcli.engine.evaluate import accuracy
 from stpcli.engine.runtime import Runtime
@@ -21,6 +22,9 @@ from stpcli.models.ann import ANN
 from stpcli.progress import progress_bar
 from stpcli.schema import MAX_TIMESTEPS
 from stpcli.spiking.network import SNN, SpikingSettings
+
+if TYPE_CHECKING:  # the teacher module builds its model with model_from_checkpoint from here
+    from stpcli.stages.teacher import Teacher
 
 
 @dataclass
@@ -62,7 +66,10 @@ class StageIO:
 
 @dataclass
 class DataOptions:
-    data: str | None = None
+    """Where a stage reads its images (``location``: a folder or pack; None: the recorded data or,
+    for train-ann, the embedded set) and how it treats changed data and bad images."""
+
+    location: str | None = None
     allow_data_change: bool = False
     on_bad_image: str = "fail"
     cache_dir: Path | None = None
@@ -127,7 +134,7 @@ def check_tensors_match_model(ckpt: Checkpoint) -> None:
 
 def load_stage_data(stage: Stage, ckpt: Checkpoint, options: DataOptions) -> SplitData:
     with stage.progress("decoding images") as advance:
-        return load_recorded_data(ckpt.record, options.data, options.allow_data_change,
+        return load_recorded_data(ckpt.record, options.location, options.allow_data_change,
                                   options.on_bad_image, options.cache_dir, progress=advance)
 
 
@@ -135,53 +142,6 @@ def child_record(parent: Checkpoint, **changes) -> dict:
     record = {k: v for k, v in parent.record.items() if k not in ("created", "tool_version")}
     record.update(changes)
     return record
-
-
-@dataclass
-class Teacher:
-    """The network whose outputs an SNN stage distils from (``--distill``)."""
-
-    model: torch.nn.Module
-    path: Path
-    sha256: str
-
-    def describe(self) -> dict:
-        return {"path": str(self.path.resolve()), "sha256": self.sha256}
-
-
-def resolve_teacher(student: Checkpoint, teacher_path: Path | None, config: TrainConfig) -> Teacher | None:
-    """The teacher for ``--distill``: ``--teacher``, else the ANN the student was converted from.
-
-    The default is found through the lineage (the parent of the ``convert``
-    entry, or the student itself when it is an ANN) and must still have the
-    recorded sha256; the teacher must see the same classes and inputs.
-    """
-    if teacher_path is not None and config.distill_weight == 0:
-        raise StpError("--teacher is used only for distillation; pass --distill W with W > 0")
-    if config.distill_weight == 0 or config.epochs == 0:
-        return None
-    if teacher_path is None:
-        if student.kind == "ann":
-            teacher_path = student.path
-        else:
-            converted = [e for e in student.history if e.get("stage") == "convert" and e.get("parent")]
-            if not converted:
-                raise StpError(f"{student.path} records no conversion to take a teacher from; pass --teacher")
-            parent = converted[-1]["parent"]
-            teacher_path = Path(parent["path"])
-            if not teacher_path.is_file():
-                raise StpError(f"the ANN {student.path.name} was converted from, {teacher_path}, is gone; "
-                               "pass --teacher")
-            if sha256_file(teacher_path) != parent["sha256"]:
-                raise StpError(f"the ANN {student.path.name} was converted from, {teacher_path}, has changed "
-                               "since; pass --teacher to use it anyway")
-    ckpt = load_checkpoint(teacher_path)
-    if ckpt.record.get("classes") != student.record.get("classes"):
-        raise StpError(f"--teacher {teacher_path} was trained on other classes than {student.path.name}")
-    if ckpt.record.get("input") != student.record.get("input"):
-        raise StpError(f"--teacher {teacher_path} expects other inputs (size or normalisation) than "
-                       f"{student.path.name}")
-    return Teacher(model_from_checkpoint(ckpt).eval(), Path(teacher_path), ckpt.sha256)
 
 
 def train_stage(stage: Stage, model, data: SplitData, config: TrainConfig, record: dict,

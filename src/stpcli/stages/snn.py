@@ -26,10 +26,10 @@ from stpcli.stages.common import (
     load_stage_data,
     model_from_checkpoint,
     require_kind,
-    resolve_teacher,
     split_accuracy,
     train_and_finish,
 )
+from stpcli.stages.teacher import resolve_teacher
 
 
 def convert(stage: Stage, source: Checkpoint, *, timesteps: int, percentile: float, scale: float,
@@ -104,19 +104,19 @@ def parse_schedule(text: str | list) -> list[int]:
     return values
 
 
-def stage_configs(base: TrainConfig, schedule: list[int], epochs: str | int, lr_schedule: str) -> list[TrainConfig]:
+def timestep_configs(base: TrainConfig, schedule: list[int], epochs: str | int, lr_schedule: str) -> list[TrainConfig]:
     """One training config per T of the schedule: each of ``epochs`` and ``lr_schedule`` holds one
     value for every stage ("15") or one per stage ("15,15,40"; "step,step,cosine")."""
-    counts = _per_stage(epochs, "--epochs-per-stage", schedule)
+    counts = _per_timestep(epochs, "--epochs-per-stage", schedule)
     try:
         counts = [int(c) for c in counts]
     except ValueError:
         raise StpError(f"--epochs-per-stage must be integers such as 15 or 15,15,40, got {epochs!r}") from None
-    schedules = _per_stage(lr_schedule, "--lr-schedule", schedule)
+    schedules = _per_timestep(lr_schedule, "--lr-schedule", schedule)
     return [replace(base, epochs=e, schedule=s) for e, s in zip(counts, schedules)]
 
 
-def _per_stage(text: str | int, option: str, schedule: list[int]) -> list[str]:
+def _per_timestep(text: str | int, option: str, schedule: list[int]) -> list[str]:
     values = [v.strip() for v in str(text).split(",")]
     if len(values) == 1:
         return values * len(schedule)
