@@ -1,7 +1,7 @@
 # Two entry points on a fresh clone:
 #   make demo   the whole STP pipeline (and the TP baseline) on the embedded dataset
 #   make test   the test suite
-#   make lint   ruff over the sources, tests and benchmarks
+#   make lint   ruff over the sources, tests and benchmarks; mypy over the package
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -26,6 +26,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 
 # Benchmark-only peers (SpikingJelly, snnTorch) are installed here, never at run time.
 bench: $(STAMP)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,13 +80,14 @@ def nir_graph(snn: SNN):
     size = snn.spec["image_size"]
     nodes = {"input": nir.Input(input_type={"input": np.array([3, size, size])})}
     edges: list[tuple[str, str]] = []
-    previous, shape = "input", (3, size, size)
+    previous: str = "input"
+    shape: tuple[int, ...] = (3, size, size)
 
     def weighted(name: str, weight: torch.Tensor) -> np.ndarray:
         source = sources[name]
         return _array(weight * (amplitudes[source] if source else 1.0))
 
-    def conv(name: str, module: torch.nn.Conv2d, feed: str, in_shape) -> tuple[str, tuple]:
+    def conv(name: str, module: Any, feed: str, in_shape) -> tuple[str, tuple[int, ...]]:
         nodes[name] = nir.Conv2d(input_shape=tuple(in_shape[1:]), weight=weighted(name, module.weight),
                                  stride=module.stride, padding=module.padding, dilation=1, groups=1,
                                  bias=_array(module.bias))
@@ -99,6 +101,7 @@ def nir_graph(snn: SNN):
         edges.extend((feed, name) for feed in feeds)
         return name
 
+    layer: Any  # the SNN module of the plan entry (its type follows the entry's type)
     for index, (entry, layer) in enumerate(zip(snn.plan, snn.layers)):
         prefix, kind = f"layers.{index}", entry["type"]
         if kind == "conv":

@@ -84,7 +84,7 @@ def spike_rates(rates: list[dict], title: str, path: Path) -> Path:
 def accuracy_vs_energy(rows: list[dict], title: str, path: Path) -> Path:
     """One point per checkpoint: energy per image (log scale) against test accuracy, labelled."""
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    colours = {}
+    colours: dict[str, str] = {}
     for row in rows:
         method = row.get("method", row["kind"])
         colour = colours.setdefault(method, f"C{len(colours)}")

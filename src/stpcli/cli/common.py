@@ -255,7 +255,7 @@ Lr = Annotated[float, typer.Option("--lr", help="Learning rate (the schedule's p
 def training_options(*, lr: float, optimizer: str, weight_decay: float, lr_schedule: str,
                      distill: bool = False) -> list[tuple[str, Any, Any]]:
     """The options of every training command, with the command's recipe defaults."""
-    group = [("batch_size", BatchSize, 64), ("lr", Lr, lr), ("optimizer", Optimizer, optimizer),
+    group: list[tuple[str, Any, Any]] = [("batch_size", BatchSize, 64), ("lr", Lr, lr), ("optimizer", Optimizer, optimizer),
              ("momentum", Momentum, 0.9), ("weight_decay", WeightDecay, weight_decay),
              ("lr_schedule", Schedule, lr_schedule)]
     if distill:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import yaml
@@ -232,7 +232,8 @@ def rerun_config(ctx: typer.Context, entry: dict) -> str:
     ``stp <stage> SOURCE --config FILE --out OUT`` then reruns it."""
     from stpcli.cli import app as root
 
-    command = typer.main.get_command(root).commands.get(entry["stage"])
+    group: Any = typer.main.get_command(root)  # the root is a group of commands
+    command = group.commands.get(entry["stage"])
     if command is None:
         raise StpError(f"the last stage, {entry['stage']!r}, is not a command of this stp")
     names = {}

@@ -92,13 +92,13 @@ def to_rgb8(img: Image.Image) -> tuple[Image.Image, bool]:
 def decode_image(path: Path, image_size: int) -> tuple[torch.Tensor, bool]:
     """Decode one file to uint8 [3, S, S]: RGB, shorter side to S, centre crop; and whether
     a high-bit-depth image was stretched."""
-    with Image.open(path) as img:
-        if Image.MAX_IMAGE_PIXELS and img.width * img.height > Image.MAX_IMAGE_PIXELS:
+    with Image.open(path) as source:
+        if Image.MAX_IMAGE_PIXELS and source.width * source.height > Image.MAX_IMAGE_PIXELS:
             # PIL only warns up to twice its limit; no scene image is that large
-            raise Image.DecompressionBombError(f"{img.width}x{img.height} pixels exceeds the decoding limit")
-        img.load()
-        img, stretched = to_rgb8(img)
-        img = ImageOps.fit(img, (image_size, image_size), Image.Resampling.BILINEAR)
+            raise Image.DecompressionBombError(f"{source.width}x{source.height} pixels exceeds the decoding limit")
+        source.load()
+        rgb, stretched = to_rgb8(source)
+        img = ImageOps.fit(rgb, (image_size, image_size), Image.Resampling.BILINEAR)
         data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
     return data.view(image_size, image_size, 3).permute(2, 0, 1).contiguous(), stretched
 

@@ -93,5 +93,6 @@ def iterate_batches(
                 continue
         x = normalise(images_u8[index], mean, std)
         if train:
+            assert generator is not None, "training batches are drawn from a seeded generator"
             x = augment(x, generator, rank, world_size)
         yield x, labels[index]

@@ -115,8 +115,8 @@ def read_pack(path: Path, image_size: int):
     images = []
     for name, start, end in zip(names, offsets[:-1], offsets[1:]):
         try:
-            with Image.open(io.BytesIO(raw[start:end])) as img:
-                img = img.convert("RGB")
+            with Image.open(io.BytesIO(raw[start:end])) as encoded:
+                img = encoded.convert("RGB")
                 if img.size != (image_size, image_size):
                     img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
                 array = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)

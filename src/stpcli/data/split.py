@@ -24,7 +24,7 @@ def stratified_split(names: list[str], labels: list[int], classes: list[str],
     for name, label in zip(names, labels):
         by_class.setdefault(int(label), []).append(name)
     generator = torch.Generator().manual_seed(seed)
-    files = {part: [] for part in PARTS}
+    files: dict[str, list[str]] = {part: [] for part in PARTS}
     for label in range(len(classes)):
         members = sorted(by_class.get(label, []))
         if len(members) < 2:

@@ -15,6 +15,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -143,12 +144,19 @@ def make_optimizer(model, config: TrainConfig):
     """Thresholds and leaks (scalars near 1, unlike weights near 0.01) are never weight-decayed."""
     neuron = [p for n, p in model.named_parameters() if n.endswith((".threshold", ".leak"))]
     others = [p for n, p in model.named_parameters() if not n.endswith((".threshold", ".leak"))]
-    groups = [{"params": others}]
+    groups: list[dict[str, Any]] = [{"params": others}]
     if neuron:
         groups.append({"params": neuron, "weight_decay": 0.0})
     if config.optimizer == "adam":
         return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+class TrainableModel(Protocol):
+    """What the loop needs of a model beyond nn.Module: a hook after each optimiser step (the SNN
+    clamps its leaks and thresholds there)."""
+
+    def after_step(self) -> None: ...
 
 
 @dataclass
@@ -265,6 +273,7 @@ def train_one_epoch(loop: _Loop, epoch: int, stop: _StopRequest, progress) -> tu
         with runtime.autocast():
             logits = loop.train_model(x)
             if config.distill_weight > 0:
+                assert loop.teacher is not None, "distillation needs a teacher"
                 with torch.no_grad():
                     teacher_logits = loop.teacher(x).float()
                 loss = distillation_loss(logits.float(), teacher_logits, y, config.distill_weight,
@@ -274,7 +283,7 @@ def train_one_epoch(loop: _Loop, epoch: int, stop: _StopRequest, progress) -> tu
         loop.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         loop.optimizer.step()
-        loop.model.after_step()
+        cast(TrainableModel, loop.model).after_step()
         loss_sum += loss.detach() * y.shape[0]
         correct += (logits.argmax(1) == y).sum()
         seen += y.shape[0]

@@ -14,11 +14,19 @@ from stpcli.models.plan import build_plan
 
 def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d):
     """W' = W * g/sqrt(var+eps) per output channel; b' = beta + (b - mean) * g/sqrt(var+eps)."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    running_mean, running_var = _running_stats(bn)
+    scale = bn.weight / torch.sqrt(running_var + bn.eps)
     folded_weight = weight * scale.reshape(-1, *([1] * (weight.dim() - 1)))
-    base = bias if bias is not None else torch.zeros_like(bn.running_mean)
-    folded_bias = bn.bias + (base - bn.running_mean) * scale
+    base = bias if bias is not None else torch.zeros_like(running_mean)
+    folded_bias = bn.bias + (base - running_mean) * scale
     return folded_weight.detach().clone(), folded_bias.detach().clone()
+
+
+def _running_stats(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """A BatchNorm's running mean and variance (stp's BatchNorms always track them)."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("BatchNorm without running statistics")
+    return bn.running_mean, bn.running_var
 
 
 class ConvLayer(nn.Module):
@@ -39,8 +47,21 @@ class ConvLayer(nn.Module):
         nn.init.dirac_(self.conv.weight)
         nn.init.ones_(self.bn.weight)
         nn.init.zeros_(self.bn.bias)
-        self.bn.running_mean.zero_()
-        self.bn.running_var.fill_(1.0 - self.bn.eps)
+        running_mean, running_var = _running_stats(self.bn)
+        running_mean.zero_()
+        running_var.fill_(1.0 - self.bn.eps)
+
+
+class Projection(nn.Module):
+    """A residual block's 1x1 conv + BN shortcut (tensors ``shortcut.conv.*``, ``shortcut.bn.*``)."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 1, stride, 0, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
 
 
 class BasicBlock(nn.Module):
@@ -51,11 +72,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = None
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential()
-            self.shortcut.add_module("conv", nn.Conv2d(cin, cout, 1, stride, 0, bias=False))
-            self.shortcut.add_module("bn", nn.BatchNorm2d(cout))
+        self.shortcut = Projection(cin, cout, stride) if (stride != 1 or cin != cout) else None
 
     def forward(self, x):
         out = torch.relu(self.bn1(self.conv1(x)))

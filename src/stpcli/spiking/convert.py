@@ -10,6 +10,7 @@ threshold to give the next depth's activations.
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,6 +27,7 @@ def snn_from_ann(ann: ANN, timesteps: int, settings: SpikingSettings) -> SNN:
     """An SNN whose weights and biases are the ANN's with BatchNorm folded in."""
     snn = SNN(ann.spec, timesteps, settings)
     state = {}
+    layer: Any
     for i, layer in enumerate(ann.layers):
         if hasattr(layer, "folded"):
             for key, tensor in layer.folded().items():
@@ -59,7 +61,7 @@ def fold_threshold_into_readers(snn: SNN, neuron: str, threshold: float,
                                 readers: dict[str, list[tuple[str, str]]]) -> None:
     """Binary spikes: the layers reading ``neuron`` take over the amplitude V it no longer emits."""
     for kind, path in readers.get(neuron, []):
-        module = snn.get_submodule(path)
+        module: Any = snn.get_submodule(path)
         if kind == "weight":
             module.weight.mul_(threshold)
         else:

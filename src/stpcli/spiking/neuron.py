@@ -36,6 +36,7 @@ tensor the size of the input current, and nothing is kept per time step by autog
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -200,7 +201,7 @@ class LIF(nn.Module):
         self.threshold = nn.Parameter(torch.tensor(float(threshold)))
         self.leak = nn.Parameter(torch.tensor(float(leak)))
         self.gamma = gamma
-        self.capture = None  # callable receiving the input current, for threshold balancing
+        self.capture: Callable[[torch.Tensor], None] | None = None  # receives the input current (balancing)
         self.counter: SpikeCounter | None = None
 
     def forward(self, current: torch.Tensor) -> torch.Tensor:

@@ -112,7 +112,10 @@ def model_from_checkpoint(ckpt: Checkpoint, timesteps: int | None = None):
 def _build(ckpt: Checkpoint, timesteps: int | None = None):
     if ckpt.kind == "ann":
         return ANN(ckpt.model_spec)
-    return SNN(ckpt.model_spec, timesteps or ckpt.timesteps, SpikingSettings.from_record(ckpt.record.get("snn")))
+    steps = timesteps or ckpt.timesteps
+    if steps is None:
+        raise StpError(f"{ckpt.path} is an SNN checkpoint without time steps")
+    return SNN(ckpt.model_spec, steps, SpikingSettings.from_record(ckpt.record.get("snn")))
 
 
 def check_tensors_match_model(ckpt: Checkpoint) -> None:
@@ -189,7 +192,7 @@ def split_accuracy(model, data: SplitData, part: str, record: dict, runtime: Run
 def finish_stage(stage: Stage, model, record: dict, entry: StageEntry, io: StageIO,
                  parent: Checkpoint | None) -> Checkpoint:
     """Attach the lineage entry and write the checkpoint (rank 0), then drop the state file."""
-    if parent is not None:
+    if parent is not None and parent.path is not None:
         entry.parent_path = str(parent.path.resolve())
         entry.parent_sha256 = parent.sha256
     history = list(parent.history) if parent is not None else []

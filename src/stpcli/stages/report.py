@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from stpcli.checkpoint import Checkpoint, load_checkpoint, read_record
 from stpcli.data.source import SplitData
@@ -40,7 +41,8 @@ def evaluate(stage: Stage, ckpt: Checkpoint, data: DataOptions, timesteps: int |
     args = (images.to(device), labels.to(device), ckpt.classes, mean.to(device), std.to(device), stage.runtime,
             batch_size)
     plan, size = build_plan(ckpt.model_spec), ckpt.record["input"]["image_size"]
-    result = {"checkpoint": str(ckpt.path), "kind": ckpt.kind, "method": method_of(ckpt.record), "part": part}
+    result: dict[str, Any] = {"checkpoint": str(ckpt.path), "kind": ckpt.kind, "method": method_of(ckpt.record),
+                              "part": part}
     if ckpt.kind == "ann":
         result.update(accuracy_report(model, *args))
         result["energy"] = ann_energy(plan, size)
@@ -120,7 +122,9 @@ def verify_chain(path: Path) -> list[dict]:
 
     A chain of files is usually moved as a folder, so a parent beside its child wins.
     """
-    rows, current, seen = [], Path(path), set()
+    rows: list[dict] = []
+    current: Path | None = Path(path)
+    seen: set[str] = set()
     while current is not None and str(current) not in seen:
         seen.add(str(current))
         record = read_record(current)

@@ -107,9 +107,8 @@ def parse_schedule(text: str | list) -> list[int]:
 def timestep_configs(base: TrainConfig, schedule: list[int], epochs: str | int, lr_schedule: str) -> list[TrainConfig]:
     """One training config per T of the schedule: each of ``epochs`` and ``lr_schedule`` holds one
     value for every stage ("15") or one per stage ("15,15,40"; "step,step,cosine")."""
-    counts = _per_timestep(epochs, "--epochs-per-stage", schedule)
     try:
-        counts = [int(c) for c in counts]
+        counts = [int(c) for c in _per_timestep(epochs, "--epochs-per-stage", schedule)]
     except ValueError:
         raise StpError(f"--epochs-per-stage must be integers such as 15 or 15,15,40, got {epochs!r}") from None
     schedules = _per_timestep(lr_schedule, "--lr-schedule", schedule)
@@ -147,7 +146,7 @@ def temporal_prune(stage: Stage, source: Checkpoint, *, schedule: list[int], con
         raise ValueError("temporal_prune needs one training config per time step of the schedule")
     for config in configs:
         config.check(training_required=True)
-    if schedule[0] > source.timesteps:
+    if schedule[0] > (source.timesteps or 0):
         raise StpError(f"--schedule starts at T={schedule[0]}, above the checkpoint's T={source.timesteps}")
     paths = [stage_path(io.out, t) for t in schedule[:-1]] + [io.out]
     if source.path is not None and any(p.resolve() == source.path.resolve() for p in paths):
@@ -165,7 +164,7 @@ def temporal_prune(stage: Stage, source: Checkpoint, *, schedule: list[int], con
         stage_io = StageIO(path, force=io.force, resume=io.resume, command=io.command)
         reused = _reusable(path, parent, timesteps, stage_io.force)
         if reused is not None:
-            stage.say(f"[temporal-prune] T={timesteps}: reusing {path} (its parent is {parent.path.name})")
+            stage.say(f"[temporal-prune] T={timesteps}: reusing {path} (its parent is {parent.path})")
             outputs.append(reused)
             parent = reused
             continue

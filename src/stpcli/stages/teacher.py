@@ -37,8 +37,11 @@ def resolve_teacher(student: Checkpoint, teacher_path: Path | None, config: Trai
         raise StpError("--teacher is used only for distillation; pass --distill W with W > 0")
     if config.distill_weight == 0 or config.epochs == 0:
         return None
+    name = student.path.name if student.path is not None else "this checkpoint"
     if teacher_path is None:
         if student.kind == "ann":
+            if student.path is None:
+                raise StpError("an unsaved ANN cannot be its own teacher; pass --teacher")
             teacher_path = student.path
         else:
             converted = [e for e in student.history if e.get("stage") == "convert" and e.get("parent")]
@@ -47,17 +50,17 @@ def resolve_teacher(student: Checkpoint, teacher_path: Path | None, config: Trai
             parent = converted[-1]["parent"]
             teacher_path = Path(parent["path"])
             if not teacher_path.is_file():
-                raise StpError(f"the ANN {student.path.name} was converted from, {teacher_path}, is gone; "
+                raise StpError(f"the ANN {name} was converted from, {teacher_path}, is gone; "
                                "pass --teacher")
             if sha256_file(teacher_path) != parent["sha256"]:
-                raise StpError(f"the ANN {student.path.name} was converted from, {teacher_path}, has changed "
+                raise StpError(f"the ANN {name} was converted from, {teacher_path}, has changed "
                                "since; pass --teacher to use it anyway")
     ckpt = load_checkpoint(teacher_path)
     if ckpt.record.get("classes") != student.record.get("classes"):
-        raise StpError(f"--teacher {teacher_path} was trained on other classes than {student.path.name}")
+        raise StpError(f"--teacher {teacher_path} was trained on other classes than {name}")
     if ckpt.record.get("input") != student.record.get("input"):
         raise StpError(f"--teacher {teacher_path} expects other inputs (size or normalisation) than "
-                       f"{student.path.name}")
-    return Teacher(model_from_checkpoint(ckpt).eval(), Path(teacher_path), ckpt.sha256)
+                       f"{name}")
+    return Teacher(model_from_checkpoint(ckpt).eval(), Path(teacher_path), ckpt.sha256 or "")
 
 
