@@ -8,12 +8,7 @@
 set -uo pipefail
 OUT=${OUT:-benchmarks/out/gpu_engine}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
-if [ -d .whl ] && ls .whl/*.whl > /dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/stp-site .whl/*.whl \
-    && export PYTHONPATH=$PYTHONPATH:/tmp/stp-site
-fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+source benchmarks/gpu_env.sh
 echo "== 1. kernels: parity and profile"
 timeout "${KERNELS_S:-150}" python3 benchmarks/gpu_kernels.py --json "$OUT/kernels.json" > "$OUT/kernels.log" 2>&1
 echo "kernels rc=$?"; tail -n 5 "$OUT/kernels.log"

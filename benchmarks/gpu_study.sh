@@ -8,12 +8,7 @@
 set -uo pipefail
 OUT=${OUT:-benchmarks/out/gpu_study}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
-if [ -d .whl ] && ls .whl/*.whl > /dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/stp-site .whl/*.whl \
-    && export PYTHONPATH=$PYTHONPATH:/tmp/stp-site
-fi
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+source benchmarks/gpu_env.sh
 STUDIES=("$@")
 [ ${#STUDIES[@]} -gt 0 ] || STUDIES=("examples/configs/ucm16-vgg14.yaml:.data/ucm16_128.safetensors:0,1,2:270:6"
                                      "examples/configs/aid150-vgg11.yaml:.data/aid150_128.safetensors:0,1,2:270:6")

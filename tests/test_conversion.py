@@ -85,29 +85,6 @@ def test_layer_by_layer_balancing_equals_rerunning_the_network_per_neuron(arch):
     assert calls["n"] < chunks * weights * neurons / 2  # far from re-running the network per neuron
 
 
-def binary_reference_lif(current, threshold, leak, gamma=0.3, initial=0.5):
-    """DIET-SNN/TP: binary spikes H(u/V - 1) with the triangle surrogate; reset by V (no gradient via H)."""
-    class Spike(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, z):
-            ctx.save_for_backward(z)
-            return (z > 0).to(z.dtype)
-
-        @staticmethod
-        def backward(ctx, grad):
-            (z,) = ctx.saved_tensors
-            return grad * gamma * torch.clamp(1 - z.abs(), min=0)
-
-    residual = initial * threshold * torch.ones_like(current[0])
-    outputs = []
-    for t in range(current.shape[0]):
-        u = leak * residual + current[t]
-        fired = Spike.apply(u / threshold - 1)
-        outputs.append(fired)
-        residual = u - threshold * fired.detach()
-    return torch.stack(outputs)
-
-
 def test_binary_spikes_match_the_diet_snn_formulation_forward_and_backward():
     torch.manual_seed(4)
     current = (torch.randn(4, 3, 30) + 0.6).requires_grad_()
@@ -121,7 +98,7 @@ def test_binary_spikes_match_the_diet_snn_formulation_forward_and_backward():
         got = (current.grad.clone(), threshold.grad.clone(), leak.grad.clone())
         for tensor in (current, threshold, leak):
             tensor.grad = None
-        expected = binary_reference_lif(current, threshold, leak, initial=initial)
+        expected = reference_lif(current, threshold, leak, initial=initial, binary=True)
         torch.testing.assert_close(ours, expected)
         (expected * weights).sum().backward()
         for a, b in zip(got, (current.grad, threshold.grad, leak.grad)):

@@ -5,8 +5,9 @@ import torch
 from stpcli.spiking.neuron import LIF, lif_multistep, surrogate
 
 
-def reference_lif(current, threshold, leak, gamma=0.3, initial=0.5):
-    """Hand-rolled loop with autograd, straight from method.md section 3."""
+def reference_lif(current, threshold, leak, gamma=0.3, initial=0.5, binary=False):
+    """Hand-rolled loop with autograd, straight from docs/method.md section 3: spikes of amplitude V,
+    or binary spikes H(u/V - 1) (DIET-SNN/TP); reset by V, no gradient through H there."""
 
     class Spike(torch.autograd.Function):
         @staticmethod
@@ -24,7 +25,7 @@ def reference_lif(current, threshold, leak, gamma=0.3, initial=0.5):
     for t in range(current.shape[0]):
         u = leak * residual + current[t]
         fired = Spike.apply(u / threshold - 1)
-        outputs.append(threshold * fired)
+        outputs.append(fired if binary else threshold * fired)
         residual = u - threshold * fired.detach()
     return torch.stack(outputs)
 

@@ -137,7 +137,7 @@ class NeuronRecord(_Strict):
     dropout: Fraction = 0.2
     conv_dropout: Fraction = 0.0
     initial_membrane: Fraction = 0.0
-    spike_amplitude: Literal["threshold", "binary"] = "threshold"
+    spike_amplitude: Literal["threshold", "binary"] = "threshold"  # absent in records before it existed
 
 
 class Record(_Strict):

@@ -106,7 +106,7 @@ def convert_command(
     dropout: Annotated[float, typer.Option("--dropout", help="SNN dropout in hidden FC layers (one mask per image, shared by all steps).")] = 0.2,
     conv_dropout: Annotated[float, typer.Option("--conv-dropout", help="SNN dropout after convolutional neuron layers (one mask per image, shared by all steps).")] = 0.0,
     initial_membrane: Annotated[float, typer.Option("--initial-membrane", help="Initial membrane as a fraction of the threshold (0: DIET-SNN/TP).")] = 0.5,
-    spike_amplitude: Annotated[str, typer.Option("--spike-amplitude", help="threshold (a spike carries V) | binary (DIET-SNN/TP: V folded into the next weights).")] = "threshold",
+    spike_amplitude: Annotated[str, typer.Option("--spike-amplitude", help="binary (DIET-SNN/TP: V folded into the next weights) | threshold (a spike carries V).")] = "binary",
     **options,
 ):
     """Step 2a: ANN -> SNN (BN folding, threshold balancing), then hybrid training at T.

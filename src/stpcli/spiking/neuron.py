@@ -18,11 +18,12 @@ its input exceeds V/2, not V). The value is recorded in every checkpoint.
 
 Spike amplitude, recorded per checkpoint (``spike_amplitude``):
 
-* ``threshold`` (stp's original choice): s(t) = V * H(z). The forward pass equals
+* ``threshold`` (stp's choice before session 4): s(t) = V * H(z). The forward pass equals
   binary spikes with V folded into the next layer's weights, but the backward
   does not: dL/dV gains sum(g * H) through the amplitude, and V and the next
   weights scale the same product.
-* ``binary`` (DIET-SNN / TP): s(t) = H(z); conversion folds V into the weights
+* ``binary`` (DIET-SNN / TP; the default, chosen by measurement in docs/results.md): s(t) = H(z);
+  conversion folds V into the weights
   that read the spikes (see spiking/convert.py), and V then acts only through
   the firing condition and the reset.
 
