@@ -85,8 +85,8 @@ def test_algorithm2_mapping_every_stage(arch):
         big_spec = with_units(spec, stage, count)
         torch.manual_seed(stage)
         sb = SNN(big_spec, timesteps=2)
-        for p in sb.parameters():
-            p.data.normal_()  # every tensor distinct
+        for tensor in sb.state_dict().values():
+            tensor.normal_()  # every tensor distinct, buffers (binary spikes' shortcut scales) included
         sa, first = remove_units(sb, stage, count)
         assert sa.spec["depths"] == spec["depths"] and sa.spec["units"] is None
         assert sa.timesteps == sb.timesteps and sa.settings == sb.settings
