@@ -200,7 +200,7 @@ def run_nir(graph, image: torch.Tensor, timesteps: int) -> torch.Tensor:
 
 
 def test_nir_export_reads_back_and_reproduces_stps_logits(pipeline, dataset_dir, tmp_path):
-    import nir
+    nir = pytest.importorskip("nir", reason="the nir package is not installed (pip install 'stpcli[export]')")
 
     out = tmp_path / "sa_t1.nir"
     run_cli(["export", pipeline["sa_t1"], "--format", "nir", "--out", out])
@@ -220,7 +220,7 @@ def test_nir_export_reads_back_and_reproduces_stps_logits(pipeline, dataset_dir,
 
 @pytest.mark.parametrize("amplitude", ["threshold", "binary"])
 def test_nir_graph_of_a_resnet_with_leaky_neurons_and_shortcuts(amplitude):
-    import nir
+    nir = pytest.importorskip("nir", reason="the nir package is not installed (pip install 'stpcli[export]')")
 
     from stpcli.export import nir_graph
 

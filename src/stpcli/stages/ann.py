@@ -31,6 +31,7 @@ from stpcli.stages.common import (
 def train_ann(stage: Stage, *, arch: str, width: float, image_size: int, dropout: float,
               data: DataOptions, train_ratio: float, val_ratio: float, config: TrainConfig,
               io: StageIO, pretrained: str | None = None, options: dict | None = None) -> Checkpoint:
+    stage = stage.named("train-ann")
     config.check(training_required=True)
     make_spec(arch, 2, image_size, width, dropout)  # every option checked before the data is read
     check_split_ratios(train_ratio, val_ratio)
@@ -72,6 +73,7 @@ def train_ann(stage: Stage, *, arch: str, width: float, image_size: int, dropout
 def add_unit(stage: Stage, source: Checkpoint, *, unit_stage: int, count: int, config: TrainConfig,
              data: DataOptions, io: StageIO, options: dict | None = None) -> Checkpoint:
     """Nb = Add_Unit(AS, M, Na): identity-initialised Units, then fine-tuning for ``config.epochs``."""
+    stage = stage.named("add-unit")
     config.check()
     require_kind(source, "add-unit", "ann")
     with_units(source.model_spec, unit_stage, count)  # --as/--m checked before anything is read

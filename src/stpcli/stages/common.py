@@ -87,6 +87,10 @@ class Stage:
         if self.runtime.is_main:
             self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
+    def named(self, name: str) -> Stage:
+        """This run under a stage's own name: the lineage records what ran, whoever called it."""
+        return replace(self, name=name)
+
     def progress(self, label: str):
         """A progress bar on the main rank's terminal; yields ``advance(count, total=None)``."""
         return progress_bar(self.console, label, show=self.runtime.is_main)

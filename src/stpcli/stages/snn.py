@@ -37,6 +37,7 @@ def convert(stage: Stage, source: Checkpoint, *, timesteps: int, percentile: flo
             settings: SpikingSettings | None = None, teacher: Path | None = None,
             options: dict | None = None) -> Checkpoint:
     """Sb: BN folded, ReLU -> LIF, thresholds balanced layer by layer, then hybrid training at T."""
+    stage = stage.named("convert")
     require_kind(source, "convert", "ann")
     check_timesteps(timesteps)
     config.check()
@@ -178,7 +179,7 @@ def temporal_prune(stage: Stage, source: Checkpoint, *, schedule: list[int], con
         stage.say(f"[temporal-prune] T={parent.timesteps} -> T={timesteps}: test accuracy before "
                   f"retraining {start:.2f}%")
         torch.manual_seed(config.seed)
-        parent = train_and_finish(Stage(f"temporal-prune T={timesteps}", stage.runtime, stage.console), snn,
+        parent = train_and_finish(stage.named(f"temporal-prune T={timesteps}"), snn,
                                   parts, config, record, stage_io, {"timesteps": timesteps, "parent": parent.sha256},
                                   {"test_accuracy_before_training": start},
                                   {**(options or {}), "timesteps": timesteps}, parent=parent,
@@ -206,6 +207,7 @@ def spatial_prune(stage: Stage, source: Checkpoint, *, unit_stage: int | None, c
                   config: TrainConfig, data: DataOptions, io: StageIO, teacher: Path | None = None,
                   options: dict | None = None) -> Checkpoint:
     """Sa: remove M layers from stage AS (Algorithm 2), copy the rest, fine-tune at the checkpoint's T."""
+    stage = stage.named("spatial-prune")
     require_kind(source, "spatial-prune", "snn")
     config.check()
     units = source.model_spec.get("units")
