@@ -3,8 +3,7 @@
 # (1) Triton LIF parity and a torch.profiler breakdown of a training step, (2) throughput of ours
 # (eager, Triton LIF, compiled) against SpikingJelly at 224 px, batch 64, bf16, (3) the wall time of
 # the AID VGG11 paper preset's whole STP chain (one seed). Results: $OUT (JSON, logs).
-#   OUT=... WHEELS=.whl bash benchmarks/gpu_engine.sh    (carry [".whl", ".data"]; see gpu_prepare.sh)
-# SpikingJelly (and its loguru) travel as wheels too: add them to .whl/ before the call.
+#   bash benchmarks/gpu_engine.sh    (carry [".whl", ".data"]; benchmarks/gpu_prepare.sh fills them here first)
 set -uo pipefail
 OUT=${OUT:-benchmarks/out/gpu_engine}
 mkdir -p "$OUT"

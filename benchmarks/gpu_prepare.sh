@@ -12,6 +12,8 @@ grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/excl
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
   pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection
+# the benchmark peers (pure-Python wheels; the device image has torch, torchaudio, scipy, h5py, tqdm)
+python3 -m pip download -q --no-deps -d .whl spikingjelly==2.0.0 snntorch==1.0.0 loguru SciencePlots
 STP=${STP:-.venv/bin/stp}
 [ -f .data/ucm16_128.safetensors ] || $STP data pack "$DATASETS/ucm16" --image-size 128 --quality 90 --out .data/ucm16_128.safetensors
 [ -f .data/aid150_128.safetensors ] || $STP data pack "$DATASETS/aid150" --image-size 128 --quality 75 --out .data/aid150_128.safetensors
