@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors import safe_open
@@ -23,6 +23,7 @@ from stpcli import __version__
 from stpcli.errors import StpError
 from stpcli.files import atomic_save_tensors, check_writable_folder, first_line, now_iso, sha256_file
 from stpcli.schema import Record, validate
+from stpcli.spec import ModelSpec
 
 FORMAT_NAME = "stp-checkpoint"
 FORMAT_VERSION = 1
@@ -49,8 +50,8 @@ class Checkpoint:
         return self.record["kind"]
 
     @property
-    def model_spec(self) -> dict:
-        return self.record["model"]
+    def model_spec(self) -> ModelSpec:
+        return cast(ModelSpec, self.record["model"])  # validated against schema.ModelSpec when read
 
     @property
     def timesteps(self) -> int | None:

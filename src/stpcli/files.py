@@ -28,7 +28,7 @@ LOCK_SUFFIX = ".lock"
 
 
 def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def sha256_file(path: str | Path) -> str:

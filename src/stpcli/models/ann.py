@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stpcli.models.plan import build_plan
+from stpcli.models.plan import PlanEntry, build_plan
+from stpcli.spec import ModelSpec
 
 
 def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d):
@@ -30,7 +31,7 @@ def _running_stats(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class ConvLayer(nn.Module):
-    def __init__(self, entry: dict):
+    def __init__(self, entry: PlanEntry):
         super().__init__()
         self.conv = nn.Conv2d(entry["in"], entry["out"], entry["kernel"], entry["stride"], entry["padding"], bias=False)
         self.bn = nn.BatchNorm2d(entry["out"])
@@ -65,7 +66,7 @@ class Projection(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, entry: dict):
+    def __init__(self, entry: PlanEntry):
         super().__init__()
         cin, cout, stride = entry["in"], entry["out"], entry["stride"]
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
@@ -95,7 +96,7 @@ class BasicBlock(nn.Module):
 
 
 class HiddenLinear(nn.Module):
-    def __init__(self, entry: dict):
+    def __init__(self, entry: PlanEntry):
         super().__init__()
         self.fc = nn.Linear(entry["in"], entry["out"])
         self.dropout = nn.Dropout(entry["dropout"])
@@ -108,7 +109,7 @@ class HiddenLinear(nn.Module):
 
 
 class OutputLinear(HiddenLinear):
-    def __init__(self, entry: dict):
+    def __init__(self, entry: PlanEntry):
         nn.Module.__init__(self)
         self.fc = nn.Linear(entry["in"], entry["out"])
 
@@ -117,12 +118,12 @@ class OutputLinear(HiddenLinear):
 
 
 class Pool(nn.AvgPool2d):
-    def __init__(self, entry: dict):
+    def __init__(self, entry: PlanEntry):
         super().__init__(entry["kernel"], entry["stride"], entry["padding"])
 
 
 class GlobalPool(nn.Module):
-    def __init__(self, entry: dict):
+    def __init__(self, entry: PlanEntry):
         super().__init__()
 
     def forward(self, x):
@@ -130,7 +131,7 @@ class GlobalPool(nn.Module):
 
 
 class Flatten(nn.Flatten):
-    def __init__(self, entry: dict):
+    def __init__(self, entry: PlanEntry):
         super().__init__()
 
 
@@ -148,7 +149,7 @@ ANN_LAYERS = {
 class ANN(nn.Module):
     """A feed-forward network over the plan; ``layers.<i>`` is plan entry i."""
 
-    def __init__(self, spec: dict):
+    def __init__(self, spec: ModelSpec):
         super().__init__()
         self.spec = spec
         self.plan = build_plan(spec)
@@ -168,7 +169,7 @@ class ANN(nn.Module):
             x = layer(x)
         return x
 
-    def rebuilt(self, spec: dict) -> ANN:
+    def rebuilt(self, spec: ModelSpec) -> ANN:
         """A fresh ANN of another spec (Unit surgery)."""
         return ANN(spec)
 

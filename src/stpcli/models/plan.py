@@ -13,6 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Required, TypedDict
+
+from stpcli.spec import ModelSpec
+
+# One layer of the plan; which keys an entry has depends on its type (LAYER_TYPES).
+PlanEntry = TypedDict("PlanEntry", {
+    "type": Required[str], "in": int, "out": int, "kernel": int, "stride": int, "padding": int,
+    "stage": int, "unit": bool, "dropout": float,
+}, total=False)
 
 
 @dataclass(frozen=True)
@@ -36,7 +45,7 @@ LAYER_TYPES: dict[str, LayerType] = {
     "output": LayerType(weights=True, neuron=False, unit=False),
 }
 
-PLAN_BUILDERS: dict[str, Callable[[dict], list[dict]]] = {}
+PLAN_BUILDERS: dict[str, Callable[[ModelSpec], list[PlanEntry]]] = {}
 
 
 def plan_builder(family: str):
@@ -48,35 +57,36 @@ def plan_builder(family: str):
     return wrap
 
 
-def build_plan(spec: dict) -> list[dict]:
+def build_plan(spec: ModelSpec) -> list[PlanEntry]:
     builder = PLAN_BUILDERS.get(spec["family"])
     if builder is None:
         raise ValueError(f"no layer plan for the architecture family {spec['family']!r}")
     return builder(spec)
 
 
-def stage_layers(plan: list[dict], stage: int) -> list[int]:
+def stage_layers(plan: list[PlanEntry], stage: int) -> list[int]:
     """Plan indices of the layers of ``stage`` that could be Units (conv layers, residual blocks)."""
     return [i for i, e in enumerate(plan) if LAYER_TYPES[e["type"]].unit and e.get("stage") == stage]
 
 
-def has_neuron(entry: dict) -> bool:
+def has_neuron(entry: PlanEntry) -> bool:
     return LAYER_TYPES[entry["type"]].neuron
 
 
-def has_weights(entry: dict) -> bool:
+def has_weights(entry: PlanEntry) -> bool:
     return LAYER_TYPES[entry["type"]].weights
 
 
-def _unit_flags(spec: dict, stage: int, depth: int) -> list[bool]:
+def _unit_flags(spec: ModelSpec, stage: int, depth: int) -> list[bool]:
     units = spec.get("units")
     count = units["count"] if units and units["stage"] == stage else 0
     return [j >= depth - count for j in range(depth)]
 
 
 @plan_builder("vgg")
-def _vgg_plan(spec: dict) -> list[dict]:
-    plan, channels = [], spec["in_channels"]
+def _vgg_plan(spec: ModelSpec) -> list[PlanEntry]:
+    plan: list[PlanEntry] = []
+    channels = spec["in_channels"]
     for stage, (depth, width) in enumerate(zip(spec["depths"], spec["channels"]), start=1):
         for is_unit in _unit_flags(spec, stage, depth):
             plan.append({"type": "conv", "in": channels, "out": width, "kernel": 3, "stride": 1,
@@ -94,9 +104,9 @@ def _vgg_plan(spec: dict) -> list[dict]:
 
 
 @plan_builder("resnet")
-def _resnet_plan(spec: dict) -> list[dict]:
+def _resnet_plan(spec: ModelSpec) -> list[PlanEntry]:
     stem = spec["channels"][0]
-    plan = [
+    plan: list[PlanEntry] = [
         {"type": "conv", "in": spec["in_channels"], "out": stem, "kernel": 7, "stride": 2, "padding": 3,
          "stage": 0, "unit": False},
         # average (not max) pooling in the stem so the SNN's pooling acts on spike maps
@@ -114,7 +124,7 @@ def _resnet_plan(spec: dict) -> list[dict]:
     return plan
 
 
-def is_shape_preserving(entry: dict) -> bool:
+def is_shape_preserving(entry: PlanEntry) -> bool:
     return LAYER_TYPES[entry["type"]].unit and entry["in"] == entry["out"] and entry["stride"] == 1
 
 
@@ -128,7 +138,7 @@ class SynapticLayer:
     source: str | None  # neuron module path feeding it; None for the analog input
 
 
-def synaptic_layers(plan: list[dict], image_size: int) -> list[SynapticLayer]:
+def synaptic_layers(plan: list[PlanEntry], image_size: int) -> list[SynapticLayer]:
     """Walk shapes through the plan; list every weight layer with MACs and source neuron."""
     layers: list[SynapticLayer] = []
     side, source = image_size, None
@@ -159,7 +169,7 @@ def synaptic_layers(plan: list[dict], image_size: int) -> list[SynapticLayer]:
     return layers
 
 
-def describe(entry: dict) -> str:
+def describe(entry: PlanEntry) -> str:
     kind = entry["type"]
     if kind == "conv":
         return f"conv{entry['kernel']}-{entry['out']}" + (f"/{entry['stride']}" if entry["stride"] > 1 else "")

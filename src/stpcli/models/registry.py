@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from stpcli.errors import StpError
 from stpcli.schema import MAX_IMAGE_SIZE, MAX_WIDTH
+from stpcli.spec import ModelSpec
 
 ARCHITECTURES: dict[str, Callable[[], dict]] = {}
 
@@ -48,7 +49,7 @@ def scaled(count: int, width: float, floor: int) -> int:
     return max(floor, int(round(count * width)))
 
 
-def make_spec(arch: str, num_classes: int, image_size: int, width: float = 1.0, dropout: float = 0.5) -> dict:
+def make_spec(arch: str, num_classes: int, image_size: int, width: float = 1.0, dropout: float = 0.5) -> ModelSpec:
     if arch not in ARCHITECTURES:
         raise StpError(f"unknown architecture {arch!r}; choose one of {', '.join(sorted(ARCHITECTURES))}")
     if not 0 < width <= MAX_WIDTH:

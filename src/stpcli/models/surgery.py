@@ -12,28 +12,30 @@ import copy
 import torch
 
 from stpcli.errors import StpError
-from stpcli.models.plan import build_plan, is_shape_preserving, stage_layers
+from stpcli.models.plan import PlanEntry, build_plan, is_shape_preserving, stage_layers
+from stpcli.spec import ModelSpec
 
 
-def stage_range(spec: dict) -> range:
+def stage_range(spec: ModelSpec) -> range:
     return range(1, len(spec["depths"]) + 1)
 
 
-def check_stage(spec: dict, stage: int) -> None:
+def check_stage(spec: ModelSpec, stage: int) -> None:
     if stage not in stage_range(spec):
         raise StpError(
             f"--as {stage} is out of range: {spec['arch']} has stages 1..{len(spec['depths'])}"
         )
 
 
-def with_units(spec: dict, stage: int, count: int) -> dict:
+def with_units(spec: ModelSpec, stage: int, count: int) -> ModelSpec:
     """The spec of Nb: ``count`` Units appended to stage ``stage`` of Na."""
     check_stage(spec, stage)
     if count < 1:
         raise StpError(f"--m must be at least 1, got {count}")
-    if spec.get("units"):
+    existing = spec.get("units")
+    if existing:
         raise StpError(
-            f"the model already has {spec['units']['count']} Unit(s) at stage {spec['units']['stage']}; "
+            f"the model already has {existing['count']} Unit(s) at stage {existing['stage']}; "
             "add Units to the base ANN"
         )
     new = copy.deepcopy(spec)
@@ -42,13 +44,13 @@ def with_units(spec: dict, stage: int, count: int) -> dict:
     return new
 
 
-def first_layer_index(plan: list[dict], stage: int, count: int) -> int:
+def first_layer_index(plan: list[PlanEntry], stage: int, count: int) -> int:
     """Plan index of the first of the trailing ``count`` layers of ``stage`` (Algorithm 2's AS)."""
     members = stage_layers(plan, stage)
     return members[len(members) - count]
 
 
-def without_layers(spec: dict, stage: int, count: int, named: str | None = None) -> tuple[dict, int]:
+def without_layers(spec: ModelSpec, stage: int, count: int, named: str | None = None) -> tuple[ModelSpec, int]:
     """The spec with the trailing ``count`` layers of ``stage`` removed, and AS (their first index).
 
     ``named`` says where the layers were named (default: the --as/--m options) for the error message.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from stpcli.models.plan import synaptic_layers
+from stpcli.models.plan import PlanEntry, synaptic_layers
 from stpcli.spiking.network import SNN
 from stpcli.spiking.neuron import SpikeCounter
 
@@ -37,13 +37,13 @@ def mean_spikes_per_neuron(counters: dict[str, SpikeCounter]) -> float:
     return sum(c.spikes for c in counters.values()) / slots if slots else 0.0
 
 
-def ann_energy(spec_plan: list[dict], image_size: int) -> dict:
+def ann_energy(spec_plan: list[PlanEntry], image_size: int) -> dict:
     layers = synaptic_layers(spec_plan, image_size)
     macs = sum(layer.macs for layer in layers)
     return {"macs": macs, "energy_pj": E_MAC_PJ * macs}
 
 
-def snn_energy(spec_plan: list[dict], image_size: int, rates: dict[str, float], timesteps: int) -> dict:
+def snn_energy(spec_plan: list[PlanEntry], image_size: int, rates: dict[str, float], timesteps: int) -> dict:
     rows, total_pj, total_sops = [], 0.0, 0.0
     for layer in synaptic_layers(spec_plan, image_size):
         if layer.source is None:  # direct encoding: real MACs on the analog image at every step

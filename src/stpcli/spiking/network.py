@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stpcli.models.plan import build_plan
+from stpcli.models.plan import PlanEntry, build_plan
+from stpcli.spec import ModelSpec
 from stpcli.spiking.neuron import INITIAL_MEMBRANE, LIF, SURROGATE_GAMMA
 
 SPIKE_AMPLITUDES = ("threshold", "binary")
@@ -63,7 +64,7 @@ def drop_per_image(spikes: torch.Tensor, rate: float, training: bool) -> torch.T
 
 
 class SpikingConv(nn.Module):
-    def __init__(self, entry: dict, make_neuron, dropout: float = 0.0):
+    def __init__(self, entry: PlanEntry, make_neuron, dropout: float = 0.0):
         super().__init__()
         self.conv = nn.Conv2d(entry["in"], entry["out"], entry["kernel"], entry["stride"], entry["padding"])
         self.neuron = make_neuron()
@@ -85,7 +86,7 @@ class SpikingBlock(nn.Module):
     layer's threshold, so it carries a constant ``shortcut_scale`` (set at conversion).
     """
 
-    def __init__(self, entry: dict, make_neuron, dropout: float = 0.0, binary: bool = False):
+    def __init__(self, entry: PlanEntry, make_neuron, dropout: float = 0.0, binary: bool = False):
         super().__init__()
         cin, cout, stride = entry["in"], entry["out"], entry["stride"]
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1)
@@ -112,7 +113,7 @@ class SpikingBlock(nn.Module):
 class SpikingLinear(nn.Module):
     """Hidden FC layer; dropout draws one mask per image, shared by all time steps."""
 
-    def __init__(self, entry: dict, make_neuron, dropout: float):
+    def __init__(self, entry: PlanEntry, make_neuron, dropout: float):
         super().__init__()
         self.fc = nn.Linear(entry["in"], entry["out"])
         self.neuron = make_neuron()
@@ -126,7 +127,7 @@ class SpikingLinear(nn.Module):
 class OutputLayer(nn.Module):
     """Non-spiking accumulator: logits = sum_t (W s(t) + b) = W (sum_t s(t)) + T b."""
 
-    def __init__(self, entry: dict):
+    def __init__(self, entry: PlanEntry):
         super().__init__()
         self.fc = nn.Linear(entry["in"], entry["out"])
 
@@ -138,7 +139,7 @@ class OutputLayer(nn.Module):
 class Stateless(nn.Module):
     """Pooling and flattening act on the folded batch and ignore time."""
 
-    def __init__(self, entry: dict):
+    def __init__(self, entry: PlanEntry):
         super().__init__()
         self.kind = entry["type"]
         if self.kind == "pool":
@@ -167,7 +168,7 @@ SNN_LAYERS = {
 class SNN(nn.Module):
     """``layers.<i>`` is plan entry i, as in the ANN; thresholds and leaks live in the neurons."""
 
-    def __init__(self, spec: dict, timesteps: int, settings: SpikingSettings | None = None):
+    def __init__(self, spec: ModelSpec, timesteps: int, settings: SpikingSettings | None = None):
         super().__init__()
         settings = settings or SpikingSettings()
 
@@ -185,7 +186,7 @@ class SNN(nn.Module):
             x = layer(x, self.timesteps, static=(i == 0))
         return x
 
-    def rebuilt(self, spec: dict) -> SNN:
+    def rebuilt(self, spec: ModelSpec) -> SNN:
         """A fresh SNN of another spec with this one's T and neuron settings (Unit surgery)."""
         return SNN(spec, self.timesteps, self.settings)
 

@@ -11,6 +11,7 @@ from stpcli.engine.evaluate import accuracy_report
 from stpcli.errors import StpError
 from stpcli.files import sha256_file
 from stpcli.models.plan import build_plan, describe, has_neuron, has_weights, synaptic_layers
+from stpcli.spec import ModelSpec
 from stpcli.spiking.energy import ann_energy, counting_spikes, mean_spikes_per_neuron, snn_energy
 from stpcli.stages.common import (
     DataOptions,
@@ -76,7 +77,7 @@ def method_of(record: dict) -> str:
     return "TP"
 
 
-def layer_table(spec: dict, image_size: int, kind: str) -> list[dict]:
+def layer_table(spec: ModelSpec, image_size: int, kind: str) -> list[dict]:
     plan = build_plan(spec)
     macs: dict[int, int] = {}
     for layer in synaptic_layers(plan, image_size):

@@ -1,0 +1,31 @@
+"""The shape of a model spec: the small JSON record that rebuilds a model with no other input.
+
+Types only (no imports from the package), so the checkpoint format and the model code both use it;
+``schema.ModelSpec`` validates the same fields, with bounds, when a record is read.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+
+class Units(TypedDict):
+    stage: int  # 1-based network stage that holds the Units (--as)
+    count: int  # how many (--m)
+
+
+class ModelSpec(TypedDict):
+    """What rebuilds a model with no other input; recorded verbatim in checkpoints (schema.ModelSpec
+    validates it when read)."""
+
+    arch: str
+    family: str
+    width: float
+    depths: list[int]
+    channels: list[int]
+    hidden: list[int]
+    num_classes: int
+    image_size: int
+    in_channels: int
+    dropout: float
+    units: Units | None
