@@ -58,13 +58,17 @@ def naive_balance(snn: SNN, x: torch.Tensor, percentile: float, scale: float) ->
     return thresholds
 
 
+def ann_and_images(arch: str, seed: int, images: int):
+    """A small ANN with non-trivial BatchNorm statistics and a batch of random images."""
+    torch.manual_seed(seed)
+    ann = ANN(make_spec(arch, num_classes=4, image_size=32, width=0.125, dropout=0.0)).eval()
+    randomise_bn(ann)
+    return ann, torch.randn(images, 3, 32, 32)
+
+
 @pytest.mark.parametrize("arch", ["vgg11", "resnet18"])
 def test_layer_by_layer_balancing_equals_rerunning_the_network_per_neuron(arch):
-    torch.manual_seed(0)
-    spec = make_spec(arch, num_classes=4, image_size=32, width=0.125, dropout=0.0)
-    ann = ANN(spec).eval()
-    randomise_bn(ann)
-    x = torch.randn(10, 3, 32, 32)
+    ann, x = ann_and_images(arch, seed=0, images=10)
     # spikes of amplitude V: the rerun has no folding step (binary spikes: the test after the next)
     ours, reference = (snn_from_ann(ann, 3, SpikingSettings(dropout=0.0, spike_amplitude="threshold")) for _ in range(2))
     calls = {"n": 0}
@@ -116,11 +120,7 @@ def test_binary_spikes_match_the_diet_snn_formulation_forward_and_backward():
 @pytest.mark.parametrize("arch", ["vgg11", "resnet18"])
 def test_binary_conversion_folds_thresholds_into_the_readers_and_keeps_the_function(arch):
     """Same ANN, same calibration: binary spikes with V folded downstream give the amplitude network's logits."""
-    torch.manual_seed(1)
-    spec = make_spec(arch, num_classes=4, image_size=32, width=0.125, dropout=0.0)
-    ann = ANN(spec).eval()
-    randomise_bn(ann)
-    x = torch.randn(8, 3, 32, 32)
+    ann, x = ann_and_images(arch, seed=1, images=8)
     amplitude = snn_from_ann(ann, 3, SpikingSettings(dropout=0.0, spike_amplitude="threshold")).eval()
     binary = snn_from_ann(ann, 3, SpikingSettings(dropout=0.0, spike_amplitude="binary")).eval()
     a = balance_thresholds(amplitude, x, 99.0, 0.7)

@@ -1,5 +1,6 @@
 """The stages called from Python, without the CLI: what a notebook or another tool does."""
 
+import pytest
 import torch
 
 from stpcli.checkpoint import load_checkpoint
@@ -21,7 +22,8 @@ def test_the_whole_chain_from_python(dataset_dir, tmp_path):
     nb = add_unit(stage, na, unit_stage=3, count=1, config=TrainConfig(epochs=0),
                   data=DataOptions(), io=StageIO(tmp_path / "nb.safetensors"))
     snn_recipe = TrainConfig(epochs=1, batch_size=16, optimizer="adam", lr=1e-3, weight_decay=0.0)
-    sb = convert(stage, nb, timesteps=2, percentile=99.7, scale=0.6, calibration_images=16, config=snn_recipe,
+    sb = convert(stage, nb, timesteps=2, percentile=99.7, scale=0.6, calibration_images=16,
+                 config=TrainConfig(epochs=5, batch_size=16, optimizer="adam", lr=1e-3, weight_decay=0.0),
                  data=DataOptions(), io=StageIO(tmp_path / "sb_t2.safetensors"),
                  settings=SpikingSettings(dropout=0.0))
     outputs = temporal_prune(stage, sb, schedule=[1], configs=[snn_recipe], data=DataOptions(),
@@ -31,9 +33,10 @@ def test_the_whole_chain_from_python(dataset_dir, tmp_path):
     assert [h["stage"] for h in sa.history] == ["train-ann", "add-unit", "convert", "temporal-prune", "spatial-prune"]
     assert sa.timesteps == 1 and sa.model_spec["units"] is None
     assert sa.record["snn"]["spike_amplitude"] == "binary"
-    # the SNN stages trained on the SNN recipe's step milestones, as the CLI's do
-    state_free = load_checkpoint(tmp_path / "sb_t2.safetensors")
-    assert state_free.sha256 == sb.sha256
-    assert TrainConfig(epochs=10).milestones is None and SNN_MILESTONES == [0.6, 0.8, 0.9]
+    # convert trained on the SNN recipe's step milestones though the config named none: 0.6, 0.8, 0.9 of
+    # 5 epochs round to epochs 3, 4, 4 (x0.2, then x0.2 twice); the ANN's 0.45, 0.7, 0.9 would give 2, 4, 4
+    rows = (tmp_path / "sb_t2.metrics.csv").read_text().splitlines()[1:]
+    assert [float(row.split(",")[1]) for row in rows] == pytest.approx([1e-3, 1e-3, 1e-3, 2e-4, 8e-6])
+    assert SNN_MILESTONES == [0.6, 0.8, 0.9] and load_checkpoint(tmp_path / "sb_t2.safetensors").sha256 == sb.sha256
     result = evaluate(stage, sa, DataOptions())
     assert result["method"] == "STP" and result["images"] == 6 and torch.isfinite(torch.tensor(result["kappa"]))

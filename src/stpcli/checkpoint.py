@@ -90,12 +90,13 @@ class StageEntry:
         }
 
 
-def check_output_path(path: str | Path, force: bool, inputs: tuple[Path | None, ...] = ()) -> Path:
+def check_output_path(path: str | Path, force: bool, inputs: tuple[Path | None, ...] = (),
+                      suffix: str | None = ".safetensors") -> Path:
     """Refuse an output that exists (without --force), that is one of the command's inputs,
     or whose folder is missing or not writable."""
     out = Path(path)
-    if out.suffix != ".safetensors":
-        raise StpError(f"output {out} must end in .safetensors")
+    if suffix is not None and out.suffix != suffix:
+        raise StpError(f"output {out} must end in {suffix}")
     if not out.parent.is_dir():
         raise StpError(f"output folder {out.parent} does not exist")
     for source in inputs:

@@ -33,7 +33,7 @@ from stpcli.engine.state import state_path_for
 from stpcli.errors import StpError
 from stpcli.files import atomic_write_text
 from stpcli.stages.common import DataOptions, Stage
-from stpcli.stages.report import compare
+from stpcli.stages.report import METHODS, compare
 
 # two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom (then the normal 1.96)
 T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -203,7 +203,7 @@ def summarise(runs: list[dict]) -> tuple[list[dict], list[dict]]:
     anns = {run["seed"]: run["accuracy"] for run in runs if run["method"] == "ANN"}
     table = []
     for (method, units, timesteps), members in sorted(groups.items(), key=lambda kv: (
-            ["ANN", "ANN with Units", "TP", "STP (Units kept)", "STP"].index(kv[0][0]), kv[0][1], -(kv[0][2] or 0))):
+            METHODS.index(kv[0][0]), kv[0][1], -(kv[0][2] or 0))):
         mean, std = mean_std([m["accuracy"] for m in members])
         energy = [m["energy_uj"] for m in members]
         gaps = [anns[m["seed"]] - m["accuracy"] for m in members if m["seed"] in anns and method != "ANN"]

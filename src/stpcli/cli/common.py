@@ -152,8 +152,12 @@ def option_name(param) -> str:
 
 def option_names(ctx: typer.Context) -> dict[str, str]:
     """Every spelling a preset may use for a command's parameter (``image-size``, ``image_size``) -> its name."""
+    return command_option_names(ctx.command)
+
+
+def command_option_names(command) -> dict[str, str]:
     names = {}
-    for param in ctx.command.params:
+    for param in command.params:
         for spelling in (option_name(param), param.name):
             names[spelling] = names[spelling.replace("-", "_")] = param.name
     return names

@@ -21,6 +21,7 @@ from stpcli.cli.common import (
     JsonOutput,
     OnBadImage,
     apply_config,
+    command_option_names,
     console,
     make_data,
     make_stage,
@@ -236,16 +237,14 @@ def rerun_config(ctx: typer.Context, entry: dict) -> str:
     command = group.commands.get(entry["stage"])
     if command is None:
         raise StpError(f"the last stage, {entry['stage']!r}, is not a command of this stp")
-    names = {}
-    for param in command.params:
-        if param.name not in ("source", "out", "config", "force", "resume"):
-            names[option_name(param)] = names[param.name] = option_name(param)
+    names = command_option_names(command)  # any spelling -> parameter name
+    flags = {param.name: option_name(param) for param in command.params}
     options = {}
     for key, value in entry.get("options", {}).items():
-        name = names.get(key) or names.get(key.replace("-", "_"))
-        if name is None or value is None:
+        name = names.get(key)
+        if name is None or name in ("source", "out", "config", "force", "resume") or value is None:
             continue
-        options[name] = value["path"] if isinstance(value, dict) and "path" in value else value
+        options[flags[name]] = value["path"] if isinstance(value, dict) and "path" in value else value
     return yaml.safe_dump({entry["stage"]: options}, sort_keys=False)
 
 

@@ -11,11 +11,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from stpcli.checkpoint import load_checkpoint
+from stpcli.checkpoint import check_output_path, load_checkpoint
 from stpcli.cli.common import Device, Force, JsonOutput, console, error_console, make_stage, stp_command
 from stpcli.errors import StpError
 from stpcli.export import FORMATS, export
-from stpcli.files import atomic_write_text, check_writable_folder, lock_output
+from stpcli.files import atomic_write_text, lock_output
 from stpcli.progress import progress_bar
 from stpcli.stages.predict import check_options, find_images, predict
 
@@ -45,10 +45,10 @@ def predict_command(
         raise StpError(f"--csv {csv_file}: folder {csv_file.parent} does not exist")
     check_options(top_k, batch_size)
     ckpt = load_checkpoint(checkpoint)
-    total = len(find_images(paths))
+    files = find_images(paths)  # once: predict is given the files, not the folders again
     stage = make_stage("predict", {"device": device})
-    with progress_bar(console, "predicting", total=total, show=not json_output) as advance:
-        result = predict(stage, ckpt, paths, top_k, batch_size, advance=advance)
+    with progress_bar(console, "predicting", total=len(files), show=not json_output) as advance:
+        result = predict(stage, ckpt, files, top_k, batch_size, advance=advance)
     if csv_file is not None:
         _write_csv(csv_file, result)
     if json_output:
@@ -95,13 +95,7 @@ def export_command(
     """
     if fmt not in FORMATS:
         raise StpError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if not out.parent.is_dir():
-        raise StpError(f"output folder {out.parent} does not exist")
-    if out.exists() and not force:
-        raise StpError(f"output {out} exists; pass --force to overwrite it")
-    if out.exists() and out.resolve() == checkpoint.resolve():
-        raise StpError(f"--out {out} is this command's input; choose another --out")
-    check_writable_folder(out.parent)
+    check_output_path(out, force, inputs=(checkpoint,), suffix=None)
     lock_output(out)
     ckpt = load_checkpoint(checkpoint)
     export(ckpt, fmt, out)
