@@ -20,9 +20,9 @@ from stpcli.checkpoint import load_checkpoint
 from stpcli.engine.evaluate import Scores
 from stpcli.models.ann import ANN
 from stpcli.models.registry import make_spec
+from stpcli.restore import model_from_checkpoint
 from stpcli.spiking.convert import balance_thresholds, snn_from_ann
 from stpcli.spiking.network import SpikingSettings
-from stpcli.stages.common import model_from_checkpoint
 
 
 def as_json(result):
@@ -58,7 +58,7 @@ def test_predict_agrees_with_the_model_on_the_training_pipeline(pipeline, datase
     result = as_json(run_cli(["predict", pipeline["sb_t1"], *files, "--json", "--device", "cpu"]))
     from stpcli.data.imagefolder import decode_image
     from stpcli.data.loader import normalise
-    from stpcli.stages.common import input_stats
+    from stpcli.restore import input_stats
 
     model = model_from_checkpoint(ckpt).eval()
     mean, std = input_stats(ckpt.record)

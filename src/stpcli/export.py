@@ -35,9 +35,9 @@ from stpcli.checkpoint import Checkpoint
 from stpcli.errors import StpError
 from stpcli.files import atomic_write
 from stpcli.models.plan import synaptic_layers
+from stpcli.restore import model_from_checkpoint
 from stpcli.spiking.network import SNN
 from stpcli.spiking.neuron import LIF
-from stpcli.stages.common import model_from_checkpoint
 
 FORMATS = ("nir", "onnx")
 

@@ -32,8 +32,8 @@ from stpcli.chain import Step, preset_units, stp_steps, tp_steps
 from stpcli.engine.state import state_path_for
 from stpcli.errors import StpError
 from stpcli.files import atomic_write_text
-from stpcli.stages.common import DataOptions, Stage
-from stpcli.stages.report import METHODS, compare
+from stpcli.report import METHODS, compare
+from stpcli.run import DataOptions, Run
 
 # two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom (then the normal 1.96)
 T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -176,7 +176,7 @@ def interval(values: list[float]) -> tuple[float, float, float | None, float | N
     return mean, std, mean - half, mean + half
 
 
-def collect(stage: Stage, out_dir: Path, preset: dict, seeds: list[int], data: str | None) -> list[dict]:
+def collect(run: Run, out_dir: Path, preset: dict, seeds: list[int], data: str | None) -> list[dict]:
     """One row per finished checkpoint: seed, method, Unit setting, T, accuracy, energy."""
     paths = []
     for seed in seeds:
@@ -188,7 +188,7 @@ def collect(stage: Stage, out_dir: Path, preset: dict, seeds: list[int], data: s
         paths += [(seed, p) for p in candidates if p.is_file() and not p.name.endswith(".state.safetensors")]
     if not paths:
         return []
-    rows = compare(stage, [p for _, p in paths], DataOptions(location=data))
+    rows = compare(run, [p for _, p in paths], DataOptions(location=data))
     for (seed, path), row in zip(paths, rows):
         row["seed"] = seed
         row["units"] = path.parent.name.upper().replace("-", " ") if path.parent.name.startswith("as") else ""

@@ -21,14 +21,14 @@ from stpcli.engine.train import TrainConfig
 from stpcli.entry import EARLY_SIGNALS
 from stpcli.errors import StpError
 from stpcli.files import first_line, release_outputs
-from stpcli.stages.common import DataOptions, Stage, StageIO
+from stpcli.run import DataOptions, Run
+from stpcli.stages.saving import StageIO
 
 console = Console()
 if not console.is_terminal:  # logs and pipes: wide enough for the tables, never wrapped at 80
     console = Console(width=140)
 error_console = Console(stderr=True)
 STATE = {"debug": False}
-NOT_RECORDED = {"config", "force", "resume", "json_output", "device", "precision", "compile"}
 
 
 def stp_command(app: typer.Typer, name: str, **kwargs):
@@ -163,25 +163,14 @@ def command_option_names(command) -> dict[str, str]:
     return names
 
 
-def recorded_options(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
-    """The resolved options of a run, under their command-line names, for the checkpoint's lineage."""
-    out = {}
-    for param in ctx.command.params:
-        if param.name in NOT_RECORDED:
-            continue
-        value = values.get(param.name)
-        out[option_name(param)] = str(value) if isinstance(value, Path) else value
-    return out
-
-
 def command_line() -> str:
     return "stp " + shlex.join(sys.argv[1:])
 
 
-def make_stage(name: str, values: dict) -> Stage:
+def make_run(name: str, values: dict) -> Run:
     runtime = setup_runtime(values.get("device", "auto"), values.get("precision", "fp32"),
                             values.get("compile", False))
-    return Stage(name, runtime, console)
+    return Run(name, runtime, console)
 
 
 def make_io(values: dict) -> StageIO:

@@ -24,13 +24,13 @@ from stpcli.cli.common import (
     command_option_names,
     console,
     make_data,
-    make_stage,
+    make_run,
     option_name,
     stp_command,
 )
 from stpcli.errors import StpError
+from stpcli.report import compare, evaluate, info, verify_chain
 from stpcli.schema import json_schema
-from stpcli.stages.report import compare, evaluate, info, verify_chain
 
 app = typer.Typer()
 
@@ -68,9 +68,9 @@ def evaluate_command(
         raise StpError(f"--part must be test, val or train, got {part!r}")
     if plots is not None and not plots.is_dir():
         raise StpError(f"--plots {plots} is not a folder")
-    stage = make_stage("evaluate", values)
+    run = make_run("evaluate", values)
     ckpt = load_checkpoint(checkpoint)
-    result = evaluate(stage, ckpt, make_data(values), timesteps, part, batch_size)
+    result = evaluate(run, ckpt, make_data(values), timesteps, part, batch_size)
     if plots is not None:
         result["plots"] = [str(p) for p in evaluation_plots(result, ckpt.classes, plots)]
     if json_output:
@@ -203,8 +203,8 @@ def compare_command(
     values = apply_config(ctx, locals(), None)
     if plot is not None and (plot.suffix != ".png" or not plot.parent.is_dir()):
         raise StpError(f"--plot {plot} must be a .png file in an existing folder")
-    stage = make_stage("compare", values)
-    rows = compare(stage, checkpoints, make_data(values))
+    run = make_run("compare", values)
+    rows = compare(run, checkpoints, make_data(values))
     if plot is not None:
         plots.accuracy_vs_energy(rows, "test accuracy against energy per image", plot)
     if json_output:

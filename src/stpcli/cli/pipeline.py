@@ -15,12 +15,12 @@ import typer
 from rich.console import Console
 
 from stpcli.chain import compared, pipeline_steps
-from stpcli.cli.common import Force, console, make_stage, read_yaml, stp_command
+from stpcli.cli.common import Force, console, make_run, read_yaml, stp_command
 from stpcli.cli.inspect import comparison_table
 from stpcli.errors import StpError
 from stpcli.files import atomic_write_text
-from stpcli.stages.common import DataOptions
-from stpcli.stages.report import compare
+from stpcli.report import compare
+from stpcli.run import DataOptions
 
 app = typer.Typer()
 
@@ -67,8 +67,8 @@ def pipeline_command(
         if code:
             raise StpError(f"pipeline stopped: stp {name} exited with status {code}", exit_code=code)
         redo = True  # every later stage depends on this new file
-    stage = make_stage("compare", {"device": device or "auto"})
-    rows = compare(stage, [out_dir / f"{n}.safetensors" for n in compared(preset)], DataOptions())
+    run = make_run("compare", {"device": device or "auto"})
+    rows = compare(run, [out_dir / f"{n}.safetensors" for n in compared(preset)], DataOptions())
     table = comparison_table(rows)
     console.print(table)
     atomic_write_text(out_dir / "compare.json", lambda handle: json.dump(rows, handle, indent=2))

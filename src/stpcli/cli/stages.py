@@ -22,9 +22,8 @@ from stpcli.cli.common import (
     Source,
     make_data,
     make_io,
-    make_stage,
+    make_run,
     make_train_config,
-    recorded_options,
     resolve,
     stp_command,
     training_options,
@@ -63,11 +62,11 @@ def train_ann_command(
     Example: stp train-ann --arch vgg11 --width 0.5 --image-size 64 --data ucm16/ --epochs 60 --out na.safetensors
     """
     values = resolve(ctx, locals())
-    stage = make_stage("train-ann", values)
-    train_ann(stage, arch=values["arch"], width=values["width"], image_size=values["image_size"],
+    run = make_run("train-ann", values)
+    train_ann(run, arch=values["arch"], width=values["width"], image_size=values["image_size"],
               dropout=values["dropout"], data=make_data(values), train_ratio=values["train_ratio"],
               val_ratio=values["val_ratio"], config=make_train_config(values), io=make_io(values),
-              pretrained=values["pretrained"], options=recorded_options(ctx, values))
+              pretrained=values["pretrained"])
 
 
 @stp_command(app, "add-unit")
@@ -86,10 +85,9 @@ def add_unit_command(
     Example: stp add-unit na.safetensors --as 5 --m 1 --epochs 10 --out nb.safetensors
     """
     values = resolve(ctx, locals())
-    stage = make_stage("add-unit", values)
-    add_unit(stage, load_checkpoint(values["source"]), unit_stage=values["unit_stage"], count=values["count"],
-             config=make_train_config(values), data=make_data(values), io=make_io(values),
-             options=recorded_options(ctx, values))
+    run = make_run("add-unit", values)
+    add_unit(run, load_checkpoint(values["source"]), unit_stage=values["unit_stage"], count=values["count"],
+             config=make_train_config(values), data=make_data(values), io=make_io(values))
 
 
 @stp_command(app, "convert")
@@ -114,15 +112,15 @@ def convert_command(
     Example: stp convert nb.safetensors --timesteps 5 --epochs 8 --lr 1e-3 --out sb_t5.safetensors
     """
     values = resolve(ctx, locals())
-    stage = make_stage("convert", values)
-    convert(stage, load_checkpoint(values["source"]), timesteps=values["timesteps"],
+    run = make_run("convert", values)
+    convert(run, load_checkpoint(values["source"]), timesteps=values["timesteps"],
             percentile=values["percentile"], scale=values["scale"],
             calibration_images=values["calibration_images"], config=make_train_config(values),
             data=make_data(values), io=make_io(values),
             settings=SpikingSettings(dropout=values["dropout"], conv_dropout=values["conv_dropout"],
                                      initial_membrane=values["initial_membrane"],
                                      spike_amplitude=values["spike_amplitude"]),
-            teacher=values["teacher"], options=recorded_options(ctx, values))
+            teacher=values["teacher"])
 
 
 @stp_command(app, "temporal-prune")
@@ -146,10 +144,9 @@ def temporal_prune_command(
     steps = parse_schedule(values["schedule"])
     base = make_train_config({**values, "epochs": 1, "lr_schedule": "step"})  # both set per T by timestep_configs
     configs = timestep_configs(base, steps, values["epochs_per_stage"], values["lr_schedule"])
-    stage = make_stage("temporal-prune", values)
-    temporal_prune(stage, load_checkpoint(values["source"]), schedule=steps, configs=configs,
-                   data=make_data(values), io=make_io(values), teacher=values["teacher"],
-                   options=recorded_options(ctx, values))
+    run = make_run("temporal-prune", values)
+    temporal_prune(run, load_checkpoint(values["source"]), schedule=steps, configs=configs,
+                   data=make_data(values), io=make_io(values), teacher=values["teacher"])
 
 
 @stp_command(app, "spatial-prune")
@@ -168,7 +165,7 @@ def spatial_prune_command(
     Example: stp spatial-prune sb_t1.safetensors --out sa_t1.safetensors
     """
     values = resolve(ctx, locals())
-    stage = make_stage("spatial-prune", values)
-    spatial_prune(stage, load_checkpoint(values["source"]), unit_stage=values["unit_stage"],
+    run = make_run("spatial-prune", values)
+    spatial_prune(run, load_checkpoint(values["source"]), unit_stage=values["unit_stage"],
                   count=values["count"], config=make_train_config(values), data=make_data(values),
-                  io=make_io(values), teacher=values["teacher"], options=recorded_options(ctx, values))
+                  io=make_io(values), teacher=values["teacher"])

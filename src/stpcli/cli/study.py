@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from stpcli import study
-from stpcli.cli.common import console, make_stage, read_yaml, stp_command
+from stpcli.cli.common import console, make_run, read_yaml, stp_command
 from stpcli.errors import StpError
 
 app = typer.Typer()
@@ -60,8 +60,8 @@ def study_command(
                           lambda text: console.print(text, markup=False, highlight=False))
     runner.run_all(anns)
     runner.run_all(chains)
-    stage = make_stage("study", {"device": device or "auto"})
-    runs = study.collect(stage, out_dir, settings, seed_list, data)
+    run = make_run("study", {"device": device or "auto"})
+    runs = study.collect(run, out_dir, settings, seed_list, data)
     table, paired = study.summarise(runs)
     complete = not runner.stopped and not runner.failures
     written = study.write_reports(out_dir, preset, seed_list, runs, table, paired, complete)

@@ -12,12 +12,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from stpcli.checkpoint import check_output_path, load_checkpoint
-from stpcli.cli.common import Device, Force, JsonOutput, console, error_console, make_stage, stp_command
+from stpcli.cli.common import Device, Force, JsonOutput, console, error_console, make_run, stp_command
 from stpcli.errors import StpError
 from stpcli.export import FORMATS, export
 from stpcli.files import atomic_write_text, lock_output
+from stpcli.predict import check_options, find_images, predict
 from stpcli.progress import progress_bar
-from stpcli.stages.predict import check_options, find_images, predict
 
 app = typer.Typer()
 
@@ -46,9 +46,9 @@ def predict_command(
     check_options(top_k, batch_size)
     ckpt = load_checkpoint(checkpoint)
     files = find_images(paths)  # once: predict is given the files, not the folders again
-    stage = make_stage("predict", {"device": device})
+    run = make_run("predict", {"device": device})
     with progress_bar(console, "predicting", total=len(files), show=not json_output) as advance:
-        result = predict(stage, ckpt, files, top_k, batch_size, advance=advance)
+        result = predict(run, ckpt, files, top_k, batch_size, advance=advance)
     if csv_file is not None:
         _write_csv(csv_file, result)
     if json_output:

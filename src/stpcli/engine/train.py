@@ -85,6 +85,14 @@ class TrainConfig:
         if not self.distill_temperature > 0 or not math.isfinite(self.distill_temperature):
             raise StpError(f"--distill-temperature must be positive, got {self.distill_temperature}")
 
+    def recorded(self) -> dict:
+        """The options that set this recipe, under their command-line names, as the lineage records
+        them; distillation's only when it is on."""
+        values = {f.metadata["option"][2:]: getattr(self, f.name) for f in fields(self) if "option" in f.metadata}
+        if not self.distill_weight:
+            del values["distill"], values["distill-temperature"]
+        return values
+
     def lr_at(self, epoch: int) -> float:
         if self.schedule == "cosine":
             return self.lr * 0.5 * (1 + math.cos(math.pi * epoch / max(1, self.epochs)))

@@ -15,33 +15,27 @@ from stpcli.models.ann import ANN
 from stpcli.models.pretrained import load_pretrained
 from stpcli.models.registry import make_spec
 from stpcli.models.surgery import first_layer_index, insert_units, with_units
-from stpcli.stages.common import (
-    DataOptions,
-    Stage,
-    StageIO,
-    child_record,
-    load_stage_data,
-    model_from_checkpoint,
-    require_kind,
-    split_accuracy,
-    train_and_finish,
-)
+from stpcli.restore import model_from_checkpoint, require_kind
+from stpcli.run import DataOptions, Run, load_checkpoint_data
+from stpcli.stages.saving import StageIO, child_record
+from stpcli.stages.training import split_accuracy, train_and_finish
 
 
-def train_ann(stage: Stage, *, arch: str, width: float, image_size: int, dropout: float,
+def train_ann(run: Run, *, arch: str, width: float, image_size: int, dropout: float,
               data: DataOptions, train_ratio: float, val_ratio: float, config: TrainConfig,
-              io: StageIO, pretrained: str | None = None, options: dict | None = None) -> Checkpoint:
-    stage = stage.named("train-ann")
+              io: StageIO, pretrained: str | None = None) -> Checkpoint:
+    """Na: the base ANN, trained on a stratified split (drawn from ``config.seed``) of the data."""
+    run = run.named("train-ann")
     config.check(training_required=True)
     make_spec(arch, 2, image_size, width, dropout)  # every option checked before the data is read
     check_split_ratios(train_ratio, val_ratio)
     if pretrained and not Path(pretrained).is_file():
         raise StpError(f"--pretrained {pretrained} does not exist")
     io.check(will_train=True, inputs=(Path(pretrained) if pretrained else None,))
-    with stage.progress("decoding images") as advance:
+    with run.progress("decoding images") as advance:
         dataset = load_dataset(data.location, image_size, data.on_bad_image, data.cache_dir, progress=advance)
     if dataset.skipped:
-        stage.say(f"skipped {len(dataset.skipped)} image(s) that do not decode")
+        run.say(f"skipped {len(dataset.skipped)} image(s) that do not decode")
     split = stratified_split(dataset.names, dataset.labels.tolist(), dataset.classes, train_ratio,
                              val_ratio, config.seed)
     split_parts = split_data(dataset, split)
@@ -50,7 +44,7 @@ def train_ann(stage: Stage, *, arch: str, width: float, image_size: int, dropout
     model = ANN(spec)
     if pretrained:
         loaded = load_pretrained(model, pretrained)
-        stage.say(f"loaded {loaded} tensors from {pretrained}")
+        run.say(f"loaded {loaded} tensors from {pretrained}")
     record = {
         "kind": "ann",
         "model": spec,
@@ -62,18 +56,22 @@ def train_ann(stage: Stage, *, arch: str, width: float, image_size: int, dropout
         "snn": None,
     }
     counts = {part: len(split["files"][part]) for part in ("train", "val", "test")}
-    stage.say(f"[train-ann] {arch} x{width} on {dataset.source['path']}: {len(dataset.classes)} classes, "
+    run.say(f"[train-ann] {arch} x{width} on {dataset.source['path']}: {len(dataset.classes)} classes, "
               f"{counts['train']} train / {counts['val']} val / {counts['test']} test images at {image_size}px")
-    return train_and_finish(stage, model, split_parts, config, record, io,
+    options = {"arch": arch, "width": width, "image-size": image_size, "dropout": dropout,
+               "train-ratio": train_ratio, "val-ratio": val_ratio, "pretrained": pretrained,
+               **config.recorded(), **data.recorded()}
+    del options["allow-data-change"]  # train-ann defines the data a chain records
+    return train_and_finish(run, model, split_parts, config, record, io,
                             {"arch": arch, "width": width, "image_size": image_size, "dropout": dropout,
                              "split_sha256": split["sha256"], "pretrained": pretrained},
                             {}, options, parent=None)
 
 
-def add_unit(stage: Stage, source: Checkpoint, *, unit_stage: int, count: int, config: TrainConfig,
-             data: DataOptions, io: StageIO, options: dict | None = None) -> Checkpoint:
+def add_unit(run: Run, source: Checkpoint, *, unit_stage: int, count: int, config: TrainConfig,
+             data: DataOptions, io: StageIO) -> Checkpoint:
     """Nb = Add_Unit(AS, M, Na): identity-initialised Units, then fine-tuning for ``config.epochs``."""
-    stage = stage.named("add-unit")
+    run = run.named("add-unit")
     config.check()
     require_kind(source, "add-unit", "ann")
     with_units(source.model_spec, unit_stage, count)  # --as/--m checked before anything is read
@@ -84,10 +82,11 @@ def add_unit(stage: Stage, source: Checkpoint, *, unit_stage: int, count: int, c
     spec = model.spec
     first = first_layer_index(model.plan, unit_stage, count)
     record = child_record(source, kind="ann", model=spec)
-    data_parts = load_stage_data(stage, source, data)
-    before = split_accuracy(model, data_parts, "test", record, stage.runtime)
-    stage.say(f"[add-unit] {count} Unit(s) at stage {unit_stage} (layers {first}..{first + count - 1}); "
+    data_parts = load_checkpoint_data(run, source, data)
+    before = split_accuracy(model, data_parts, "test", record, run.runtime)
+    run.say(f"[add-unit] {count} Unit(s) at stage {unit_stage} (layers {first}..{first + count - 1}); "
               f"test accuracy before fine-tuning {before:.2f}%")
-    return train_and_finish(stage, model, data_parts, config, record, io,
+    return train_and_finish(run, model, data_parts, config, record, io,
                             {"as": unit_stage, "m": count, "parent": source.sha256},
-                            {"test_accuracy_before_training": before}, options, parent=source)
+                            {"test_accuracy_before_training": before},
+                            {"as": unit_stage, "m": count, **config.recorded(), **data.recorded()}, parent=source)

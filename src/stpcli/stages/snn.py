@@ -13,31 +13,21 @@ from stpcli.checkpoint import Checkpoint, load_checkpoint
 from stpcli.engine.train import TrainConfig
 from stpcli.errors import StpError
 from stpcli.models.surgery import remove_units, without_layers
+from stpcli.restore import check_timesteps, input_stats, model_from_checkpoint, require_kind
+from stpcli.run import DataOptions, Run, load_checkpoint_data
 from stpcli.schema import MAX_TIMESTEPS
 from stpcli.spiking.convert import balance_thresholds, snn_from_ann
 from stpcli.spiking.network import SPIKE_AMPLITUDES, SpikingSettings
-from stpcli.stages.common import (
-    DataOptions,
-    Stage,
-    StageIO,
-    check_timesteps,
-    child_record,
-    input_stats,
-    load_stage_data,
-    model_from_checkpoint,
-    require_kind,
-    split_accuracy,
-    train_and_finish,
-)
+from stpcli.stages.saving import StageIO, child_record
 from stpcli.stages.teacher import resolve_teacher
+from stpcli.stages.training import split_accuracy, train_and_finish
 
 
-def convert(stage: Stage, source: Checkpoint, *, timesteps: int, percentile: float, scale: float,
+def convert(run: Run, source: Checkpoint, *, timesteps: int, percentile: float, scale: float,
             calibration_images: int, config: TrainConfig, data: DataOptions, io: StageIO,
-            settings: SpikingSettings | None = None, teacher: Path | None = None,
-            options: dict | None = None) -> Checkpoint:
+            settings: SpikingSettings | None = None, teacher: Path | None = None) -> Checkpoint:
     """Sb: BN folded, ReLU -> LIF, thresholds balanced layer by layer, then hybrid training at T."""
-    stage = stage.named("convert")
+    run = run.named("convert")
     require_kind(source, "convert", "ann")
     check_timesteps(timesteps)
     config.check()
@@ -51,10 +41,10 @@ def convert(stage: Stage, source: Checkpoint, *, timesteps: int, percentile: flo
     check_settings(settings)
     io.check(will_train=config.epochs > 0, inputs=(source.path, teacher))
     distil_from = resolve_teacher(source, teacher, config)
-    parts = load_stage_data(stage, source, data)
+    parts = load_checkpoint_data(run, source, data)
     ann = model_from_checkpoint(source).eval()
     snn = snn_from_ann(ann, timesteps, settings)
-    device = stage.runtime.device
+    device = run.runtime.device
     snn.to(device)
     images, _ = parts.part("train")
     count = min(calibration_images, images.shape[0])
@@ -66,16 +56,21 @@ def convert(stage: Stage, source: Checkpoint, *, timesteps: int, percentile: flo
                           snn={**settings.as_record(), "leak_init": 1.0,
                                "conversion": {"percentile": percentile, "scale": scale,
                                               "calibration_images": count, "thresholds": thresholds}})
-    converted = split_accuracy(snn, parts, "test", record, stage.runtime)
-    converted_val = split_accuracy(snn, parts, "val", record, stage.runtime)
-    stage.say(f"[convert] T={timesteps}: thresholds balanced on {count} images (p{percentile}, x{scale}); "
+    converted = split_accuracy(snn, parts, "test", record, run.runtime)
+    converted_val = split_accuracy(snn, parts, "val", record, run.runtime)
+    run.say(f"[convert] T={timesteps}: thresholds balanced on {count} images (p{percentile}, x{scale}); "
               f"accuracy right after conversion: val {converted_val:.2f}%, test {converted:.2f}%")
     torch.manual_seed(config.seed)  # the SNN's dropout masks: one seed, one run
-    return train_and_finish(stage, snn, parts, config, record, io,
+    return train_and_finish(run, snn, parts, config, record, io,
                             {"timesteps": timesteps, "percentile": percentile, "scale": scale,
                              "calibration_images": count, "parent": source.sha256},
                             {"test_accuracy_after_conversion": converted,
-                             "val_accuracy_after_conversion": converted_val}, options, parent=source,
+                             "val_accuracy_after_conversion": converted_val},
+                            {"timesteps": timesteps, "percentile": percentile, "scale": scale,
+                             "calibration-images": calibration_images, "dropout": settings.dropout,
+                             "conv-dropout": settings.conv_dropout, "initial-membrane": settings.initial_membrane,
+                             "spike-amplitude": settings.spike_amplitude, **config.recorded(), **data.recorded()},
+                            parent=source,
                             teacher=distil_from)
 
 
@@ -133,9 +128,8 @@ def stage_path(out: Path, timesteps: int) -> Path:
     return out.with_name(f"{base}_t{timesteps}.safetensors")
 
 
-def temporal_prune(stage: Stage, source: Checkpoint, *, schedule: list[int], configs: list[TrainConfig],
-                   data: DataOptions, io: StageIO, teacher: Path | None = None,
-                   options: dict | None = None) -> list[Checkpoint]:
+def temporal_prune(run: Run, source: Checkpoint, *, schedule: list[int], configs: list[TrainConfig],
+                   data: DataOptions, io: StageIO, teacher: Path | None = None) -> list[Checkpoint]:
     """Retrain at each T of the schedule (``configs[i]`` for ``schedule[i]``), each stage from the
     previous one; one checkpoint per T.
 
@@ -159,13 +153,18 @@ def temporal_prune(stage: Stage, source: Checkpoint, *, schedule: list[int], con
                        f"({stage_path(io.out, schedule[-1]).name}) or without a _tN suffix")
     io.check(will_train=True, inputs=(source.path, teacher), resume_needs_state=False)
     distil_from = resolve_teacher(source, teacher, configs[0])
-    parts = load_stage_data(stage, source, data)
+    parts = load_checkpoint_data(run, source, data)
+    options = {"schedule": ",".join(map(str, schedule)),
+               "epochs-per-stage": _one_or_each([c.epochs for c in configs]),
+               "lr-schedule": _one_or_each([c.schedule for c in configs]),
+               **{k: v for k, v in configs[0].recorded().items() if k not in ("epochs", "lr-schedule")},
+               **data.recorded()}
     outputs, parent = [], source
     for timesteps, path, config in zip(schedule, paths, configs):
         stage_io = StageIO(path, force=io.force, resume=io.resume, command=io.command)
         reused = _reusable(path, parent, timesteps, stage_io.force)
         if reused is not None:
-            stage.say(f"[temporal-prune] T={timesteps}: reusing {path} (its parent is {parent.path})")
+            run.say(f"[temporal-prune] T={timesteps}: reusing {path} (its parent is {parent.path})")
             outputs.append(reused)
             parent = reused
             continue
@@ -175,18 +174,23 @@ def temporal_prune(stage: Stage, source: Checkpoint, *, schedule: list[int], con
             stage_io.resume = False  # only the interrupted stage has a state to resume
         snn = model_from_checkpoint(parent, timesteps=timesteps)
         record = child_record(parent, timesteps=timesteps)
-        start = split_accuracy(snn, parts, "test", record, stage.runtime)
-        stage.say(f"[temporal-prune] T={parent.timesteps} -> T={timesteps}: test accuracy before "
+        start = split_accuracy(snn, parts, "test", record, run.runtime)
+        run.say(f"[temporal-prune] T={parent.timesteps} -> T={timesteps}: test accuracy before "
                   f"retraining {start:.2f}%")
         torch.manual_seed(config.seed)
-        parent = train_and_finish(stage.named(f"temporal-prune T={timesteps}"), snn,
+        parent = train_and_finish(run.named(f"temporal-prune T={timesteps}"), snn,
                                   parts, config, record, stage_io, {"timesteps": timesteps, "parent": parent.sha256},
                                   {"test_accuracy_before_training": start},
-                                  {**(options or {}), "timesteps": timesteps}, parent=parent,
+                                  {**options, "timesteps": timesteps}, parent=parent,
                                   teacher=distil_from)
-        stage.say(f"[temporal-prune] T={timesteps} -> {path}")
+        run.say(f"[temporal-prune] T={timesteps} -> {path}")
         outputs.append(parent)
     return outputs
+
+
+def _one_or_each(values: list) -> str:
+    """How --epochs-per-stage and --lr-schedule spell per-T values: one value if all agree."""
+    return str(values[0]) if len(set(values)) == 1 else ",".join(map(str, values))
 
 
 def _reusable(path: Path, parent: Checkpoint, timesteps: int, force: bool) -> Checkpoint | None:
@@ -203,11 +207,10 @@ def _reusable(path: Path, parent: Checkpoint, timesteps: int, force: bool) -> Ch
     return None
 
 
-def spatial_prune(stage: Stage, source: Checkpoint, *, unit_stage: int | None, count: int | None,
-                  config: TrainConfig, data: DataOptions, io: StageIO, teacher: Path | None = None,
-                  options: dict | None = None) -> Checkpoint:
+def spatial_prune(run: Run, source: Checkpoint, *, unit_stage: int | None, count: int | None,
+                  config: TrainConfig, data: DataOptions, io: StageIO, teacher: Path | None = None) -> Checkpoint:
     """Sa: remove M layers from stage AS (Algorithm 2), copy the rest, fine-tune at the checkpoint's T."""
-    stage = stage.named("spatial-prune")
+    run = run.named("spatial-prune")
     require_kind(source, "spatial-prune", "snn")
     config.check()
     units = source.model_spec.get("units")
@@ -229,13 +232,14 @@ def spatial_prune(stage: Stage, source: Checkpoint, *, unit_stage: int | None, c
     small, first = remove_units(model_from_checkpoint(source), unit_stage, count, named)
     spec = small.spec
     record = child_record(source, model=spec)
-    parts = load_stage_data(stage, source, data)
-    before = split_accuracy(small, parts, "test", record, stage.runtime)
-    stage.say(f"[spatial-prune] removed layers {first}..{first + count - 1} (stage {unit_stage}, M={count}); "
+    parts = load_checkpoint_data(run, source, data)
+    before = split_accuracy(small, parts, "test", record, run.runtime)
+    run.say(f"[spatial-prune] removed layers {first}..{first + count - 1} (stage {unit_stage}, M={count}); "
               f"T={source.timesteps}; test accuracy before fine-tuning {before:.2f}%")
     torch.manual_seed(config.seed)
-    return train_and_finish(stage, small, parts, config, record, io,
+    return train_and_finish(run, small, parts, config, record, io,
                             {"as": unit_stage, "m": count, "parent": source.sha256},
                             {"test_accuracy_before_training": before,
-                             "removed_layers": list(range(first, first + count))}, options, parent=source,
+                             "removed_layers": list(range(first, first + count))},
+                            {"as": unit_stage, "m": count, **config.recorded(), **data.recorded()}, parent=source,
                             teacher=distil_from)

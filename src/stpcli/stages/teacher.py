@@ -11,7 +11,7 @@ from stpcli.checkpoint import Checkpoint, load_checkpoint
 from stpcli.engine.train import TrainConfig
 from stpcli.errors import StpError
 from stpcli.files import sha256_file
-from stpcli.stages.common import model_from_checkpoint
+from stpcli.restore import model_from_checkpoint
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Read-only stages: evaluate a checkpoint, describe it, verify its lineage."""
+"""Reading checkpoints: evaluate one, compare several, describe one, verify its lineage."""
 
 from __future__ import annotations
 
@@ -11,20 +11,13 @@ from stpcli.engine.evaluate import accuracy_report
 from stpcli.errors import StpError
 from stpcli.files import sha256_file
 from stpcli.models.plan import build_plan, describe, has_neuron, has_weights, synaptic_layers
+from stpcli.restore import check_tensors_match_model, check_timesteps, input_stats, model_from_checkpoint
+from stpcli.run import DataOptions, Run, load_checkpoint_data
 from stpcli.spec import ModelSpec
 from stpcli.spiking.energy import ann_energy, counting_spikes, mean_spikes_per_neuron, snn_energy
-from stpcli.stages.common import (
-    DataOptions,
-    Stage,
-    check_tensors_match_model,
-    check_timesteps,
-    input_stats,
-    load_stage_data,
-    model_from_checkpoint,
-)
 
 
-def evaluate(stage: Stage, ckpt: Checkpoint, data: DataOptions, timesteps: int | None = None,
+def evaluate(run: Run, ckpt: Checkpoint, data: DataOptions, timesteps: int | None = None,
              part: str = "test", batch_size: int = 256, parts: SplitData | None = None) -> dict:
     """``parts``: the checkpoint's data and split when the caller has already loaded them."""
     if timesteps is not None and ckpt.kind != "snn":
@@ -34,12 +27,12 @@ def evaluate(stage: Stage, ckpt: Checkpoint, data: DataOptions, timesteps: int |
     if batch_size <= 0:
         raise StpError(f"--batch-size must be positive, got {batch_size}")
     if parts is None:
-        parts = load_stage_data(stage, ckpt, data)
-    model = model_from_checkpoint(ckpt, timesteps=timesteps).to(stage.runtime.device)
+        parts = load_checkpoint_data(run, ckpt, data)
+    model = model_from_checkpoint(ckpt, timesteps=timesteps).to(run.runtime.device)
     images, labels = parts.part(part)
     mean, std = input_stats(ckpt.record)
-    device = stage.runtime.device
-    args = (images.to(device), labels.to(device), ckpt.classes, mean.to(device), std.to(device), stage.runtime,
+    device = run.runtime.device
+    args = (images.to(device), labels.to(device), ckpt.classes, mean.to(device), std.to(device), run.runtime,
             batch_size)
     plan, size = build_plan(ckpt.model_spec), ckpt.record["input"]["image_size"]
     result: dict[str, Any] = {"checkpoint": str(ckpt.path), "kind": ckpt.kind, "method": method_of(ckpt.record),
@@ -143,15 +136,15 @@ def verify_chain(path: Path) -> list[dict]:
     return rows
 
 
-def compare(stage: Stage, paths: list[Path], data: DataOptions) -> list[dict]:
+def compare(run: Run, paths: list[Path], data: DataOptions) -> list[dict]:
     """Evaluate each checkpoint; checkpoints of one chain share their data, which is loaded once."""
     rows, loaded = [], {}
     for path in paths:
         ckpt = load_checkpoint(path)
         key = (ckpt.record["data"]["fingerprint"], ckpt.record["input"]["image_size"], ckpt.record["split"]["sha256"])
         if key not in loaded:
-            loaded[key] = load_stage_data(stage, ckpt, data)
-        result = evaluate(stage, ckpt, data, parts=loaded[key])
+            loaded[key] = load_checkpoint_data(run, ckpt, data)
+        result = evaluate(run, ckpt, data, parts=loaded[key])
         energy = result["energy"]
         rows.append({
             "checkpoint": str(path),

@@ -19,8 +19,9 @@ from stpcli.data.imagefolder import IMAGE_EXTENSIONS, decode_image
 from stpcli.data.loader import normalise
 from stpcli.errors import StpError
 from stpcli.files import first_line
-from stpcli.stages.common import Stage, input_stats, model_from_checkpoint
-from stpcli.stages.report import method_of
+from stpcli.report import method_of
+from stpcli.restore import input_stats, model_from_checkpoint
+from stpcli.run import Run
 
 
 def find_images(paths: list[Path]) -> list[Path]:
@@ -46,11 +47,11 @@ def check_options(top_k: int, batch_size: int) -> None:
         raise StpError(f"--batch-size must be positive, got {batch_size}")
 
 
-def predict(stage: Stage, ckpt: Checkpoint, paths: list[Path], top_k: int = 3, batch_size: int = 64,
+def predict(run: Run, ckpt: Checkpoint, paths: list[Path], top_k: int = 3, batch_size: int = 64,
             advance: Callable[[int], None] | None = None) -> dict:
     check_options(top_k, batch_size)
     files = find_images(paths)
-    device = stage.runtime.device
+    device = run.runtime.device
     model = model_from_checkpoint(ckpt).to(device).eval()
     size = ckpt.record["input"]["image_size"]
     mean, std = (t.to(device) for t in input_stats(ckpt.record))
@@ -75,7 +76,7 @@ def predict(stage: Stage, ckpt: Checkpoint, paths: list[Path], top_k: int = 3, b
                     images.append(image)
                     kept.append(path)
             if images:
-                with torch.no_grad(), stage.runtime.autocast():
+                with torch.no_grad(), run.runtime.autocast():
                     logits = model(normalise(torch.stack(images).to(device), mean, std))
                 probabilities, indices = torch.softmax(logits.float(), dim=1).topk(k, dim=1)
                 for path, probs, idx in zip(kept, probabilities.tolist(), indices.tolist()):

@@ -1,0 +1,67 @@
+"""A checkpoint's model rebuilt: the ANN or SNN its record describes, with its tensors loaded."""
+
+from __future__ import annotations
+
+import torch
+
+from stpcli.checkpoint import Checkpoint
+from stpcli.errors import StpError
+from stpcli.files import first_line
+from stpcli.models.ann import ANN
+from stpcli.schema import MAX_TIMESTEPS
+from stpcli.spiking.network import SNN, SpikingSettings
+
+
+def model_from_checkpoint(ckpt: Checkpoint, timesteps: int | None = None):
+    """Rebuild the ANN or SNN a checkpoint describes and load its tensors."""
+    check_tensors_match_model(ckpt)
+    model = _build(ckpt, timesteps)
+    try:
+        model.load_state_dict(ckpt.tensors)
+    except Exception as exc:
+        raise StpError(f"{ckpt.path}: tensors do not match the recorded model ({first_line(exc)})") from exc
+    return model
+
+
+def _build(ckpt: Checkpoint, timesteps: int | None = None):
+    if ckpt.kind == "ann":
+        return ANN(ckpt.model_spec)
+    steps = timesteps or ckpt.timesteps
+    if steps is None:
+        raise StpError(f"{ckpt.path} is an SNN checkpoint without time steps")
+    return SNN(ckpt.model_spec, steps, SpikingSettings.from_record(ckpt.record.get("snn")))
+
+
+def check_tensors_match_model(ckpt: Checkpoint) -> None:
+    """Compare the file's tensor names and shapes with the recorded model, built without memory
+    (meta device), so a record describing a huge model never allocates it."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in _build(ckpt).state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in ckpt.tensors.items()}
+    if expected == found:
+        return
+    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or extra:
+        detail = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
+    else:
+        key = next(k for k in expected if expected[k] != found[k])
+        detail = f"{key} has shape {list(found[key])}, the model needs {list(expected[key])}"
+    raise StpError(f"{ckpt.path}: tensors do not match the recorded model ({detail})")
+
+
+def input_stats(record: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalisation a checkpoint was trained with, shaped for a batch of images."""
+    mean = torch.tensor(record["input"]["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(record["input"]["std"]).view(1, 3, 1, 1)
+    return mean, std
+
+
+def check_timesteps(timesteps: int) -> None:
+    if not 1 <= timesteps <= MAX_TIMESTEPS:
+        raise StpError(f"--timesteps must lie in 1..{MAX_TIMESTEPS}, got {timesteps}")
+
+
+def require_kind(ckpt: Checkpoint, command: str, expected: str) -> None:
+    if ckpt.kind != expected:
+        found = ckpt.kind.upper() + (f" (T={ckpt.timesteps})" if ckpt.kind == "snn" else "")
+        raise StpError(f"{command} needs an {expected.upper()} checkpoint; {ckpt.path} is an {found} checkpoint")

@@ -1,0 +1,62 @@
+"""The context of one running command: its runtime, console and name, and where it reads images.
+
+Every stage, report and study receives a ``Run``; the CLI builds one per command
+(``cli/common.make_run``) and a Python caller builds its own:
+``Run("notebook", setup_runtime("cpu"))``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from rich.console import Console
+
+from stpcli.checkpoint import Checkpoint
+from stpcli.data.source import SplitData, load_recorded_data
+from stpcli.engine.runtime import Runtime
+from stpcli.progress import progress_bar
+
+
+@dataclass
+class Run:
+    """A running command: runtime, console, and the name its lineage entry records."""
+
+    name: str
+    runtime: Runtime
+    console: Console = field(default_factory=Console)
+
+    def say(self, text: str) -> None:
+        if self.runtime.is_main:
+            self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def named(self, name: str) -> Run:
+        """This run under a stage's own name: the lineage records what ran, whoever called it."""
+        return replace(self, name=name)
+
+    def progress(self, label: str):
+        """A progress bar on the main rank's terminal; yields ``advance(count, total=None)``."""
+        return progress_bar(self.console, label, show=self.runtime.is_main)
+
+
+@dataclass
+class DataOptions:
+    """Where a command reads its images (``location``: a folder or pack; None: the recorded data or,
+    for train-ann, the embedded set) and how it treats changed data and bad images."""
+
+    location: str | None = None
+    allow_data_change: bool = False
+    on_bad_image: str = "fail"
+    cache_dir: Path | None = None
+
+    def recorded(self) -> dict:
+        """These options under their command-line names, as the lineage records them."""
+        return {"data": self.location, "allow-data-change": self.allow_data_change,
+                "on-bad-image": self.on_bad_image, "cache-dir": None if self.cache_dir is None else str(self.cache_dir)}
+
+
+def load_checkpoint_data(run: Run, ckpt: Checkpoint, options: DataOptions) -> SplitData:
+    """The images and split a checkpoint records (verified by fingerprint), decoded once."""
+    with run.progress("decoding images") as advance:
+        return load_recorded_data(ckpt.record, options.location, options.allow_data_change,
+                                  options.on_bad_image, options.cache_dir, progress=advance)

@@ -1,0 +1,79 @@
+"""Where a stage writes and how: the output's checks and lock, the child record, the checkpoint file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from stpcli.checkpoint import Checkpoint, StageEntry, check_output_path, save_checkpoint
+from stpcli.engine.state import state_path_for
+from stpcli.errors import StpError
+from stpcli.files import lock_output, remove_leftovers, sha256_file
+from stpcli.run import Run
+
+
+@dataclass
+class StageIO:
+    """Where a stage writes, and how it treats what is already there."""
+
+    out: Path
+    force: bool = False
+    resume: bool = False
+    command: str = ""  # the command line the lineage records (empty for a Python call)
+
+    @property
+    def state_path(self) -> Path:
+        return state_path_for(self.out)
+
+    @property
+    def csv_path(self) -> Path:
+        return self.out.with_name(self.out.name.removesuffix(".safetensors") + ".metrics.csv")
+
+    @property
+    def plot_path(self) -> Path:
+        return self.out.with_name(self.out.name.removesuffix(".safetensors") + ".png")
+
+    def check(self, will_train: bool, inputs: tuple[Path | None, ...] = (), resume_needs_state: bool = True) -> None:
+        """Everything about the output that can fail, checked before any data is read; then the
+        output is locked against a second writer and leftovers of an interrupted write are cleared."""
+        check_output_path(self.out, self.force, inputs)
+        if self.resume and not will_train:
+            raise StpError("--resume needs a stage that trains (--epochs > 0)")
+        if self.resume and resume_needs_state and not self.state_path.exists():
+            raise StpError(f"--resume: no training state {self.state_path} to resume from")
+        if will_train and self.state_path.exists() and not (self.resume or self.force):
+            raise StpError(f"an interrupted run left {self.state_path}; pass --resume to continue it "
+                           "or --force to start over")
+        lock_output(self.out)
+        remove_leftovers(self.out)
+        remove_leftovers(self.state_path)
+
+
+def child_record(parent: Checkpoint, **changes) -> dict:
+    """The parent's record with ``changes``, less what describes the parent's file itself."""
+    record = {k: v for k, v in parent.record.items() if k not in ("created", "tool_version")}
+    record.update(changes)
+    return record
+
+
+def finish_stage(run: Run, model, record: dict, entry: StageEntry, io: StageIO,
+                 parent: Checkpoint | None) -> Checkpoint:
+    """Attach the lineage entry and write the checkpoint (rank 0), then drop the state file."""
+    if parent is not None and parent.path is not None:
+        entry.parent_path = str(parent.path.resolve())
+        entry.parent_sha256 = parent.sha256
+    history = list(parent.history) if parent is not None else []
+    record = dict(record)
+    record["history"] = history + [entry.as_dict()]
+    record["metrics"] = entry.metrics
+    tensors = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    ckpt = Checkpoint(tensors=tensors, record=record)
+    if run.runtime.is_main:
+        save_checkpoint(ckpt, io.out)
+        if io.state_path.exists():
+            io.state_path.unlink()
+        remove_leftovers(io.state_path)
+    run.runtime.barrier()
+    if not run.runtime.is_main:
+        ckpt.path, ckpt.sha256 = io.out, sha256_file(io.out)
+    return ckpt

@@ -1,0 +1,63 @@
+"""How a stage trains and measures: the recipe's milestones, ``fit``, the curves, the test accuracy."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from stpcli import plots
+from stpcli.checkpoint import Checkpoint, StageEntry
+from stpcli.data.source import SplitData
+from stpcli.engine.evaluate import accuracy
+from stpcli.engine.runtime import Runtime
+from stpcli.engine.train import ANN_MILESTONES, SNN_MILESTONES, FitResult, TrainConfig, config_dict, fit
+from stpcli.restore import input_stats
+from stpcli.run import Run
+from stpcli.spiking.network import SNN
+from stpcli.stages.saving import StageIO, finish_stage
+
+if TYPE_CHECKING:  # the teacher module builds its model with restore.model_from_checkpoint
+    from stpcli.stages.teacher import Teacher
+
+
+def train_stage(run: Run, model, data: SplitData, config: TrainConfig, record: dict,
+                io: StageIO, extra_options: dict, teacher: Teacher | None = None) -> FitResult:
+    mean, std = input_stats(record)
+    if config.milestones is None:  # the recipe of the model being trained
+        config = replace(config, milestones=SNN_MILESTONES if isinstance(model, SNN) else ANN_MILESTONES)
+    run_options = {"stage": run.name, "train": config_dict(config), **extra_options}
+    if teacher is not None:
+        run_options["teacher"] = teacher.sha256
+    result = fit(model, data, config, run.runtime, mean=mean, std=std, state_path=io.state_path,
+                 csv_path=io.csv_path, run_options=run_options, resume=io.resume, console=run.console,
+                 label=run.name, teacher=teacher.model if teacher is not None else None)
+    if run.runtime.is_main and result.history:
+        plots.training_curves(result.history, f"{run.name}: {io.out.name}", io.plot_path)
+    return result
+
+
+def train_and_finish(run: Run, model, data: SplitData, config: TrainConfig, record: dict, io: StageIO,
+                     run_options: dict, metrics: dict, options: dict,
+                     parent: Checkpoint | None, teacher: Teacher | None = None) -> Checkpoint:
+    """Train when ``config.epochs > 0``, measure the test split, record the lineage entry (``options``:
+    the stage's resolved options under their command-line names), write the file."""
+    if teacher is not None:
+        options = {**options, "teacher": teacher.describe()}
+    if config.epochs > 0:
+        result = train_stage(run, model, data, config, record, io, run_options, teacher)
+        metrics.update({"val_accuracy": result.best_val, "best_epoch": result.best_epoch,
+                        "seconds": round(result.seconds, 1)})
+    metrics["test_accuracy"] = split_accuracy(model, data, "test", record, run.runtime)
+    run.say(f"[{run.name}] test accuracy {metrics['test_accuracy']:.2f}%"
+            + (f" (best val {metrics['val_accuracy']:.2f}% at epoch {metrics['best_epoch']})"
+               if metrics.get("val_accuracy") is not None else ""))
+    entry = StageEntry(run.name.split(" ")[0], io.command, options, metrics)
+    return finish_stage(run, model, record, entry, io, parent=parent)
+
+
+def split_accuracy(model, data: SplitData, part: str, record: dict, runtime: Runtime) -> float:
+    images, labels = data.part(part)
+    mean, std = input_stats(record)
+    model.to(runtime.device)
+    return accuracy(model, images.to(runtime.device), labels.to(runtime.device), len(record["classes"]),
+                    mean.to(runtime.device), std.to(runtime.device), runtime)
