@@ -18,10 +18,6 @@ import csv
 import json
 import math
 import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,9 +25,9 @@ from pathlib import Path
 
 from stpcli import plots
 from stpcli.chain import Step, preset_units, stp_steps, tp_steps
-from stpcli.engine.state import state_path_for
 from stpcli.errors import StpError
 from stpcli.files import atomic_write_text
+from stpcli.pipeline import run_child, step_command
 from stpcli.report import METHODS, compare
 from stpcli.run import DataOptions, Run
 
@@ -76,31 +72,37 @@ def plan(preset: dict, seeds: list[int]) -> tuple[list[Chain], list[Chain]]:
 
 
 class Runner:
-    """Runs chains of stage commands as child processes, with a shared deadline."""
+    """Runs chains of stage commands as child processes (``stpcli.pipeline``), with a shared deadline."""
 
     def __init__(self, preset_path: Path, out_dir: Path, data: str | None, device: str | None, jobs: int,
                  time_limit: float | None, say):
         self.preset_path, self.out_dir, self.data, self.device = preset_path, out_dir, data, device
         self.jobs, self.say = jobs, say
         self.deadline = None if time_limit is None else time.monotonic() + time_limit
-        self.children: set[subprocess.Popen] = set()
-        self.lock = threading.Lock()
         self.stopped = False
         self.failures: list[str] = []
 
     def out_of_time(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
+    def stop_requested(self) -> bool:
+        if self.out_of_time():
+            self.stopped = True
+        return self.stopped
+
     def run_all(self, chains: list[Chain]) -> None:
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
-            list(pool.map(self.run_chain, chains))
+            try:
+                list(pool.map(self.run_chain, chains))
+            except BaseException:  # interrupted: every running stage stops and keeps its state
+                self.stopped = True
+                raise
 
     def run_chain(self, chain: Chain) -> None:
         folder = self.out_dir / f"seed{chain.seed}"
         folder.mkdir(parents=True, exist_ok=True)
         for step in chain.steps:
-            if self.stopped or self.out_of_time():
-                self.stopped = True
+            if self.stop_requested():
                 return
             if all((folder / f"{name}.safetensors").is_file() for name in step.outputs):
                 continue
@@ -110,17 +112,7 @@ class Runner:
     def run_step(self, chain: Chain, step: Step, folder: Path) -> bool:
         out = folder / f"{step.target}.safetensors"
         out.parent.mkdir(parents=True, exist_ok=True)
-        args = [sys.executable, "-m", "stpcli", step.command]
-        if step.source is not None:
-            args.append(str(folder / f"{step.source}.safetensors"))
-        args += ["--config", str(self.preset_path), "--out", str(out), "--seed", str(chain.seed), *step.args]
-        if step.command == "train-ann" and self.data is not None:
-            args += ["--data", self.data]
-        if self.device is not None:
-            args += ["--device", self.device]
-        states = [state_path_for(folder / f"{name}.safetensors") for name in step.outputs]
-        if step.command == "temporal-prune" or any(s.exists() for s in states):
-            args.append("--resume")  # temporal-prune resumes the interrupted T and reuses finished ones
+        args = step_command(step, folder, self.preset_path, seed=chain.seed, data=self.data, device=self.device)
         environment = dict(os.environ)
         if self.jobs > 1 and "OMP_NUM_THREADS" not in environment:
             environment["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
@@ -128,35 +120,17 @@ class Runner:
         started = time.monotonic()
         self.say(f"[study] seed {chain.seed} {chain.label}: {step.command} -> {out.relative_to(self.out_dir)}")
         with open(log, "a") as handle:
-            child = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, env=environment)
-            with self.lock:
-                self.children.add(child)
-            try:
-                while child.poll() is None:
-                    if self.out_of_time() and not self.stopped:
-                        self.stop()
-                    time.sleep(0.2)
-            finally:
-                with self.lock:
-                    self.children.discard(child)
+            code = run_child(args, output=handle, env=environment, stop_requested=self.stop_requested)
         seconds = time.monotonic() - started
-        if child.returncode == 0:
+        if code == 0:
             self.say(f"[study] seed {chain.seed} {chain.label}: {step.command} done in {seconds:.0f} s")
             return True
         if self.stopped:  # we sent the SIGTERM: the stage kept its state for the next run
             self.say(f"[study] seed {chain.seed} {chain.label}: {step.command} stopped at the time limit")
             return False
-        self.failures.append(f"seed {chain.seed} {chain.label} {step.command} (exit {child.returncode}, see {log})")
-        self.say(f"[study] seed {chain.seed} {chain.label}: {step.command} failed with exit {child.returncode}; "
-                 f"log: {log}")
+        self.failures.append(f"seed {chain.seed} {chain.label} {step.command} (exit {code}, see {log})")
+        self.say(f"[study] seed {chain.seed} {chain.label}: {step.command} failed with exit {code}; log: {log}")
         return False
-
-    def stop(self) -> None:
-        self.stopped = True
-        with self.lock:
-            for child in self.children:
-                if child.poll() is None:
-                    child.send_signal(signal.SIGTERM)
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:

@@ -1,9 +1,4 @@
-"""``stp pipeline``: the STP chain and the TP baseline from one preset, as a thin loop over the commands.
-
-It runs the chain of ``stpcli.chain`` (what ``examples/Makefile`` runs), one stage command after another
-with the same preset, and skips a stage whose output already exists (delete a
-file, or pass --force, to redo it and everything after it).
-"""
+"""``stp pipeline``: the STP chain and the TP baseline from one preset (``stpcli.pipeline``), then compare."""
 
 from __future__ import annotations
 
@@ -14,15 +9,16 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from stpcli.chain import compared, pipeline_steps
 from stpcli.cli.common import Force, console, make_run, read_yaml, stp_command
 from stpcli.cli.inspect import comparison_table
 from stpcli.errors import StpError
 from stpcli.files import atomic_write_text
+from stpcli.pipeline import run_pipeline
 from stpcli.report import compare
 from stpcli.run import DataOptions
 
 app = typer.Typer()
+
 
 @stp_command(app, "pipeline")
 def pipeline_command(
@@ -33,42 +29,23 @@ def pipeline_command(
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for every stage (default: the preset's).")] = None,
     force: Force = False,
 ):
-    """Run STP (Na -> Nb -> Sb(T5) -> Sb(T1) -> Sa) and the TP baseline, then compare them; the
-    comparison is printed and saved as compare.txt and compare.json beside the checkpoints.
+    """Run STP (Na -> Nb -> Sb(T5) -> Sb(T1) -> Sa) and the TP baseline, each stage as its own stp
+    command (as examples/Makefile runs them), skipping stages whose file exists and resuming
+    interrupted ones; then compare them. The comparison is printed and saved as compare.txt and
+    compare.json beside the checkpoints.
 
     Example: stp pipeline examples/configs/demo.yaml --out-dir runs/demo --seed 1
     """
-    from stpcli.cli import app as root
-
-    if not config.is_file():
-        raise StpError(f"{config} does not exist")
+    preset = read_yaml(config, "preset")
     if out_dir.exists() and not out_dir.is_dir():
         raise StpError(f"--out-dir {out_dir} is a file, not a folder")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StpError(f"cannot create --out-dir {out_dir}: {exc.strerror or exc}") from exc
-    preset = read_yaml(config, "preset")
-    command = typer.main.get_command(root)
-    redo = force
-    for step in pipeline_steps(preset):
-        name, source = step.command, step.source
-        out = out_dir / f"{step.target}.safetensors"
-        if out.exists() and not redo:
-            console.print(f"[pipeline] {out} exists; skipping {name}", markup=False)
-            continue
-        args = [name] + ([str(out_dir / f"{source}.safetensors")] if source else []) + [
-            "--config", str(config), "--out", str(out), "--force", *step.args]
-        if name == "train-ann" and data is not None:
-            args += ["--data", data]
-        args += (["--device", device] if device else []) + (["--seed", str(seed)] if seed is not None else [])
-        console.print(f"[pipeline] stp {' '.join(args)}", markup=False)
-        code = command.main(args=args, prog_name="stp", standalone_mode=False)
-        if code:
-            raise StpError(f"pipeline stopped: stp {name} exited with status {code}", exit_code=code)
-        redo = True  # every later stage depends on this new file
-    run = make_run("compare", {"device": device or "auto"})
-    rows = compare(run, [out_dir / f"{n}.safetensors" for n in compared(preset)], DataOptions())
+    paths = run_pipeline(preset, config.resolve(), out_dir, data=data, device=device, seed=seed, force=force,
+                         say=lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True))
+    rows = compare(make_run("compare", {"device": device or "auto"}), paths, DataOptions())
     table = comparison_table(rows)
     console.print(table)
     atomic_write_text(out_dir / "compare.json", lambda handle: json.dump(rows, handle, indent=2))

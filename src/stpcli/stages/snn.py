@@ -133,8 +133,10 @@ def temporal_prune(run: Run, source: Checkpoint, *, schedule: list[int], configs
     """Retrain at each T of the schedule (``configs[i]`` for ``schedule[i]``), each stage from the
     previous one; one checkpoint per T.
 
-    A stage whose checkpoint already exists and descends from the previous
-    stage's file (by sha256) is reused, so a killed run resumes stage by stage.
+    A T whose checkpoint already exists and descends from the previous T's file
+    (by sha256) is reused, so a killed run resumes T by T; ``io.force`` retrains
+    every T unless ``io.resume`` (then it only overwrites the files that no
+    longer descend from their parent).
     """
     require_kind(source, "temporal-prune", "snn")
     if len(configs) != len(schedule):
@@ -162,7 +164,7 @@ def temporal_prune(run: Run, source: Checkpoint, *, schedule: list[int], configs
     outputs, parent = [], source
     for timesteps, path, config in zip(schedule, paths, configs):
         stage_io = StageIO(path, force=io.force, resume=io.resume, command=io.command)
-        reused = _reusable(path, parent, timesteps, stage_io.force)
+        reused = _reusable(path, parent, timesteps, force=stage_io.force and not stage_io.resume)
         if reused is not None:
             run.say(f"[temporal-prune] T={timesteps}: reusing {path} (its parent is {parent.path})")
             outputs.append(reused)
