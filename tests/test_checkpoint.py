@@ -23,7 +23,7 @@ def sample_record(kind="snn"):
         "kind": kind,
         "model": {"arch": "vgg11", "family": "vgg", "width": 0.5, "depths": [1, 1, 2, 2, 3],
                   "channels": [32, 64, 128, 256, 256], "hidden": [2048, 2048], "num_classes": 2, "image_size": 64,
-                  "in_channels": 3, "dropout": 0.5, "units": {"stage": 5, "count": 1}},
+                  "in_channels": 3, "dropout": 0.5, "units": {"group": 5, "count": 1}},
         "classes": ["a", "b"],
         "input": {"image_size": 64, "mean": [0.5] * 3, "std": [0.25] * 3},
         "data": {"kind": "folder", "path": "/data/x", "fingerprint": "f" * 64, "num_files": 10},
@@ -52,6 +52,22 @@ def test_round_trip_keeps_every_field_and_tensor(tmp_path):
         assert torch.equal(loaded.tensors[key], tensors[key])
     assert read_record(path) == loaded.record
     assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
+
+
+def test_a_format_1_file_is_read_in_this_format_and_its_child_is_written_in_it(tmp_path):
+    """Format 1 named a Unit's layer group ``units.stage``; such files still load, unchanged on disk."""
+    old = sample_record() | {"format": "stp-checkpoint", "format_version": 1, "tool_version": "0.4.0",
+                             "created": "2026-01-01T00:00:00+00:00"}
+    old["model"] = old["model"] | {"units": {"stage": 5, "count": 1}}
+    path = tmp_path / "old.safetensors"
+    save_file({"w": torch.ones(2)}, str(path), metadata={"stp": json.dumps(old)})
+    digest = sha256_file(path)
+    loaded = load_checkpoint(path)
+    assert loaded.model_spec["units"] == {"group": 5, "count": 1} and loaded.record["format_version"] == 2
+    assert loaded.sha256 == digest == sha256_file(path) and read_record(path)["model"]["units"]["group"] == 5
+    save_checkpoint(Checkpoint(loaded.tensors, loaded.record), tmp_path / "child.safetensors")
+    child = read_record(tmp_path / "child.safetensors")
+    assert child["format_version"] == FORMAT_VERSION == 2 and child["model"]["units"] == {"group": 5, "count": 1}
 
 
 def test_output_rules(tmp_path):

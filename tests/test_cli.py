@@ -26,7 +26,7 @@ def test_pipeline_records_kind_timesteps_units_and_lineage(pipeline):
     sa = load_checkpoint(pipeline["sa_t1"])
     assert (na.kind, nb.kind, sb3.kind, sa.kind) == ("ann", "ann", "snn", "snn")
     assert (sb3.timesteps, sb2.timesteps, sb1.timesteps, sa.timesteps) == (3, 2, 1, 1)
-    assert nb.model_spec["units"] == {"stage": 3, "count": 1} and sa.model_spec["units"] is None
+    assert nb.model_spec["units"] == {"group": 3, "count": 1} and sa.model_spec["units"] is None
     assert sa.model_spec["depths"] == na.model_spec["depths"]
     assert [h["stage"] for h in sa.history] == ["train-ann", "add-unit", "convert", "temporal-prune",
                                                 "temporal-prune", "spatial-prune"]
@@ -69,7 +69,7 @@ def test_evaluate_snn_reports_spikes_sops_and_energy(pipeline):
 def test_info_lists_layers_and_lineage_and_verifies_parents(pipeline, tmp_path):
     details = as_json(run_cli(["info", pipeline["nb"], "--json"]))
     units = [row for row in details["layers"] if row["unit"]]
-    assert len(units) == 1 and units[0]["stage"] == 3 and units[0]["in"] == units[0]["out"]
+    assert len(units) == 1 and units[0]["group"] == 3 and units[0]["in"] == units[0]["out"]
     assert details["record"]["kind"] == "ann" and len(details["history"]) == 2
     text = run_cli(["info", pipeline["sa_t1"], "--verify"]).stdout
     assert "lineage" in text and text.count(": ok") == 5

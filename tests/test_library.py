@@ -20,7 +20,7 @@ def test_the_whole_chain_from_python(dataset_dir, tmp_path):
     na = train_ann(run, arch="vgg11", width=0.125, image_size=32, dropout=0.5, data=data, train_ratio=0.8,
                    val_ratio=0.1, config=TrainConfig(epochs=1, batch_size=16, lr=0.02),
                    io=StageIO(tmp_path / "na.safetensors"))
-    nb = add_unit(run, na, unit_stage=3, count=1, config=TrainConfig(epochs=0),
+    nb = add_unit(run, na, unit_group=3, count=1, config=TrainConfig(epochs=0),
                   data=DataOptions(), io=StageIO(tmp_path / "nb.safetensors"))
     snn_recipe = TrainConfig(epochs=1, batch_size=16, optimizer="adam", lr=1e-3, weight_decay=0.0)
     sb = convert(run, nb, timesteps=2, percentile=99.7, scale=0.6, calibration_images=16,
@@ -29,7 +29,7 @@ def test_the_whole_chain_from_python(dataset_dir, tmp_path):
                  settings=SpikingSettings(dropout=0.0))
     outputs = temporal_prune(run, sb, schedule=[1], configs=[snn_recipe], data=DataOptions(),
                              io=StageIO(tmp_path / "sb_t1.safetensors"))
-    sa = spatial_prune(run, outputs[-1], unit_stage=None, count=None, config=TrainConfig(epochs=0),
+    sa = spatial_prune(run, outputs[-1], unit_group=None, count=None, config=TrainConfig(epochs=0),
                        data=DataOptions(), io=StageIO(tmp_path / "sa_t1.safetensors"))
     assert [h["stage"] for h in sa.history] == ["train-ann", "add-unit", "convert", "temporal-prune", "spatial-prune"]
     assert sa.timesteps == 1 and sa.model_spec["units"] is None

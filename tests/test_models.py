@@ -53,41 +53,41 @@ def test_forward_shapes_ann_and_snn(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_add_unit_every_stage_identity_init_and_shapes(arch):
+def test_add_unit_every_group_identity_init_and_shapes(arch):
     spec = small_spec(arch)
     torch.manual_seed(0)
     base = ANN(spec).eval()
     randomise_bn(base)
     x = torch.randn(3, 3, 32, 32)
     expected = base(x)
-    for stage in range(1, len(spec["depths"]) + 1):
+    for group in range(1, len(spec["depths"]) + 1):
         for count in (1, 2):
-            big = insert_units(base, stage, count).eval()
-            first = first_layer_index(big.plan, stage, count)
+            big = insert_units(base, group, count).eval()
+            first = first_layer_index(big.plan, group, count)
             units = [i for i, e in enumerate(big.plan) if e.get("unit")]
             assert units == list(range(first, first + count))
-            assert big.spec["units"] == {"stage": stage, "count": count}
-            assert all(big.plan[i]["stage"] == stage and big.plan[i]["in"] == big.plan[i]["out"] for i in units)
+            assert big.spec["units"] == {"group": group, "count": count}
+            assert all(big.plan[i]["group"] == group and big.plan[i]["in"] == big.plan[i]["out"] for i in units)
             torch.testing.assert_close(big(x), expected, rtol=1e-4, atol=1e-4)
             # and removing them again gives back Na's tensors exactly
-            small, removed_at = remove_units(big, stage, count)
+            small, removed_at = remove_units(big, group, count)
             assert removed_at == first and small.spec["depths"] == spec["depths"]
             for key, tensor in base.state_dict().items():
                 assert torch.equal(small.state_dict()[key], tensor), key
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_algorithm2_mapping_every_stage(arch):
+def test_algorithm2_mapping_every_group(arch):
     """Each tensor of Sa equals the right tensor of Sb, and no Unit tensor survives."""
     spec = small_spec(arch)
-    for stage in range(1, len(spec["depths"]) + 1):
+    for group in range(1, len(spec["depths"]) + 1):
         count = 1
-        big_spec = with_units(spec, stage, count)
-        torch.manual_seed(stage)
+        big_spec = with_units(spec, group, count)
+        torch.manual_seed(group)
         sb = SNN(big_spec, timesteps=2)
         for tensor in sb.state_dict().values():
             tensor.normal_()  # every tensor distinct, buffers (binary spikes' shortcut scales) included
-        sa, first = remove_units(sb, stage, count)
+        sa, first = remove_units(sb, group, count)
         assert sa.spec["depths"] == spec["depths"] and sa.spec["units"] is None
         assert sa.timesteps == sb.timesteps and sa.settings == sb.settings
         # independent computation: drop the Unit entries from Sb's layer list
@@ -108,7 +108,7 @@ def test_algorithm2_mapping_every_stage(arch):
 def test_spatial_prune_refuses_layers_that_change_shape():
     spec = small_spec("vgg11")
     with pytest.raises(StpError, match="removable"):
-        without_layers(spec, 1, 1)  # stage 1 of VGG11 is a single 3->64 conv
+        without_layers(spec, 1, 1)  # group 1 of VGG11 is a single 3->64 conv
     with pytest.raises(StpError, match="out of range"):
         without_layers(spec, 6, 1)
     assert without_layers(spec, 3, 1)[0]["depths"][2] == 1

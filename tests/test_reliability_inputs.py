@@ -59,7 +59,7 @@ def test_temporal_prune_refuses_colliding_per_t_names_before_training(pipeline, 
     out = tmp_path / "y_t2.safetensors"
     for extra in ([], ["--force"], ["--resume"]):
         refused(["temporal-prune", pipeline["sb_t3"], "--schedule", "2,1", "--epochs-per-stage", "1",
-                 "--out", out, *extra, *CPU], "also the file of the T=2 stage", out)
+                 "--out", out, *extra, *CPU], "is also the T=2 file of --schedule", out)
     assert not list(tmp_path.iterdir())  # no state file, no checkpoint
 
 
@@ -203,7 +203,7 @@ def test_errors_name_where_a_unit_setting_came_from(pipeline, out):
     result = refused(["spatial-prune", pipeline["sb_t1"], "--as", "1", "--out", out, *CPU], "removable", out)
     assert "--as 1 with the recorded M=1" in result.output and "--m" not in result.output
     result = refused(["spatial-prune", pipeline["sb_t1"], "--m", "3", "--out", out, *CPU], "removable", out)
-    assert "--m 3 at the recorded Unit stage 3" in result.output and "--as" not in result.output
+    assert "--m 3 in the recorded Unit group 3" in result.output and "--as" not in result.output
 
 
 def test_info_checks_the_tensors_against_the_recorded_model(pipeline, tmp_path):

@@ -26,7 +26,7 @@ from stpcli.schema import Record, validate
 from stpcli.spec import ModelSpec
 
 FORMAT_NAME = "stp-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a Unit's layer group is units.group (format 1 said units.stage)
 METADATA_KEY = "stp"
 KINDS = ("ann", "snn")
 
@@ -112,8 +112,7 @@ def check_output_path(path: str | Path, force: bool, inputs: tuple[Path | None, 
 def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> str:
     """Write ``ckpt`` atomically; returns the new file's sha256."""
     record = dict(ckpt.record)
-    record.setdefault("format", FORMAT_NAME)
-    record.setdefault("format_version", FORMAT_VERSION)
+    record["format"], record["format_version"] = FORMAT_NAME, FORMAT_VERSION  # a child of an older file too
     record["tool_version"] = __version__
     record["created"] = now_iso()
     validate_record(record, source=str(path))
@@ -174,7 +173,21 @@ def _parse_record(metadata: dict[str, str], path: Path) -> dict[str, Any]:
         record = json.loads(metadata[METADATA_KEY])
     except json.JSONDecodeError as exc:
         raise StpError(f"{path} has a corrupt stp record ({exc.msg})") from exc
-    validate_record(record, source=str(path))
+    validate_record(_upgrade(record), source=str(path))
+    return record
+
+
+def _upgrade(record: Any) -> Any:
+    """An older format's record in this format's words (in memory; the file and its sha256 stay)."""
+    if not isinstance(record, dict) or record.get("format") != FORMAT_NAME:
+        return record
+    version = record.get("format_version")
+    if type(version) is int and version == 1:  # not True, which equals 1
+        model = record.get("model")
+        units = model.get("units") if isinstance(model, dict) else None
+        if isinstance(units, dict) and "stage" in units and "group" not in units:
+            units["group"] = units.pop("stage")
+        record["format_version"] = 2
     return record
 
 

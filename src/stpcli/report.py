@@ -79,7 +79,7 @@ def layer_table(spec: ModelSpec, image_size: int, kind: str) -> list[dict]:
     for index, entry in enumerate(plan):
         rows.append({
             "index": index,
-            "stage": entry.get("stage"),
+            "group": entry.get("group"),
             "layer": describe(entry),
             "in": entry.get("in"),
             "out": entry.get("out"),

@@ -25,7 +25,7 @@ MAX_CLASSES = 10_000
 MAX_NAME = 256  # characters in a class name
 MAX_FILES = 10_000_000
 MAX_WIDTH = 8.0
-MAX_LAYERS_PER_STAGE = 64
+MAX_LAYERS_PER_GROUP = 64
 MAX_CHANNELS = 8192
 MAX_HIDDEN = 65_536
 MAX_HISTORY = 1_000
@@ -48,15 +48,15 @@ def _finite(value: float) -> float:
 
 
 class Units(_Strict):
-    stage: Annotated[int, Field(ge=1, le=8)]
-    count: Annotated[int, Field(ge=1, le=MAX_LAYERS_PER_STAGE)]
+    group: Annotated[int, Field(ge=1, le=8)]
+    count: Annotated[int, Field(ge=1, le=MAX_LAYERS_PER_GROUP)]
 
 
 class ModelSpec(_Strict):
     family: Literal["vgg", "resnet"]
     arch: Annotated[str, Field(min_length=1, max_length=64)]
     width: Annotated[float, Field(gt=0.0, le=MAX_WIDTH)] = 1.0
-    depths: Annotated[list[Annotated[int, Field(ge=1, le=MAX_LAYERS_PER_STAGE)]], Field(min_length=1, max_length=8)]
+    depths: Annotated[list[Annotated[int, Field(ge=1, le=MAX_LAYERS_PER_GROUP)]], Field(min_length=1, max_length=8)]
     channels: Annotated[list[Annotated[int, Field(ge=1, le=MAX_CHANNELS)]], Field(min_length=1, max_length=8)]
     hidden: Annotated[list[Annotated[int, Field(ge=1, le=MAX_HIDDEN)]], Field(max_length=4)]
     num_classes: Annotated[int, Field(ge=2, le=MAX_CLASSES)]
@@ -68,12 +68,12 @@ class ModelSpec(_Strict):
     @model_validator(mode="after")
     def _consistent(self):
         if len(self.depths) != len(self.channels):
-            raise ValueError("depths and channels must have one entry per stage")
+            raise ValueError("depths and channels must have one entry per layer group")
         if self.units is not None:
-            if self.units.stage > len(self.depths):
-                raise ValueError(f"units.stage {self.units.stage} is not a stage of this model")
-            if self.units.count >= self.depths[self.units.stage - 1]:
-                raise ValueError("units.count leaves no original layer in its stage")
+            if self.units.group > len(self.depths):
+                raise ValueError(f"units.group {self.units.group} is not a layer group of this model")
+            if self.units.count >= self.depths[self.units.group - 1]:
+                raise ValueError("units.count leaves no original layer in its group")
         if self.family == "vgg" and self.image_size % 2 ** len(self.depths):
             raise ValueError(f"image_size must be a multiple of {2 ** len(self.depths)} for this VGG")
         return self
@@ -130,6 +130,7 @@ class HistoryEntry(_Strict):
     options: dict[str, Any]
     metrics: dict[str, Any] = {}
     parent: Parent | None = None
+    finished: Annotated[str, Field(max_length=64)] = ""
 
 
 class NeuronRecord(_Strict):

@@ -10,7 +10,7 @@ from typing import TypedDict
 
 
 class Units(TypedDict):
-    stage: int  # 1-based network stage that holds the Units (--as)
+    group: int  # 1-based layer group (the paper's stage AS) that holds the Units (--as)
     count: int  # how many (--m)
 
 

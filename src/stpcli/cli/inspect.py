@@ -151,13 +151,13 @@ def _print_info(details: dict, chain) -> None:
     console.print(f"[bold]{escape(details['path'])}[/bold]  sha256 {details['sha256'][:16]}…")
     console.print(f"kind {record['kind'].upper()}" + (f", T={record['timesteps']}" if record.get("timesteps") else "")
                   + f"; {spec['arch']} width {spec['width']}; "
-                  + (f"{units['count']} Unit(s) at stage {units['stage']}" if units else "no Units")
+                  + (f"{units['count']} Unit(s) in layer group {units['group']}" if units else "no Units")
                   + f"; {details['parameters']:,} tensor elements")
     console.print(f"classes ({len(record['classes'])}): {', '.join(record['classes'])}", markup=False)
     console.print(f"input {record['input']['image_size']} px; data {escape(record['data']['path'])} "
                   f"(fingerprint {record['data']['fingerprint'][:12]}); split seed {details['split']['seed']}, "
                   f"train ratio {details['split']['train_ratio']}, counts {details['split']['counts']}")
-    table = Table("#", "stage", "layer", "in", "out", "unit", "neuron", "MACs", title="layers")
+    table = Table("#", "group", "layer", "in", "out", "unit", "neuron", "MACs", title="layers")
     neurons = details["neurons"]
     for row in details["layers"]:
         neuron = row["neuron"] or ""
@@ -165,7 +165,7 @@ def _print_info(details: dict, chain) -> None:
         for key in sorted(k for k in neurons if k.startswith(prefix) and k.endswith(".threshold")):
             leak = neurons[key.removesuffix("threshold") + "leak"]
             neuron += f" V={neurons[key]:.3g} λ={leak:.3g}"
-        table.add_row(str(row["index"]), "" if row["stage"] is None else str(row["stage"]), row["layer"],
+        table.add_row(str(row["index"]), "" if row["group"] is None else str(row["group"]), row["layer"],
                       "" if row["in"] is None else str(row["in"]), "" if row["out"] is None else str(row["out"]),
                       "yes" if row["unit"] else "", neuron, f"{row['macs']:,}" if row["macs"] else "")
     console.print(table)

@@ -36,7 +36,7 @@ from stpcli.stages.snn import convert, parse_schedule, spatial_prune, temporal_p
 
 app = typer.Typer()
 
-UnitStage = Annotated[int | None, typer.Option("--as", help="Stage whose trailing layers are the Units (1-based).")]
+UnitGroup = Annotated[int | None, typer.Option("--as", help="Layer group whose trailing layers are the Units: the paper's stage AS, 1-based (default: the recorded Units).")]
 UnitCount = Annotated[int | None, typer.Option("--m", help="Number of Units (layers).")]
 
 
@@ -75,18 +75,18 @@ def add_unit_command(
     ctx: typer.Context,
     source: Source,
     out: Out,
-    unit_stage: Annotated[int, typer.Option("--as", help="Stage that receives the Units (1-based).")] = 5,
+    unit_group: Annotated[int, typer.Option("--as", help="Layer group that receives the Units: the paper's stage AS, 1-based (VGG 1..5, ResNet 1..4).")] = 5,
     count: Annotated[int, typer.Option("--m", help="Number of Units to add.")] = 1,
     epochs: Annotated[int, typer.Option("--epochs", help="Fine-tuning epochs for Nb (0: none).")] = 10,
     **options,
 ):
-    """Step 1: insert M identity-initialised Units at stage AS, then fine-tune (Nb).
+    """Step 1: insert M identity-initialised Units at the end of layer group AS, then fine-tune (Nb).
 
     Example: stp add-unit na.safetensors --as 5 --m 1 --epochs 10 --out nb.safetensors
     """
     values = resolve(ctx, locals())
     run = make_run("add-unit", values)
-    add_unit(run, load_checkpoint(values["source"]), unit_stage=values["unit_stage"], count=values["count"],
+    add_unit(run, load_checkpoint(values["source"]), unit_group=values["unit_group"], count=values["count"],
              config=make_train_config(values), data=make_data(values), io=make_io(values))
 
 
@@ -155,7 +155,7 @@ def spatial_prune_command(
     ctx: typer.Context,
     source: Source,
     out: Out,
-    unit_stage: UnitStage = None,
+    unit_group: UnitGroup = None,
     count: UnitCount = None,
     epochs: Annotated[int, typer.Option("--epochs", help="Fine-tuning epochs at the checkpoint's T.")] = 10,
     **options,
@@ -166,6 +166,6 @@ def spatial_prune_command(
     """
     values = resolve(ctx, locals())
     run = make_run("spatial-prune", values)
-    spatial_prune(run, load_checkpoint(values["source"]), unit_stage=values["unit_stage"],
+    spatial_prune(run, load_checkpoint(values["source"]), unit_group=values["unit_group"],
                   count=values["count"], config=make_train_config(values), data=make_data(values),
                   io=make_io(values), teacher=values["teacher"])

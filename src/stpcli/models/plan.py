@@ -20,7 +20,7 @@ from stpcli.spec import ModelSpec
 # One layer of the plan; which keys an entry has depends on its type (LAYER_TYPES).
 PlanEntry = TypedDict("PlanEntry", {
     "type": Required[str], "in": int, "out": int, "kernel": int, "stride": int, "padding": int,
-    "stage": int, "unit": bool, "dropout": float,
+    "group": int, "unit": bool, "dropout": float,
 }, total=False)
 
 
@@ -32,7 +32,7 @@ class LayerType:
 
     weights: bool  # has synaptic weights (counted as a weight layer)
     neuron: bool  # ends in ReLU (ANN) / LIF neurons (SNN)
-    unit: bool  # can be a Unit: a shape-preserving layer of a stage
+    unit: bool  # can be a Unit: a shape-preserving layer of a layer group
 
 
 LAYER_TYPES: dict[str, LayerType] = {
@@ -64,9 +64,9 @@ def build_plan(spec: ModelSpec) -> list[PlanEntry]:
     return builder(spec)
 
 
-def stage_layers(plan: list[PlanEntry], stage: int) -> list[int]:
-    """Plan indices of the layers of ``stage`` that could be Units (conv layers, residual blocks)."""
-    return [i for i, e in enumerate(plan) if LAYER_TYPES[e["type"]].unit and e.get("stage") == stage]
+def group_layers(plan: list[PlanEntry], group: int) -> list[int]:
+    """Plan indices of the layers of ``group`` that could be Units (conv layers, residual blocks)."""
+    return [i for i, e in enumerate(plan) if LAYER_TYPES[e["type"]].unit and e.get("group") == group]
 
 
 def has_neuron(entry: PlanEntry) -> bool:
@@ -77,9 +77,9 @@ def has_weights(entry: PlanEntry) -> bool:
     return LAYER_TYPES[entry["type"]].weights
 
 
-def _unit_flags(spec: ModelSpec, stage: int, depth: int) -> list[bool]:
+def _unit_flags(spec: ModelSpec, group: int, depth: int) -> list[bool]:
     units = spec.get("units")
-    count = units["count"] if units and units["stage"] == stage else 0
+    count = units["count"] if units and units["group"] == group else 0
     return [j >= depth - count for j in range(depth)]
 
 
@@ -87,12 +87,12 @@ def _unit_flags(spec: ModelSpec, stage: int, depth: int) -> list[bool]:
 def _vgg_plan(spec: ModelSpec) -> list[PlanEntry]:
     plan: list[PlanEntry] = []
     channels = spec["in_channels"]
-    for stage, (depth, width) in enumerate(zip(spec["depths"], spec["channels"]), start=1):
-        for is_unit in _unit_flags(spec, stage, depth):
+    for group, (depth, width) in enumerate(zip(spec["depths"], spec["channels"]), start=1):
+        for is_unit in _unit_flags(spec, group, depth):
             plan.append({"type": "conv", "in": channels, "out": width, "kernel": 3, "stride": 1,
-                         "padding": 1, "stage": stage, "unit": is_unit})
+                         "padding": 1, "group": group, "unit": is_unit})
             channels = width
-        plan.append({"type": "pool", "kernel": 2, "stride": 2, "padding": 0, "stage": stage})
+        plan.append({"type": "pool", "kernel": 2, "stride": 2, "padding": 0, "group": group})
     side = spec["image_size"] // 2 ** len(spec["depths"])
     plan.append({"type": "flatten"})
     features = channels * side * side
@@ -108,15 +108,15 @@ def _resnet_plan(spec: ModelSpec) -> list[PlanEntry]:
     stem = spec["channels"][0]
     plan: list[PlanEntry] = [
         {"type": "conv", "in": spec["in_channels"], "out": stem, "kernel": 7, "stride": 2, "padding": 3,
-         "stage": 0, "unit": False},
+         "group": 0, "unit": False},
         # average (not max) pooling in the stem so the SNN's pooling acts on spike maps
-        {"type": "pool", "kernel": 3, "stride": 2, "padding": 1, "stage": 0},
+        {"type": "pool", "kernel": 3, "stride": 2, "padding": 1, "group": 0},
     ]
     channels = stem
-    for stage, (depth, width) in enumerate(zip(spec["depths"], spec["channels"]), start=1):
-        for j, is_unit in enumerate(_unit_flags(spec, stage, depth)):
-            stride = 2 if (j == 0 and stage > 1) else 1
-            plan.append({"type": "block", "in": channels, "out": width, "stride": stride, "stage": stage,
+    for group, (depth, width) in enumerate(zip(spec["depths"], spec["channels"]), start=1):
+        for j, is_unit in enumerate(_unit_flags(spec, group, depth)):
+            stride = 2 if (j == 0 and group > 1) else 1
+            plan.append({"type": "block", "in": channels, "out": width, "stride": stride, "group": group,
                          "unit": is_unit})
             channels = width
     plan.append({"type": "global_pool"})

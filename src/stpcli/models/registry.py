@@ -1,7 +1,7 @@
 """Architectures by name.
 
 A *spec* is a small JSON-able dict that rebuilds a model with no other input:
-family, arch, width multiplier, per-stage depths and channels, classifier,
+family, arch, width multiplier, per-group depths and channels, classifier,
 classes, image size and where the Units sit. Checkpoints store it verbatim.
 """
 

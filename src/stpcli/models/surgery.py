@@ -1,6 +1,6 @@
 """Adding and removing shape-preserving layers, and Algorithm 2's index mapping.
 
-Units are the trailing ``count`` layers of stage ``stage`` (paper, section 3.2).
+Units are the trailing ``count`` layers of layer group ``group`` (the paper's stage AS, section 3.2).
 ``index_mapping`` is Algorithm 2: for each layer i of the smaller network,
 the layer of the larger network whose tensors it takes.
 """
@@ -12,55 +12,55 @@ import copy
 import torch
 
 from stpcli.errors import StpError
-from stpcli.models.plan import PlanEntry, build_plan, is_shape_preserving, stage_layers
+from stpcli.models.plan import PlanEntry, build_plan, group_layers, is_shape_preserving
 from stpcli.spec import ModelSpec
 
 
-def stage_range(spec: ModelSpec) -> range:
+def group_range(spec: ModelSpec) -> range:
     return range(1, len(spec["depths"]) + 1)
 
 
-def check_stage(spec: ModelSpec, stage: int) -> None:
-    if stage not in stage_range(spec):
+def check_group(spec: ModelSpec, group: int) -> None:
+    if group not in group_range(spec):
         raise StpError(
-            f"--as {stage} is out of range: {spec['arch']} has stages 1..{len(spec['depths'])}"
+            f"--as {group} is out of range: {spec['arch']} has layer groups 1..{len(spec['depths'])}"
         )
 
 
-def with_units(spec: ModelSpec, stage: int, count: int) -> ModelSpec:
-    """The spec of Nb: ``count`` Units appended to stage ``stage`` of Na."""
-    check_stage(spec, stage)
+def with_units(spec: ModelSpec, group: int, count: int) -> ModelSpec:
+    """The spec of Nb: ``count`` Units appended to group ``group`` of Na."""
+    check_group(spec, group)
     if count < 1:
         raise StpError(f"--m must be at least 1, got {count}")
     existing = spec.get("units")
     if existing:
         raise StpError(
-            f"the model already has {existing['count']} Unit(s) at stage {existing['stage']}; "
+            f"the model already has {existing['count']} Unit(s) in group {existing['group']}; "
             "add Units to the base ANN"
         )
     new = copy.deepcopy(spec)
-    new["depths"][stage - 1] += count
-    new["units"] = {"stage": stage, "count": count}
+    new["depths"][group - 1] += count
+    new["units"] = {"group": group, "count": count}
     return new
 
 
-def first_layer_index(plan: list[PlanEntry], stage: int, count: int) -> int:
-    """Plan index of the first of the trailing ``count`` layers of ``stage`` (Algorithm 2's AS)."""
-    members = stage_layers(plan, stage)
+def first_layer_index(plan: list[PlanEntry], group: int, count: int) -> int:
+    """Plan index of the first of the trailing ``count`` layers of ``group`` (Algorithm 2's AS)."""
+    members = group_layers(plan, group)
     return members[len(members) - count]
 
 
-def without_layers(spec: ModelSpec, stage: int, count: int, named: str | None = None) -> tuple[ModelSpec, int]:
-    """The spec with the trailing ``count`` layers of ``stage`` removed, and AS (their first index).
+def without_layers(spec: ModelSpec, group: int, count: int, named: str | None = None) -> tuple[ModelSpec, int]:
+    """The spec with the trailing ``count`` layers of ``group`` removed, and AS (their first index).
 
     ``named`` says where the layers were named (default: the --as/--m options) for the error message.
     """
-    check_stage(spec, stage)
+    check_group(spec, group)
     if count < 1:
         raise StpError(f"--m must be at least 1, got {count}")
-    named = named or f"--as {stage} --m {count}"
+    named = named or f"--as {group} --m {count}"
     plan = build_plan(spec)
-    members = stage_layers(plan, stage)
+    members = group_layers(plan, group)
     removable = 0
     for i in reversed(members):
         if not is_shape_preserving(plan[i]) or removable == len(members) - 1:
@@ -68,16 +68,16 @@ def without_layers(spec: ModelSpec, stage: int, count: int, named: str | None = 
         removable += 1
     if count > removable:
         raise StpError(
-            f"{named} asks to remove {count} layer(s), but stage {stage} ends in only "
+            f"{named} asks to remove {count} layer(s), but group {group} ends in only "
             f"{removable} removable (shape-preserving) layer(s)"
         )
     new = copy.deepcopy(spec)
-    new["depths"][stage - 1] -= count
+    new["depths"][group - 1] -= count
     units = spec.get("units")
-    if units and units["stage"] == stage:
+    if units and units["group"] == group:
         left = units["count"] - count
-        new["units"] = {"stage": stage, "count": left} if left > 0 else None
-    return new, first_layer_index(plan, stage, count)
+        new["units"] = {"group": group, "count": left} if left > 0 else None
+    return new, first_layer_index(plan, group, count)
 
 
 def index_mapping(num_small: int, first_unit: int, count: int) -> list[int]:
@@ -85,12 +85,12 @@ def index_mapping(num_small: int, first_unit: int, count: int) -> list[int]:
     return [i if i < first_unit else i + count for i in range(num_small)]
 
 
-def insert_units(base, stage: int, count: int):
+def insert_units(base, group: int, count: int):
     """Nb = Add_Unit(AS, M, Na): the model with ``count`` identity-initialised Units appended to
-    stage ``stage``, every other layer's tensors copied from ``base`` by Algorithm 2's mapping.
+    group ``group``, every other layer's tensors copied from ``base`` by Algorithm 2's mapping.
     Without training it computes what ``base`` computes."""
-    model = base.rebuilt(with_units(base.spec, stage, count))
-    first = first_layer_index(model.plan, stage, count)
+    model = base.rebuilt(with_units(base.spec, group, count))
+    first = first_layer_index(model.plan, group, count)
     mapping = index_mapping(len(base.plan), first, count)
     state = rename_layers(base.state_dict(), dict(enumerate(mapping)))
     for index in range(first, first + count):
@@ -100,10 +100,10 @@ def insert_units(base, stage: int, count: int):
     return model
 
 
-def remove_units(model, stage: int, count: int, named: str | None = None):
-    """Algorithm 2: the model without the trailing ``count`` layers of stage ``stage``; every other
+def remove_units(model, group: int, count: int, named: str | None = None):
+    """Algorithm 2: the model without the trailing ``count`` layers of group ``group``; every other
     layer (weights, bias, threshold, leak) copied by the index mapping. Returns (model, AS)."""
-    spec, first = without_layers(model.spec, stage, count, named)
+    spec, first = without_layers(model.spec, group, count, named)
     small = model.rebuilt(spec)
     mapping = index_mapping(len(small.plan), first, count)
     small.load_state_dict(rename_layers(model.state_dict(), {large: i for i, large in enumerate(mapping)}))

@@ -68,25 +68,25 @@ def train_ann(run: Run, *, arch: str, width: float, image_size: int, dropout: fl
                             {}, options, parent=None)
 
 
-def add_unit(run: Run, source: Checkpoint, *, unit_stage: int, count: int, config: TrainConfig,
+def add_unit(run: Run, source: Checkpoint, *, unit_group: int, count: int, config: TrainConfig,
              data: DataOptions, io: StageIO) -> Checkpoint:
     """Nb = Add_Unit(AS, M, Na): identity-initialised Units, then fine-tuning for ``config.epochs``."""
     run = run.named("add-unit")
     config.check()
     require_kind(source, "add-unit", "ann")
-    with_units(source.model_spec, unit_stage, count)  # --as/--m checked before anything is read
+    with_units(source.model_spec, unit_group, count)  # --as/--m checked before anything is read
     io.check(will_train=config.epochs > 0, inputs=(source.path,))
     base = model_from_checkpoint(source)
     torch.manual_seed(config.seed)
-    model = insert_units(base, unit_stage, count)
+    model = insert_units(base, unit_group, count)
     spec = model.spec
-    first = first_layer_index(model.plan, unit_stage, count)
+    first = first_layer_index(model.plan, unit_group, count)
     record = child_record(source, kind="ann", model=spec)
     data_parts = load_checkpoint_data(run, source, data)
     before = split_accuracy(model, data_parts, "test", record, run.runtime)
-    run.say(f"[add-unit] {count} Unit(s) at stage {unit_stage} (layers {first}..{first + count - 1}); "
+    run.say(f"[add-unit] {count} Unit(s) in layer group {unit_group} (layers {first}..{first + count - 1}); "
               f"test accuracy before fine-tuning {before:.2f}%")
     return train_and_finish(run, model, data_parts, config, record, io,
-                            {"as": unit_stage, "m": count, "parent": source.sha256},
+                            {"as": unit_group, "m": count, "parent": source.sha256},
                             {"test_accuracy_before_training": before},
-                            {"as": unit_stage, "m": count, **config.recorded(), **data.recorded()}, parent=source)
+                            {"as": unit_group, "m": count, **config.recorded(), **data.recorded()}, parent=source)

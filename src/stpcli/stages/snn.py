@@ -102,7 +102,7 @@ def parse_schedule(text: str | list) -> list[int]:
 
 def timestep_configs(base: TrainConfig, schedule: list[int], epochs: str | int, lr_schedule: str) -> list[TrainConfig]:
     """One training config per T of the schedule: each of ``epochs`` and ``lr_schedule`` holds one
-    value for every stage ("15") or one per stage ("15,15,40"; "step,step,cosine")."""
+    value for every T ("15") or one per T ("15,15,40"; "step,step,cosine")."""
     try:
         counts = [int(c) for c in _per_timestep(epochs, "--epochs-per-stage", schedule)]
     except ValueError:
@@ -121,7 +121,7 @@ def _per_timestep(text: str | int, option: str, schedule: list[int]) -> list[str
     return values
 
 
-def stage_path(out: Path, timesteps: int) -> Path:
+def timestep_path(out: Path, timesteps: int) -> Path:
     """sb_t1.safetensors -> sb_t3.safetensors; other names get a _t3 suffix."""
     stem = out.name.removesuffix(".safetensors")
     base = re.sub(r"_t\d+$", "", stem)
@@ -130,7 +130,7 @@ def stage_path(out: Path, timesteps: int) -> Path:
 
 def temporal_prune(run: Run, source: Checkpoint, *, schedule: list[int], configs: list[TrainConfig],
                    data: DataOptions, io: StageIO, teacher: Path | None = None) -> list[Checkpoint]:
-    """Retrain at each T of the schedule (``configs[i]`` for ``schedule[i]``), each stage from the
+    """Retrain at each T of the schedule (``configs[i]`` for ``schedule[i]``), each T from the
     previous one; one checkpoint per T.
 
     A T whose checkpoint already exists and descends from the previous T's file
@@ -145,14 +145,14 @@ def temporal_prune(run: Run, source: Checkpoint, *, schedule: list[int], configs
         config.check(training_required=True)
     if schedule[0] > (source.timesteps or 0):
         raise StpError(f"--schedule starts at T={schedule[0]}, above the checkpoint's T={source.timesteps}")
-    paths = [stage_path(io.out, t) for t in schedule[:-1]] + [io.out]
+    paths = [timestep_path(io.out, t) for t in schedule[:-1]] + [io.out]
     if source.path is not None and any(p.resolve() == source.path.resolve() for p in paths):
-        raise StpError(f"a stage of --schedule would overwrite the input {source.path}; choose another --out")
+        raise StpError(f"a T file of --schedule would overwrite the input {source.path}; choose another --out")
     if len({p.resolve() for p in paths}) < len(paths):
         clash = next(t for t, p in zip(schedule, paths[:-1]) if p.resolve() == io.out.resolve())
-        raise StpError(f"--out {io.out.name} is also the file of the T={clash} stage of --schedule "
+        raise StpError(f"--out {io.out.name} is also the T={clash} file of --schedule "
                        f"{','.join(map(str, schedule))}; name --out after the last time step "
-                       f"({stage_path(io.out, schedule[-1]).name}) or without a _tN suffix")
+                       f"({timestep_path(io.out, schedule[-1]).name}) or without a _tN suffix")
     io.check(will_train=True, inputs=(source.path, teacher), resume_needs_state=False)
     distil_from = resolve_teacher(source, teacher, configs[0])
     parts = load_checkpoint_data(run, source, data)
@@ -163,17 +163,17 @@ def temporal_prune(run: Run, source: Checkpoint, *, schedule: list[int], configs
                **data.recorded()}
     outputs, parent = [], source
     for timesteps, path, config in zip(schedule, paths, configs):
-        stage_io = StageIO(path, force=io.force, resume=io.resume, command=io.command)
-        reused = _reusable(path, parent, timesteps, force=stage_io.force and not stage_io.resume)
+        t_io = StageIO(path, force=io.force, resume=io.resume, command=io.command)
+        reused = _reusable(path, parent, timesteps, force=t_io.force and not t_io.resume)
         if reused is not None:
             run.say(f"[temporal-prune] T={timesteps}: reusing {path} (its parent is {parent.path})")
             outputs.append(reused)
             parent = reused
             continue
         if path != io.out:
-            stage_io.check(will_train=True, inputs=(source.path,), resume_needs_state=False)
-        if stage_io.resume and not stage_io.state_path.exists():
-            stage_io.resume = False  # only the interrupted stage has a state to resume
+            t_io.check(will_train=True, inputs=(source.path,), resume_needs_state=False)
+        if t_io.resume and not t_io.state_path.exists():
+            t_io.resume = False  # only the interrupted T has a state to resume
         snn = model_from_checkpoint(parent, timesteps=timesteps)
         record = child_record(parent, timesteps=timesteps)
         start = split_accuracy(snn, parts, "test", record, run.runtime)
@@ -181,7 +181,7 @@ def temporal_prune(run: Run, source: Checkpoint, *, schedule: list[int], configs
                   f"retraining {start:.2f}%")
         torch.manual_seed(config.seed)
         parent = train_and_finish(run.named(f"temporal-prune T={timesteps}"), snn,
-                                  parts, config, record, stage_io, {"timesteps": timesteps, "parent": parent.sha256},
+                                  parts, config, record, t_io, {"timesteps": timesteps, "parent": parent.sha256},
                                   {"test_accuracy_before_training": start},
                                   {**options, "timesteps": timesteps}, parent=parent,
                                   teacher=distil_from)
@@ -209,39 +209,39 @@ def _reusable(path: Path, parent: Checkpoint, timesteps: int, force: bool) -> Ch
     return None
 
 
-def spatial_prune(run: Run, source: Checkpoint, *, unit_stage: int | None, count: int | None,
+def spatial_prune(run: Run, source: Checkpoint, *, unit_group: int | None, count: int | None,
                   config: TrainConfig, data: DataOptions, io: StageIO, teacher: Path | None = None) -> Checkpoint:
-    """Sa: remove M layers from stage AS (Algorithm 2), copy the rest, fine-tune at the checkpoint's T."""
+    """Sa: remove M layers from layer group AS (Algorithm 2), copy the rest, fine-tune at the checkpoint's T."""
     run = run.named("spatial-prune")
     require_kind(source, "spatial-prune", "snn")
     config.check()
     units = source.model_spec.get("units")
-    named = f"--as {unit_stage} --m {count}"
-    if unit_stage is None or count is None:
+    named = f"--as {unit_group} --m {count}"
+    if unit_group is None or count is None:
         if not units:
             raise StpError(f"{source.path} has no Units recorded; pass --as and --m to name the layers to remove")
-        if unit_stage is None and count is None:
-            named = f"the recorded Units (stage {units['stage']}, M={units['count']})"
-        elif unit_stage is None:
-            named = f"--m {count} at the recorded Unit stage {units['stage']}"
+        if unit_group is None and count is None:
+            named = f"the recorded Units (group {units['group']}, M={units['count']})"
+        elif unit_group is None:
+            named = f"--m {count} in the recorded Unit group {units['group']}"
         else:
-            named = f"--as {unit_stage} with the recorded M={units['count']}"
-        unit_stage = units["stage"] if unit_stage is None else unit_stage
+            named = f"--as {unit_group} with the recorded M={units['count']}"
+        unit_group = units["group"] if unit_group is None else unit_group
         count = units["count"] if count is None else count
-    without_layers(source.model_spec, unit_stage, count, named)  # checked before anything is read
+    without_layers(source.model_spec, unit_group, count, named)  # checked before anything is read
     io.check(will_train=config.epochs > 0, inputs=(source.path, teacher))
     distil_from = resolve_teacher(source, teacher, config)
-    small, first = remove_units(model_from_checkpoint(source), unit_stage, count, named)
+    small, first = remove_units(model_from_checkpoint(source), unit_group, count, named)
     spec = small.spec
     record = child_record(source, model=spec)
     parts = load_checkpoint_data(run, source, data)
     before = split_accuracy(small, parts, "test", record, run.runtime)
-    run.say(f"[spatial-prune] removed layers {first}..{first + count - 1} (stage {unit_stage}, M={count}); "
+    run.say(f"[spatial-prune] removed layers {first}..{first + count - 1} (group {unit_group}, M={count}); "
               f"T={source.timesteps}; test accuracy before fine-tuning {before:.2f}%")
     torch.manual_seed(config.seed)
     return train_and_finish(run, small, parts, config, record, io,
-                            {"as": unit_stage, "m": count, "parent": source.sha256},
+                            {"as": unit_group, "m": count, "parent": source.sha256},
                             {"test_accuracy_before_training": before,
                              "removed_layers": list(range(first, first + count))},
-                            {"as": unit_stage, "m": count, **config.recorded(), **data.recorded()}, parent=source,
+                            {"as": unit_group, "m": count, **config.recorded(), **data.recorded()}, parent=source,
                             teacher=distil_from)
