@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import TINY, run_cli
@@ -159,18 +160,31 @@ def test_temporal_prune_takes_epochs_and_lr_schedule_per_time_step(pipeline, tmp
     assert load_checkpoint(out).history[-1]["options"]["epochs-per-stage"] == "1,2"
 
 
-def test_pipeline_command_runs_both_chains_and_resumes(dataset_dir, tmp_path):
+def test_pipeline_runs_both_chains_skips_what_exists_and_rebuilds_what_depends_on_a_missing_file(dataset_dir, tmp_path):
+    """Each stage runs as its own stp command; as make does, a rerun rebuilds a missing file and
+    what depends on it, nothing else."""
     preset = tmp_path / "tiny.yaml"
-    preset.write_text("device: cpu\nbatch-size: 16\ntrain-ann: {arch: vgg11, width: 0.125, image-size: 32, epochs: 1}\n"
+    preset.write_text("batch-size: 16\ntrain-ann: {arch: vgg11, width: 0.125, image-size: 32, epochs: 1}\n"
                       "add-unit: {as: 4, m: 1, epochs: 0}\nconvert: {timesteps: 3, epochs: 1, calibration-images: 16}\n"
                       "temporal-prune: {schedule: '2,1', epochs-per-stage: '1,1', lr-schedule: 'step,cosine'}\n"
                       "spatial-prune: {epochs: 0}\n")
     out = tmp_path / "chain"
-    result = run_cli(["pipeline", preset, "--out-dir", out, "--data", dataset_dir])
-    assert "comparison" in result.stdout
-    names = {p.name for p in out.glob("*.safetensors")}
-    assert {"na.safetensors", "sa_t1.safetensors", "sa_t2.safetensors", "s_t1.safetensors", "sb_t2.safetensors"} <= names
+    result = run_cli(["pipeline", preset, "--out-dir", out, "--data", dataset_dir, "--device", "cpu", "--seed", "7"])
+    assert "comparison" in result.stdout and "comparison" in (out / "compare.txt").read_text()
+    made = {p.name for p in out.glob("*.safetensors")}
+    assert made == {f"{n}.safetensors" for n in ("na", "nb", "sb_t3", "sb_t2", "sb_t1", "sa_t2", "sa_t1",
+                                                  "s_t3", "s_t2", "s_t1")}
+    assert load_checkpoint(out / "na.safetensors").record["split"]["seed"] == 7
     assert load_checkpoint(out / "sa_t1.safetensors").timesteps == 1
     assert load_checkpoint(out / "s_t1.safetensors").history[-1]["options"]["lr-schedule"] == "step,cosine"
-    again = run_cli(["pipeline", preset, "--out-dir", out, "--data", dataset_dir])
+    rows = json.loads((out / "compare.json").read_text())
+    assert [Path(r["checkpoint"]).name for r in rows] == ["na.safetensors", "s_t2.safetensors", "s_t1.safetensors",
+                                                         "sa_t2.safetensors", "sa_t1.safetensors"]
+    assert [r["method"] for r in rows] == ["ANN", "TP", "TP", "STP", "STP"]
+    before = {name: (out / name).stat().st_mtime_ns for name in made}
+    again = run_cli(["pipeline", preset, "--out-dir", out, "--device", "cpu", "--seed", "7"])
     assert again.stdout.count("skipping") == 8
+    (out / "sb_t2.safetensors").unlink()  # temporal pruning reuses nothing else; T=1 and both Sa follow
+    run_cli(["pipeline", preset, "--out-dir", out, "--device", "cpu", "--seed", "7"])
+    changed = {name for name in made if (out / name).stat().st_mtime_ns != before[name]}
+    assert changed == {"sb_t2.safetensors", "sb_t1.safetensors", "sa_t2.safetensors", "sa_t1.safetensors"}

@@ -265,3 +265,20 @@ def test_fuzz_corrupted_checkpoints_never_crash(pipeline, tmp_path):
                 assert result.output.strip().splitlines()[-1].startswith("error: ")
                 assert not out.exists()
             out.unlink(missing_ok=True)
+
+
+def test_sigterm_to_pipeline_stops_its_running_stage_which_keeps_its_state(dataset_dir, tmp_path):
+    """The driver forwards the stop: no orphaned stage trains on, and a rerun can resume."""
+    preset = tmp_path / "long.yaml"
+    preset.write_text("device: cpu\ntrain-ann: {arch: vgg11, width: 0.125, image-size: 32, epochs: 5000}\n")
+    state = tmp_path / "chain" / "na.state.safetensors"
+    proc = subprocess.Popen(_stp("pipeline", preset, "--out-dir", tmp_path / "chain", "--data", dataset_dir),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for_epoch(state, proc, 1)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=150)[0]
+    assert proc.returncode == 130, output
+    assert "pipeline interrupted during train-ann" in output and "Traceback" not in output
+    kept = state.stat().st_mtime_ns
+    time.sleep(2)
+    assert state.stat().st_mtime_ns == kept and not (tmp_path / "chain" / "na.safetensors").exists()

@@ -10,7 +10,6 @@ import pytest
 from conftest import run_cli
 
 from stpcli.chain import pipeline_steps
-from stpcli.checkpoint import load_checkpoint
 from stpcli.study import interval, summarise, unit_settings
 
 PRESET = """device: cpu
@@ -95,23 +94,3 @@ def test_the_makefile_runs_the_chain_stp_pipeline_runs():
         else:
             assert source == step.source and names == list(step.outputs)
 
-
-@pytest.mark.slow
-def test_pipeline_runs_both_chains_then_rebuilds_only_what_depends_on_a_missing_file(dataset_dir, tmp_path):
-    preset = tmp_path / "tiny.yaml"
-    preset.write_text(PRESET.replace("epochs: 2", "epochs: 1"))
-    out = tmp_path / "run"
-    first = run_cli(["pipeline", preset, "--out-dir", out, "--data", dataset_dir, "--seed", "2"])
-    made = {p.name for p in out.glob("*.safetensors")}
-    assert made == {f"{n}.safetensors" for n in ("na", "nb", "sb_t3", "sb_t2", "sb_t1", "sa_t2", "sa_t1",
-                                                  "s_t3", "s_t2", "s_t1")}
-    rows = json.loads((out / "compare.json").read_text())
-    assert [Path(r["checkpoint"]).name for r in rows] == ["na.safetensors", "s_t2.safetensors", "s_t1.safetensors",
-                                                         "sa_t2.safetensors", "sa_t1.safetensors"]
-    assert [r["method"] for r in rows] == ["ANN", "TP", "TP", "STP", "STP"] and "comparison" in first.stdout
-    assert load_checkpoint(out / "sa_t1.safetensors").history[0]["options"]["seed"] == 2
-    before = {name: (out / name).stat().st_mtime_ns for name in made}
-    (out / "sb_t2.safetensors").unlink()  # temporal pruning reuses T=3, redoes T=2; T=1 and Sa follow
-    run_cli(["pipeline", preset, "--out-dir", out, "--seed", "2"])
-    changed = {name for name in made if (out / name).stat().st_mtime_ns != before[name]}
-    assert changed == {"sb_t2.safetensors", "sb_t1.safetensors", "sa_t2.safetensors", "sa_t1.safetensors"}

@@ -290,16 +290,3 @@ def test_outputs_follow_the_users_umask(dataset_dir, tmp_path):
         os.umask(previous)
     for path in (out, pack, tmp_path / "na.metrics.csv", tmp_path / "na.png"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
-
-
-def test_pipeline_takes_device_and_seed_and_saves_the_comparison(dataset_dir, tmp_path):
-    preset = tmp_path / "tiny.yaml"
-    preset.write_text("batch-size: 16\ntrain-ann: {arch: vgg11, width: 0.125, image-size: 32, epochs: 1}\n"
-                      "add-unit: {as: 4, m: 1, epochs: 0}\nconvert: {timesteps: 3, epochs: 0, calibration-images: 16}\n"
-                      "temporal-prune: {schedule: '2,1', epochs-per-stage: 1}\nspatial-prune: {epochs: 0}\n")
-    out = tmp_path / "chain"
-    run_cli(["pipeline", preset, "--out-dir", out, "--data", dataset_dir, "--device", "cpu", "--seed", "7"])
-    assert load_checkpoint(out / "na.safetensors").record["split"]["seed"] == 7
-    rows = json.loads((out / "compare.json").read_text())
-    assert [r["method"] for r in rows] == ["ANN", "TP", "TP", "STP", "STP"]
-    assert "comparison" in (out / "compare.txt").read_text()

@@ -94,7 +94,12 @@ def run_pipeline(preset: dict, preset_path: Path, out_dir: Path, *, data: str | 
             continue
         args = step_command(step, out_dir, preset_path, seed=seed, data=data, device=device, redo=redo)
         say(f"[pipeline] stp {' '.join(args[3:])}")
-        code = run_child(args)
+        try:
+            code = run_child(args)
+        except KeyboardInterrupt:
+            raise StpError(f"pipeline interrupted during {step.command}: finished stages are kept and the "
+                           "interrupted one keeps its training state; rerun the same command to continue",
+                           exit_code=130) from None
         if code:
             raise StpError(f"pipeline stopped: stp {step.command} exited with status {code}", exit_code=code)
         rebuilt.update(step.outputs)

@@ -9,6 +9,7 @@ import shlex
 import signal
 import sys
 import typing
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -184,11 +185,14 @@ def make_data(values: dict) -> DataOptions:
 
 
 def make_train_config(values: dict) -> TrainConfig:
-    return TrainConfig(epochs=values["epochs"], batch_size=values["batch_size"], optimizer=values["optimizer"],
-                       lr=values["lr"], momentum=values["momentum"], weight_decay=values["weight_decay"],
-                       schedule=values["lr_schedule"], seed=values["seed"],
-                       distill_weight=values.get("distill", 0.0),
-                       distill_temperature=values.get("distill_temperature", 4.0))
+    """The recipe from a command's resolved options: each TrainConfig field reads the option its
+    metadata names (``--lr-schedule`` -> ``schedule``); a field without its option keeps its default."""
+    chosen = {}
+    for spec in fields(TrainConfig):
+        option = spec.metadata.get("option")
+        if option is not None and option[2:].replace("-", "_") in values:
+            chosen[spec.name] = values[option[2:].replace("-", "_")]
+    return TrainConfig(**chosen)
 
 
 def with_options(*groups: list[tuple[str, Any, Any]]):

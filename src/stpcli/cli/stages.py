@@ -142,7 +142,7 @@ def temporal_prune_command(
     """
     values = resolve(ctx, locals())
     steps = parse_schedule(values["schedule"])
-    base = make_train_config({**values, "epochs": 1, "lr_schedule": "step"})  # both set per T by timestep_configs
+    base = make_train_config({k: v for k, v in values.items() if k != "lr_schedule"})  # set per T below
     configs = timestep_configs(base, steps, values["epochs_per_stage"], values["lr_schedule"])
     run = make_run("temporal-prune", values)
     temporal_prune(run, load_checkpoint(values["source"]), schedule=steps, configs=configs,

@@ -51,7 +51,7 @@ def _option(name: str):
 class TrainConfig:
     """One training run's recipe. Each field's metadata names the command-line option that sets it."""
 
-    epochs: int = field(metadata=_option("--epochs"))
+    epochs: int = field(default=0, metadata=_option("--epochs"))  # 0: no training
     batch_size: int = field(default=64, metadata=_option("--batch-size"))
     optimizer: str = field(default="sgd", metadata=_option("--optimizer"))
     lr: float = field(default=0.05, metadata=_option("--lr"))
