@@ -232,11 +232,10 @@ def test_a_failing_cache_write_warns_and_goes_on(tmp_path, monkeypatch, capsys):
 def test_a_full_disk_at_save_time_is_one_line_and_leaves_nothing(pipeline, tmp_path, monkeypatch):
     import stpcli.files as files
 
-    def no_space(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"partial")
+    def no_space(fd):  # a full disk shows at write or, on network filesystems, at fsync
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(files, "save_file", no_space)
+    monkeypatch.setattr(files.os, "fsync", no_space)
     out = tmp_path / "nb.safetensors"
     result = refused(["add-unit", pipeline["na"], "--epochs", "0", "--out", out, *CPU], "No space left on device", out)
     assert f"cannot write {out}" in result.output

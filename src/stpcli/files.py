@@ -12,7 +12,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime as _dt
-import errno
 import hashlib
 import os
 import tempfile
@@ -20,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as serialize_tensors
 
 from stpcli.errors import StpError
 
@@ -78,20 +77,18 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except OSError as exc:
         raise write_error(path, exc) from exc
-    except Exception as exc:  # safetensors reports a full disk as its own error type
-        if "No space left" in str(exc) or "os error 28" in str(exc):
-            raise write_error(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) from exc
-        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | Path) -> None:
-    """A safetensors file written through ``atomic_write``."""
+    """A safetensors file written through ``atomic_write``: serialised in memory, then written by
+    Python, so a full disk is an OSError with its errno (safetensors' own writer has its own error type)."""
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    with atomic_write(path) as tmp:
-        save_file(contiguous, str(tmp), metadata=metadata)
+    data = serialize_tensors(contiguous, metadata=metadata)
+    with atomic_write(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
 
 
 def atomic_write_text(path: str | Path, write: Callable) -> None:
