@@ -4,7 +4,7 @@ independent computations."""
 import pytest
 import torch
 from test_models import randomise_bn
-from test_neuron import reference_lif
+from test_neuron import reference_lif, spikes_and_gradients
 from torch import nn
 
 from stpcli.models.ann import ANN
@@ -97,24 +97,16 @@ def test_binary_spikes_match_the_diet_snn_formulation_forward_and_backward():
     leak = torch.tensor(0.9, requires_grad=True)
     weights = torch.randn(4, 3, 30)
     for initial in (0.0, 0.5):
-        ours = lif_multistep(current, threshold, leak, initial=initial, binary=True)
+        ours, got = spikes_and_gradients(lif_multistep, current, threshold, leak, weights, initial=initial, binary=True)
         assert set(torch.unique(ours).tolist()) <= {0.0, 1.0}
-        (ours * weights).sum().backward()
-        got = (current.grad.clone(), threshold.grad.clone(), leak.grad.clone())
-        for tensor in (current, threshold, leak):
-            tensor.grad = None
-        expected = reference_lif(current, threshold, leak, initial=initial, binary=True)
+        expected, want = spikes_and_gradients(reference_lif, current, threshold, leak, weights, initial=initial,
+                                              binary=True)
         torch.testing.assert_close(ours, expected)
-        (expected * weights).sum().backward()
-        for a, b in zip(got, (current.grad, threshold.grad, leak.grad)):
+        for a, b in zip(got, want):
             torch.testing.assert_close(a, b)
         # the amplitude formulation's threshold gradient has the extra sum(g * H) term
-        for tensor in (current, threshold, leak):
-            tensor.grad = None
-        (reference_lif(current, threshold, leak, initial=initial) * weights * 1.0).sum().backward()
-        assert not torch.allclose(threshold.grad, got[1])
-        for tensor in (current, threshold, leak):
-            tensor.grad = None
+        _, amplitude = spikes_and_gradients(reference_lif, current, threshold, leak, weights, initial=initial)
+        assert not torch.allclose(amplitude[1], got[1])
 
 
 @pytest.mark.parametrize("arch", ["vgg11", "resnet18"])

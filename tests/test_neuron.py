@@ -30,6 +30,17 @@ def reference_lif(current, threshold, leak, gamma=0.3, initial=0.5, binary=False
     return torch.stack(outputs)
 
 
+def spikes_and_gradients(lif, current, threshold, leak, weights, **options):
+    """``lif(current, threshold, leak, **options)``, and the gradients of sum(spikes * weights) with
+    respect to the current, threshold and leak (cleared again, so calls compare side by side)."""
+    spikes = lif(current, threshold, leak, **options)
+    (spikes * weights).sum().backward()
+    gradients = tuple(tensor.grad.clone() for tensor in (current, threshold, leak))
+    for tensor in (current, threshold, leak):
+        tensor.grad = None
+    return spikes, gradients
+
+
 def test_lif_forward_matches_hand_loop_over_several_steps():
     torch.manual_seed(0)
     current = torch.randn(6, 4, 50) * 1.5 + 0.5
@@ -60,16 +71,10 @@ def test_lif_gradients_match_autograd_reference():
     leak = torch.tensor(0.85, requires_grad=True)
     weights = torch.randn(5, 3, 20)
     for initial in (0.0, 0.5):
-        (lif_multistep(current, threshold, leak, initial=initial) * weights).sum().backward()
-        ours = (current.grad.clone(), threshold.grad.clone(), leak.grad.clone())
-        for tensor in (current, threshold, leak):
-            tensor.grad = None
-        (reference_lif(current, threshold, leak, initial=initial) * weights).sum().backward()
-        torch.testing.assert_close(ours[0], current.grad)
-        torch.testing.assert_close(ours[1], threshold.grad)
-        torch.testing.assert_close(ours[2], leak.grad)
-        for tensor in (current, threshold, leak):
-            tensor.grad = None
+        _, ours = spikes_and_gradients(lif_multistep, current, threshold, leak, weights, initial=initial)
+        _, expected = spikes_and_gradients(reference_lif, current, threshold, leak, weights, initial=initial)
+        for got, want in zip(ours, expected):
+            torch.testing.assert_close(got, want)
 
 
 def test_channels_last_currents_give_channels_last_spikes_and_the_same_gradients():
