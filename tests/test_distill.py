@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from conftest import TINY, run_cli
 
 from stpcli.checkpoint import load_checkpoint
-from stpcli.engine.train import distillation_loss
+from stpcli.engine.recipe import distillation_loss
 
 
 def test_distillation_loss_is_the_weighted_sum_of_ce_and_tempered_kl():

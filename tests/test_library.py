@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from stpcli.checkpoint import load_checkpoint
+from stpcli.engine.recipe import SNN_MILESTONES, TrainConfig
 from stpcli.engine.runtime import setup_runtime
-from stpcli.engine.train import SNN_MILESTONES, TrainConfig
 from stpcli.report import evaluate
 from stpcli.run import DataOptions, Run
 from stpcli.spiking.network import SpikingSettings

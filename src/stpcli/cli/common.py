@@ -17,8 +17,8 @@ import typer
 import yaml
 from rich.console import Console
 
+from stpcli.engine.recipe import TrainConfig
 from stpcli.engine.runtime import setup_runtime, shutdown_runtime
-from stpcli.engine.train import TrainConfig
 from stpcli.entry import EARLY_SIGNALS
 from stpcli.errors import StpError
 from stpcli.files import first_line, release_outputs

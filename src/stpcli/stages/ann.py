@@ -9,7 +9,7 @@ import torch
 from stpcli.checkpoint import Checkpoint
 from stpcli.data.source import IMAGENET_MEAN, IMAGENET_STD, data_record, load_dataset, split_data
 from stpcli.data.split import check_split_ratios, stratified_split
-from stpcli.engine.train import TrainConfig
+from stpcli.engine.recipe import TrainConfig
 from stpcli.errors import StpError
 from stpcli.models.ann import ANN
 from stpcli.models.pretrained import load_pretrained

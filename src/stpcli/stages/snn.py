@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from stpcli.checkpoint import Checkpoint, load_checkpoint
-from stpcli.engine.train import TrainConfig
+from stpcli.engine.recipe import TrainConfig
 from stpcli.errors import StpError
 from stpcli.models.surgery import remove_units, without_layers
 from stpcli.restore import check_timesteps, input_stats, model_from_checkpoint, require_kind

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from stpcli.checkpoint import Checkpoint, load_checkpoint
-from stpcli.engine.train import TrainConfig
+from stpcli.engine.recipe import TrainConfig
 from stpcli.errors import StpError
 from stpcli.files import sha256_file
 from stpcli.restore import model_from_checkpoint

@@ -9,8 +9,9 @@ from stpcli import plots
 from stpcli.checkpoint import Checkpoint, StageEntry
 from stpcli.data.source import SplitData
 from stpcli.engine.evaluate import accuracy
+from stpcli.engine.recipe import ANN_MILESTONES, SNN_MILESTONES, TrainConfig, config_dict
 from stpcli.engine.runtime import Runtime
-from stpcli.engine.train import ANN_MILESTONES, SNN_MILESTONES, FitResult, TrainConfig, config_dict, fit
+from stpcli.engine.train import FitResult, fit
 from stpcli.restore import input_stats
 from stpcli.run import Run
 from stpcli.spiking.network import SNN
