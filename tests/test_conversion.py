@@ -4,7 +4,7 @@ independent computations."""
 import pytest
 import torch
 from test_models import randomise_bn
-from test_neuron import reference_lif, spikes_and_gradients
+from test_neuron import lif_inputs, reference_lif, spikes_and_gradients
 from torch import nn
 
 from stpcli.models.ann import ANN
@@ -91,11 +91,7 @@ def test_layer_by_layer_balancing_equals_rerunning_the_network_per_neuron(arch):
 
 
 def test_binary_spikes_match_the_diet_snn_formulation_forward_and_backward():
-    torch.manual_seed(4)
-    current = (torch.randn(4, 3, 30) + 0.6).requires_grad_()
-    threshold = torch.tensor(0.8, requires_grad=True)
-    leak = torch.tensor(0.9, requires_grad=True)
-    weights = torch.randn(4, 3, 30)
+    current, threshold, leak, weights = lif_inputs(4, (4, 3, 30), 0.8, 0.9)
     for initial in (0.0, 0.5):
         ours, got = spikes_and_gradients(lif_multistep, current, threshold, leak, weights, initial=initial, binary=True)
         assert set(torch.unique(ours).tolist()) <= {0.0, 1.0}

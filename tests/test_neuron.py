@@ -30,6 +30,14 @@ def reference_lif(current, threshold, leak, gamma=0.3, initial=0.5, binary=False
     return torch.stack(outputs)
 
 
+def lif_inputs(seed, shape, threshold, leak):
+    """A current around the threshold, a learnable threshold and leak, and the weights of the loss."""
+    torch.manual_seed(seed)
+    current = (torch.randn(*shape) + 0.6).requires_grad_()
+    return current, torch.tensor(threshold, requires_grad=True), torch.tensor(leak, requires_grad=True), \
+        torch.randn(*shape)
+
+
 def spikes_and_gradients(lif, current, threshold, leak, weights, **options):
     """``lif(current, threshold, leak, **options)``, and the gradients of sum(spikes * weights) with
     respect to the current, threshold and leak (cleared again, so calls compare side by side)."""
@@ -65,11 +73,7 @@ def test_lif_integrates_and_soft_resets_by_hand():
 
 
 def test_lif_gradients_match_autograd_reference():
-    torch.manual_seed(1)
-    current = (torch.randn(5, 3, 20) + 0.6).requires_grad_()
-    threshold = torch.tensor(0.7, requires_grad=True)
-    leak = torch.tensor(0.85, requires_grad=True)
-    weights = torch.randn(5, 3, 20)
+    current, threshold, leak, weights = lif_inputs(1, (5, 3, 20), 0.7, 0.85)
     for initial in (0.0, 0.5):
         _, ours = spikes_and_gradients(lif_multistep, current, threshold, leak, weights, initial=initial)
         _, expected = spikes_and_gradients(reference_lif, current, threshold, leak, weights, initial=initial)
