@@ -57,7 +57,7 @@ def train_ann(run: Run, *, arch: str, width: float, image_size: int, dropout: fl
     }
     counts = {part: len(split["files"][part]) for part in ("train", "val", "test")}
     run.say(f"[train-ann] {arch} x{width} on {dataset.source['path']}: {len(dataset.classes)} classes, "
-              f"{counts['train']} train / {counts['val']} val / {counts['test']} test images at {image_size}px")
+            f"{counts['train']} train / {counts['val']} val / {counts['test']} test images at {image_size}px")
     options = {"arch": arch, "width": width, "image-size": image_size, "dropout": dropout,
                "train-ratio": train_ratio, "val-ratio": val_ratio, "pretrained": pretrained,
                **config.recorded(), **data.recorded()}
@@ -85,7 +85,7 @@ def add_unit(run: Run, source: Checkpoint, *, unit_group: int, count: int, confi
     data_parts = load_checkpoint_data(run, source, data)
     before = split_accuracy(model, data_parts, "test", record, run.runtime)
     run.say(f"[add-unit] {count} Unit(s) in layer group {unit_group} (layers {first}..{first + count - 1}); "
-              f"test accuracy before fine-tuning {before:.2f}%")
+            f"test accuracy before fine-tuning {before:.2f}%")
     return train_and_finish(run, model, data_parts, config, record, io,
                             {"as": unit_group, "m": count, "parent": source.sha256},
                             {"test_accuracy_before_training": before},

@@ -59,7 +59,7 @@ def convert(run: Run, source: Checkpoint, *, timesteps: int, percentile: float, 
     converted = split_accuracy(snn, parts, "test", record, run.runtime)
     converted_val = split_accuracy(snn, parts, "val", record, run.runtime)
     run.say(f"[convert] T={timesteps}: thresholds balanced on {count} images (p{percentile}, x{scale}); "
-              f"accuracy right after conversion: val {converted_val:.2f}%, test {converted:.2f}%")
+            f"accuracy right after conversion: val {converted_val:.2f}%, test {converted:.2f}%")
     torch.manual_seed(config.seed)  # the SNN's dropout masks: one seed, one run
     return train_and_finish(run, snn, parts, config, record, io,
                             {"timesteps": timesteps, "percentile": percentile, "scale": scale,
@@ -178,7 +178,7 @@ def temporal_prune(run: Run, source: Checkpoint, *, schedule: list[int], configs
         record = child_record(parent, timesteps=timesteps)
         start = split_accuracy(snn, parts, "test", record, run.runtime)
         run.say(f"[temporal-prune] T={parent.timesteps} -> T={timesteps}: test accuracy before "
-                  f"retraining {start:.2f}%")
+                f"retraining {start:.2f}%")
         torch.manual_seed(config.seed)
         parent = train_and_finish(run.named(f"temporal-prune T={timesteps}"), snn,
                                   parts, config, record, t_io, {"timesteps": timesteps, "parent": parent.sha256},
@@ -237,7 +237,7 @@ def spatial_prune(run: Run, source: Checkpoint, *, unit_group: int | None, count
     parts = load_checkpoint_data(run, source, data)
     before = split_accuracy(small, parts, "test", record, run.runtime)
     run.say(f"[spatial-prune] removed layers {first}..{first + count - 1} (group {unit_group}, M={count}); "
-              f"T={source.timesteps}; test accuracy before fine-tuning {before:.2f}%")
+            f"T={source.timesteps}; test accuracy before fine-tuning {before:.2f}%")
     torch.manual_seed(config.seed)
     return train_and_finish(run, small, parts, config, record, io,
                             {"as": unit_group, "m": count, "parent": source.sha256},
