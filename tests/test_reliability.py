@@ -282,3 +282,12 @@ def test_sigterm_to_pipeline_stops_its_running_stage_which_keeps_its_state(datas
     kept = state.stat().st_mtime_ns
     time.sleep(2)
     assert state.stat().st_mtime_ns == kept and not (tmp_path / "chain" / "na.safetensors").exists()
+
+
+def test_a_bad_preset_schedule_stops_pipeline_and_study_before_any_work(tmp_path):
+    preset = tmp_path / "bad.yaml"
+    preset.write_text("temporal-prune: {schedule: '3,x'}\n")
+    for command in ("pipeline", "study"):
+        out = tmp_path / f"{command}-run"
+        refused([command, preset, "--out-dir", out], "--schedule must be comma-separated integers")
+        assert not out.exists()

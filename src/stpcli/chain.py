@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-DEFAULT_TIMESTEPS = 5
-DEFAULT_SCHEDULE = (3, 2, 1)
-DEFAULT_UNITS = (5, 1)  # --as, --m
+from stpcli.stages.ann import DEFAULT_UNITS
+from stpcli.stages.snn import DEFAULT_SCHEDULE, DEFAULT_TIMESTEPS, parse_schedule
 
 
 @dataclass(frozen=True)
@@ -37,9 +36,7 @@ def preset_timesteps(preset: dict) -> tuple[int, list[int]]:
     convert = preset.get("convert") or {}
     prune = preset.get("temporal-prune") or {}
     timesteps = int(convert.get("timesteps", preset.get("timesteps", DEFAULT_TIMESTEPS)))
-    schedule = prune.get("schedule", DEFAULT_SCHEDULE)
-    values = [int(v) for v in (schedule.split(",") if isinstance(schedule, str) else schedule)]
-    return timesteps, values
+    return timesteps, parse_schedule(prune.get("schedule", list(DEFAULT_SCHEDULE)))
 
 
 def preset_units(preset: dict) -> tuple[int, int]:

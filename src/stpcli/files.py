@@ -104,6 +104,17 @@ def remove_leftovers(path: Path) -> None:
             leftover.unlink()
 
 
+def create_out_dir(out_dir: Path) -> None:
+    """The --out-dir of a multi-stage run, created if absent; a file there, or no right to create
+    it, is one clear error."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise StpError(f"--out-dir {out_dir} is a file, not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StpError(f"cannot create --out-dir {out_dir}: {exc.strerror or exc}") from exc
+
+
 def check_writable_folder(folder: Path) -> None:
     """Refuse a folder stp cannot create files in, before any work is done."""
     try:

@@ -10,6 +10,7 @@ its training state for the next run.
 
 from __future__ import annotations
 
+import shlex
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from typing import IO
 from stpcli.chain import Step, compared, pipeline_steps
 from stpcli.engine.state import state_path_for
 from stpcli.errors import StpError
+from stpcli.files import create_out_dir
 
 STOP_GRACE_SECONDS = 120  # a stopped stage finishes its step and writes its state; then it is killed
 
@@ -84,16 +86,18 @@ def run_pipeline(preset: dict, preset_path: Path, out_dir: Path, *, data: str | 
     comparison shows (``stpcli.report.compare``).
 
     As make does: a step whose file exists is skipped unless its input was rebuilt in this run
-    (``force``: every step is rebuilt).
+    (``force``: every step is rebuilt). ``out_dir`` is created once the preset's chain is known.
     """
+    steps = pipeline_steps(preset)
+    create_out_dir(out_dir)
     rebuilt: set[str] = set()
-    for step in pipeline_steps(preset):
+    for step in steps:
         redo = force or step.source in rebuilt
         if all((out_dir / f"{name}.safetensors").exists() for name in step.outputs) and not redo:
             say(f"[pipeline] {out_dir / step.target}.safetensors exists; skipping {step.command}")
             continue
         args = step_command(step, out_dir, preset_path, seed=seed, data=data, device=device, redo=redo)
-        say(f"[pipeline] stp {' '.join(args[3:])}")
+        say(f"[pipeline] stp {shlex.join(args[3:])}")
         try:
             code = run_child(args)
         except KeyboardInterrupt:

@@ -9,7 +9,6 @@ import shlex
 import signal
 import sys
 import typing
-from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,7 +16,7 @@ import typer
 import yaml
 from rich.console import Console
 
-from stpcli.engine.recipe import TrainConfig
+from stpcli.engine.recipe import TRAIN_OPTIONS, TrainConfig
 from stpcli.engine.runtime import setup_runtime, shutdown_runtime
 from stpcli.entry import EARLY_SIGNALS
 from stpcli.errors import StpError
@@ -98,7 +97,7 @@ def apply_config(ctx: typer.Context, values: dict[str, Any], config: Path | None
         return values
     data = read_yaml(config, "--config")
     params = {p.name: p for p in ctx.command.params}
-    names = option_names(ctx)
+    names = command_option_names(ctx.command)
     sections = {k for k, v in data.items() if isinstance(v, dict)}
     shared = {k: v for k, v in data.items() if k not in sections}
     own = data.get(ctx.info_name, {}) if sections else data
@@ -151,17 +150,18 @@ def option_name(param) -> str:
     return flags[0][2:] if flags else param.name
 
 
-def option_names(ctx: typer.Context) -> dict[str, str]:
-    """Every spelling a preset may use for a command's parameter (``image-size``, ``image_size``) -> its name."""
-    return command_option_names(ctx.command)
-
-
 def command_option_names(command) -> dict[str, str]:
+    """Every spelling a preset may use for a command's parameter (``image-size``, ``image_size``) -> its name."""
     names = {}
     for param in command.params:
         for spelling in (option_name(param), param.name):
             names[spelling] = names[spelling.replace("-", "_")] = param.name
     return names
+
+
+def say(text: str) -> None:
+    """A line of progress on the console, printed as is (no markup, no highlighting)."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def command_line() -> str:
@@ -187,12 +187,8 @@ def make_data(values: dict) -> DataOptions:
 def make_train_config(values: dict) -> TrainConfig:
     """The recipe from a command's resolved options: each TrainConfig field reads the option its
     metadata names (``--lr-schedule`` -> ``schedule``); a field without its option keeps its default."""
-    chosen = {}
-    for spec in fields(TrainConfig):
-        option = spec.metadata.get("option")
-        if option is not None and option[2:].replace("-", "_") in values:
-            chosen[spec.name] = values[option[2:].replace("-", "_")]
-    return TrainConfig(**chosen)
+    parameters = {name: option[2:].replace("-", "_") for name, option in TRAIN_OPTIONS.items()}
+    return TrainConfig(**{name: values[parameter] for name, parameter in parameters.items() if parameter in values})
 
 
 def with_options(*groups: list[tuple[str, Any, Any]]):

@@ -9,9 +9,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from stpcli.cli.common import Force, console, make_run, read_yaml, stp_command
+from stpcli.cli.common import Force, console, make_run, read_yaml, say, stp_command
 from stpcli.cli.inspect import comparison_table
-from stpcli.errors import StpError
 from stpcli.files import atomic_write_text
 from stpcli.pipeline import run_pipeline
 from stpcli.report import compare
@@ -37,14 +36,8 @@ def pipeline_command(
     Example: stp pipeline examples/configs/demo.yaml --out-dir runs/demo --seed 1
     """
     preset = read_yaml(config, "preset")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise StpError(f"--out-dir {out_dir} is a file, not a folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StpError(f"cannot create --out-dir {out_dir}: {exc.strerror or exc}") from exc
     paths = run_pipeline(preset, config.resolve(), out_dir, data=data, device=device, seed=seed, force=force,
-                         say=lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True))
+                         say=say)
     rows = compare(make_run("compare", {"device": device or "auto"}), paths, DataOptions())
     table = comparison_table(rows)
     console.print(table)

@@ -31,8 +31,16 @@ from stpcli.cli.common import (
 )
 from stpcli.models.registry import ARCHITECTURES
 from stpcli.spiking.network import SpikingSettings
-from stpcli.stages.ann import add_unit, train_ann
-from stpcli.stages.snn import convert, parse_schedule, spatial_prune, temporal_prune, timestep_configs
+from stpcli.stages.ann import DEFAULT_UNITS, add_unit, train_ann
+from stpcli.stages.snn import (
+    DEFAULT_SCHEDULE,
+    DEFAULT_TIMESTEPS,
+    convert,
+    parse_schedule,
+    spatial_prune,
+    temporal_prune,
+    timestep_configs,
+)
 
 app = typer.Typer()
 
@@ -75,8 +83,8 @@ def add_unit_command(
     ctx: typer.Context,
     source: Source,
     out: Out,
-    unit_group: Annotated[int, typer.Option("--as", help="Layer group that receives the Units: the paper's stage AS, 1-based (VGG 1..5, ResNet 1..4).")] = 5,
-    count: Annotated[int, typer.Option("--m", help="Number of Units to add.")] = 1,
+    unit_group: Annotated[int, typer.Option("--as", help="Layer group that receives the Units: the paper's stage AS, 1-based (VGG 1..5, ResNet 1..4).")] = DEFAULT_UNITS[0],
+    count: Annotated[int, typer.Option("--m", help="Number of Units to add.")] = DEFAULT_UNITS[1],
     epochs: Annotated[int, typer.Option("--epochs", help="Fine-tuning epochs for Nb (0: none).")] = 10,
     **options,
 ):
@@ -96,7 +104,7 @@ def convert_command(
     ctx: typer.Context,
     source: Source,
     out: Out,
-    timesteps: Annotated[int, typer.Option("--timesteps", "-T", help="Initial time steps T_init.")] = 5,
+    timesteps: Annotated[int, typer.Option("--timesteps", "-T", help="Initial time steps T_init.")] = DEFAULT_TIMESTEPS,
     percentile: Annotated[float, typer.Option("--percentile", help="Threshold = scale x this percentile of the input current.")] = 99.7,
     scale: Annotated[float, typer.Option("--scale", help="Threshold scale factor.")] = 0.6,
     calibration_images: Annotated[int, typer.Option("--calibration-images", help="Training images used for threshold balancing.")] = 512,
@@ -129,7 +137,7 @@ def temporal_prune_command(
     ctx: typer.Context,
     source: Source,
     out: Out,
-    schedule: Annotated[str, typer.Option("--schedule", help="Descending time steps ending at 1, e.g. 3,2,1.")] = "3,2,1",
+    schedule: Annotated[str, typer.Option("--schedule", help="Descending time steps ending at 1, e.g. 3,2,1.")] = ",".join(map(str, DEFAULT_SCHEDULE)),
     epochs_per_stage: Annotated[str, typer.Option(
         "--epochs-per-stage", help="Training epochs at each T: one value, or one per T of --schedule (15,15,40).")] = "10",
     lr_schedule: Annotated[str, typer.Option(

@@ -10,8 +10,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from stpcli import study
-from stpcli.cli.common import console, make_run, read_yaml, stp_command
+from stpcli.cli.common import console, make_run, read_yaml, say, stp_command
 from stpcli.errors import StpError
+from stpcli.files import create_out_dir
 
 app = typer.Typer()
 
@@ -48,16 +49,10 @@ def study_command(
         raise StpError(f"--jobs must be at least 1, got {jobs}")
     if time_limit is not None and not time_limit > 0:
         raise StpError(f"--time-limit must be a positive number of seconds, got {time_limit}")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise StpError(f"--out-dir {out_dir} is a file, not a folder")
     settings = read_yaml(preset, "preset")
     anns, chains = study.plan(settings, seed_list)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StpError(f"cannot create --out-dir {out_dir}: {exc.strerror or exc}") from exc
-    runner = study.Runner(preset.resolve(), out_dir, data, device, jobs, time_limit,
-                          lambda text: console.print(text, markup=False, highlight=False))
+    create_out_dir(out_dir)
+    runner = study.Runner(preset.resolve(), out_dir, data, device, jobs, time_limit, say)
     runner.run_all(anns)
     runner.run_all(chains)
     run = make_run("study", {"device": device or "auto"})

@@ -4,7 +4,7 @@ and their milestones, the optimiser, and the (distillation) loss. ``engine/train
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -68,7 +68,7 @@ class TrainConfig:
     def recorded(self) -> dict:
         """The options that set this recipe, under their command-line names, as the lineage records
         them; distillation's only when it is on."""
-        values = {f.metadata["option"][2:]: getattr(self, f.name) for f in fields(self) if "option" in f.metadata}
+        values = {option[2:]: getattr(self, name) for name, option in TRAIN_OPTIONS.items()}
         if not self.distill_weight:
             del values["distill"], values["distill-temperature"]
         return values
@@ -80,6 +80,10 @@ class TrainConfig:
             passed = sum(1 for m in self.milestones or ANN_MILESTONES if epoch >= round(m * self.epochs))
             return self.lr * self.lr_decay ** passed
         return self.lr
+
+
+TRAIN_OPTIONS = {f.name: f.metadata["option"] for f in fields(TrainConfig) if "option" in f.metadata}
+"""TrainConfig field -> the command-line option that sets it (``schedule`` -> ``--lr-schedule``)."""
 
 
 def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
@@ -108,6 +112,3 @@ def make_optimizer(model, config: TrainConfig):
         return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
-
-def config_dict(config: TrainConfig) -> dict:
-    return asdict(config)

@@ -12,23 +12,23 @@ from __future__ import annotations
 import csv
 import signal
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from stpcli.data.loader import epoch_generator, iterate_batches
 from stpcli.data.source import SplitData
 from stpcli.engine.evaluate import Scores, score
-from stpcli.engine.recipe import TrainConfig, distillation_loss, make_optimizer
+from stpcli.engine.recipe import TRAIN_OPTIONS, TrainConfig, distillation_loss, make_optimizer
 from stpcli.engine.runtime import Runtime
 from stpcli.engine.state import load_state, read_state_record, save_state
 from stpcli.errors import Interrupted, StpError
 from stpcli.files import atomic_write_text
+from stpcli.progress import progress_bar
 from stpcli.spiking.energy import counting_spikes, mean_spikes_per_neuron
 
 NAN_CHECK_EVERY = 20  # steps between host-side finiteness checks on CUDA
@@ -108,13 +108,13 @@ def fit(model, data: SplitData, config: TrainConfig, runtime: Runtime, *, mean: 
     started = time.time()
     loop = _prepare(model, data, config, runtime, mean, std, teacher, label, state_path)
     start_epoch = _resume(loop, run_options, console) if resume else 0
-    with _StopRequest() as stop, _progress(console, runtime) as progress:
+    with _StopRequest() as stop:
         for epoch in range(start_epoch, config.epochs):
             epoch_start = time.time()
             lr = config.lr_at(epoch)
             for group in loop.optimizer.param_groups:
                 group["lr"] = lr
-            train_loss, train_acc = train_one_epoch(loop, epoch, stop, progress)
+            train_loss, train_acc = train_one_epoch(loop, epoch, stop, console)
             validation, spike_rate = _validate(model, *loop.val, loop.num_classes, loop.mean, loop.std, runtime)
             row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
                    "val_acc": validation.overall_accuracy, "val_loss": validation.loss,
@@ -166,50 +166,50 @@ def _resume(loop: _Loop, run_options: dict, console: Console) -> int:
     return meta["epoch"]
 
 
-def train_one_epoch(loop: _Loop, epoch: int, stop: _StopRequest, progress) -> tuple[float, float]:
+def train_one_epoch(loop: _Loop, epoch: int, stop: _StopRequest, console: Console) -> tuple[float, float]:
     """One pass over the training part (shuffled and augmented from (seed, epoch)); returns the mean
     loss and accuracy over every rank's images. Stops on a non-finite loss or a stop request."""
     config, runtime, device = loop.config, loop.runtime, loop.runtime.device
     train_x, train_y = loop.train
     generator = epoch_generator(config.seed, epoch, device)
     steps = max(1, train_x.shape[0] // config.batch_size)
-    task = progress.add_task(f"{loop.label} epoch {epoch + 1}/{config.epochs}", total=steps)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
     loop.train_model.train()
-    for step, (x, y) in enumerate(iterate_batches(
-            train_x, train_y, config.batch_size, loop.mean, loop.std, generator=generator, train=True,
-            rank=runtime.rank, world_size=runtime.world_size)):
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with runtime.autocast():
-            logits = loop.train_model(x)
-            if config.distill_weight > 0:
-                assert loop.teacher is not None, "distillation needs a teacher"
-                with torch.no_grad():
-                    teacher_logits = loop.teacher(x).float()
-                loss = distillation_loss(logits.float(), teacher_logits, y, config.distill_weight,
-                                         config.distill_temperature)
-            else:
-                loss = F.cross_entropy(logits.float(), y)
-        loop.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        loop.optimizer.step()
-        cast(TrainableModel, loop.model).after_step()
-        loss_sum += loss.detach() * y.shape[0]
-        correct += (logits.argmax(1) == y).sum()
-        seen += y.shape[0]
-        progress.advance(task)
-        # one collective per step under DDP: finiteness (every step on CPU, every
-        # NAN_CHECK_EVERY on CUDA, where it syncs the host) and stop requests together
-        check = device.type == "cpu" or step % NAN_CHECK_EVERY == 0
-        bad, stopping = runtime.any_rank(check and not _finite(loss), stop.signal_name is not None)
-        if bad:
-            raise _non_finite(loop.label, epoch, step, loop.state_path, loop.history)
-        if stopping:
-            raise Interrupted(_interrupt_message(stop.signal_name, loop.label, epoch, loop.history, loop.state_path))
-    progress.remove_task(task)
+    bar = f"{loop.label} epoch {epoch + 1}/{config.epochs}"
+    with progress_bar(console, bar, total=steps, show=runtime.is_main) as advance:
+        for step, (x, y) in enumerate(iterate_batches(
+                train_x, train_y, config.batch_size, loop.mean, loop.std, generator=generator, train=True,
+                rank=runtime.rank, world_size=runtime.world_size)):
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with runtime.autocast():
+                logits = loop.train_model(x)
+                if config.distill_weight > 0:
+                    assert loop.teacher is not None, "distillation needs a teacher"
+                    with torch.no_grad():
+                        teacher_logits = loop.teacher(x).float()
+                    loss = distillation_loss(logits.float(), teacher_logits, y, config.distill_weight,
+                                             config.distill_temperature)
+                else:
+                    loss = F.cross_entropy(logits.float(), y)
+            loop.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            loop.optimizer.step()
+            cast(TrainableModel, loop.model).after_step()
+            loss_sum += loss.detach() * y.shape[0]
+            correct += (logits.argmax(1) == y).sum()
+            seen += y.shape[0]
+            advance(1)
+            # one collective per step under DDP: finiteness (every step on CPU, every
+            # NAN_CHECK_EVERY on CUDA, where it syncs the host) and stop requests together
+            check = device.type == "cpu" or step % NAN_CHECK_EVERY == 0
+            bad, stopping = runtime.any_rank(check and not _finite(loss), stop.signal_name is not None)
+            if bad:
+                raise _non_finite(loop.label, epoch, step, loop.state_path, loop.history)
+            if stopping:
+                raise Interrupted(_interrupt_message(stop.signal_name, loop.label, epoch, loop.history, loop.state_path))
     if runtime.any_rank(not _finite(loss_sum))[0]:
         raise _non_finite(loop.label, epoch, steps, loop.state_path, loop.history)
     totals = torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(seen), device=device)])
@@ -265,7 +265,7 @@ def _interrupt_message(signal_name, label, epoch, history, state_path):
 
 def changed_options(recorded: dict, current: dict) -> list[str]:
     """The options (by command-line name where one exists) whose values differ; --lr may change."""
-    options = {f"train.{f.name}": f.metadata["option"] for f in fields(TrainConfig) if "option" in f.metadata}
+    options = {f"train.{name}": option for name, option in TRAIN_OPTIONS.items()}
     flat_recorded, flat_current = _flatten(recorded), _flatten(current)
     keys = sorted(set(flat_recorded) | set(flat_current))
     return [options.get(k, k) for k in keys
@@ -289,27 +289,3 @@ def _write_csv(path: Path, history: list[dict]) -> None:
         writer.writerows(history)
 
     atomic_write_text(path, write)
-
-
-class _NullProgress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def add_task(self, *args, **kwargs):
-        return 0
-
-    def advance(self, *args, **kwargs):
-        pass
-
-    def remove_task(self, *args, **kwargs):
-        pass
-
-
-def _progress(console: Console, runtime: Runtime):
-    if not runtime.is_main or not console.is_terminal:
-        return _NullProgress()
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TimeRemainingColumn(), console=console, transient=True)

@@ -22,6 +22,9 @@ from stpcli.stages.saving import StageIO, child_record
 from stpcli.stages.teacher import resolve_teacher
 from stpcli.stages.training import split_accuracy, train_and_finish
 
+DEFAULT_TIMESTEPS = 5  # convert's T
+DEFAULT_SCHEDULE = (3, 2, 1)  # temporal-prune's --schedule
+
 
 def convert(run: Run, source: Checkpoint, *, timesteps: int, percentile: float, scale: float,
             calibration_images: int, config: TrainConfig, data: DataOptions, io: StageIO,

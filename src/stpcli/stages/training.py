@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING
 
 from stpcli import plots
 from stpcli.checkpoint import Checkpoint, StageEntry
 from stpcli.data.source import SplitData
 from stpcli.engine.evaluate import accuracy
-from stpcli.engine.recipe import ANN_MILESTONES, SNN_MILESTONES, TrainConfig, config_dict
+from stpcli.engine.recipe import ANN_MILESTONES, SNN_MILESTONES, TrainConfig
 from stpcli.engine.runtime import Runtime
 from stpcli.engine.train import FitResult, fit
 from stpcli.restore import input_stats
@@ -26,7 +26,7 @@ def train_stage(run: Run, model, data: SplitData, config: TrainConfig, record: d
     mean, std = input_stats(record)
     if config.milestones is None:  # the recipe of the model being trained
         config = replace(config, milestones=SNN_MILESTONES if isinstance(model, SNN) else ANN_MILESTONES)
-    run_options = {"stage": run.name, "train": config_dict(config), **extra_options}
+    run_options = {"stage": run.name, "train": asdict(config), **extra_options}
     if teacher is not None:
         run_options["teacher"] = teacher.sha256
     result = fit(model, data, config, run.runtime, mean=mean, std=std, state_path=io.state_path,
