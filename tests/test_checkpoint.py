@@ -1,6 +1,8 @@
 """The checkpoint format: round trip, atomic writes, refusal of foreign, corrupt and future files."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,13 +11,12 @@ from safetensors.torch import save_file
 from stpcli.checkpoint import (
     FORMAT_VERSION,
     Checkpoint,
-    check_output_path,
     load_checkpoint,
     read_record,
     save_checkpoint,
 )
 from stpcli.errors import StpError
-from stpcli.files import sha256_file
+from stpcli.files import check_output, finish_outputs, sha256_file
 
 
 def sample_record(kind="snn"):
@@ -73,14 +74,29 @@ def test_a_format_1_file_is_read_in_this_format_and_its_child_is_written_in_it(t
 def test_output_rules(tmp_path):
     existing = tmp_path / "x.safetensors"
     existing.write_bytes(b"keep me")
-    with pytest.raises(StpError, match="exists"):
-        check_output_path(existing, force=False)
-    check_output_path(existing, force=True)
-    with pytest.raises(StpError, match="does not exist"):
-        check_output_path(tmp_path / "missing" / "x.safetensors", force=False)
+    with pytest.raises(StpError, match="exists; pass --force"):
+        check_output(existing, force=False, suffix=".safetensors")
+    check_output(existing, force=True, suffix=".safetensors")
     with pytest.raises(StpError, match="must end in .safetensors"):
-        check_output_path(tmp_path / "x.pt", force=False)
+        check_output(tmp_path / "x.pt", force=False, suffix=".safetensors")
+    linked = tmp_path / "hard-link.safetensors"
+    os.link(existing, linked)
+    with pytest.raises(StpError, match="is this command's input"):  # one file by inode, even with --force
+        check_output(linked, force=True, inputs=(existing,))
+    for not_a_file in (tmp_path, Path("/dev/null")):
+        with pytest.raises(StpError, match="not a regular file"):
+            check_output(not_a_file, force=True)
     assert existing.read_bytes() == b"keep me"
+    # a missing folder is created, and removed again (while empty) when the command fails
+    nested = tmp_path / "runs" / "a" / "x.safetensors"
+    check_output(nested, force=False)
+    assert nested.parent.is_dir()
+    finish_outputs(succeeded=False)
+    assert not (tmp_path / "runs").exists()
+    check_output(nested, force=False)
+    finish_outputs(succeeded=True)
+    assert nested.parent.is_dir()
+
 
 
 def test_refuses_foreign_corrupt_truncated_and_future_files(tmp_path):

@@ -138,7 +138,12 @@ def test_outputs_are_never_overwritten_without_force(pipeline, tmp_path):
     existing.write_bytes(b"precious")
     refused(["add-unit", pipeline["na"], "--epochs", "0", "--out", existing, *CPU], "pass --force", None)
     assert existing.read_bytes() == b"precious"
-    refused(["add-unit", pipeline["na"], "--out", tmp_path / "no" / "nb.safetensors", *CPU], "does not exist")
+    nested = tmp_path / "runs" / "x" / "nb.safetensors"  # a missing folder is created, as users expect
+    run_cli(["add-unit", pipeline["na"], "--epochs", "0", "--out", nested, *CPU])
+    assert load_checkpoint(nested).kind == "ann"
+    refused(["add-unit", pipeline["na"], "--data", tmp_path / "absent", "--out", tmp_path / "gone" / "nb.safetensors",
+             *CPU], "does not exist")
+    assert not (tmp_path / "gone").exists()  # and removed again when the command fails
     run_cli(["add-unit", pipeline["na"], "--epochs", "0", "--out", existing, "--force", *CPU])
     assert load_checkpoint(existing).kind == "ann"
     # temporal-prune refuses a schedule whose stage file would be its own input

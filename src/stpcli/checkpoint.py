@@ -21,7 +21,7 @@ from safetensors import safe_open
 
 from stpcli import __version__
 from stpcli.errors import StpError
-from stpcli.files import atomic_save_tensors, check_writable_folder, first_line, now_iso, sha256_file
+from stpcli.files import atomic_save_tensors, first_line, now_iso, sha256_file
 from stpcli.schema import Record, validate
 from stpcli.spec import ModelSpec
 
@@ -88,25 +88,6 @@ class StageEntry:
             else {"path": self.parent_path, "sha256": self.parent_sha256},
             "finished": now_iso(),
         }
-
-
-def check_output_path(path: str | Path, force: bool, inputs: tuple[Path | None, ...] = (),
-                      suffix: str | None = ".safetensors") -> Path:
-    """Refuse an output that exists (without --force), that is one of the command's inputs,
-    or whose folder is missing or not writable."""
-    out = Path(path)
-    if suffix is not None and out.suffix != suffix:
-        raise StpError(f"output {out} must end in {suffix}")
-    if not out.parent.is_dir():
-        raise StpError(f"output folder {out.parent} does not exist")
-    for source in inputs:
-        if source is not None and out.exists() and out.resolve() == Path(source).resolve():
-            raise StpError(f"--out {out} is this command's input; an input is never overwritten, "
-                           "choose another --out")
-    if out.exists() and not force:
-        raise StpError(f"output {out} exists; pass --force to overwrite it")
-    check_writable_folder(out.parent)
-    return out
 
 
 def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> str:

@@ -21,6 +21,9 @@ def main() -> None:
         signal.signal(signal.SIGTERM, _remember)
     except ValueError:  # not the main thread
         pass
+    from stpcli.cli.terminal import guard_standard_streams
+
+    guard_standard_streams()
     from stpcli.cli import main as cli_main
 
     cli_main()

@@ -24,6 +24,7 @@ and the logits are the output node's values summed over those steps.
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ import torch
 
 from stpcli.checkpoint import Checkpoint
 from stpcli.errors import StpError
-from stpcli.files import atomic_write
+from stpcli.files import atomic_write_bytes
 from stpcli.models.plan import synaptic_layers
 from stpcli.restore import model_from_checkpoint
 from stpcli.spiking.network import SNN
@@ -169,17 +170,21 @@ def export(ckpt: Checkpoint, fmt: str, out: Path) -> Path:
             raise StpError(f"--format nir exports SNN checkpoints; {ckpt.path} is an ANN (use --format onnx)")
         nir = _need("nir", fmt)
         graph = nir_graph(model_from_checkpoint(ckpt))
-        with atomic_write(out) as tmp:
-            nir.write(str(tmp), graph)
+        buffer = io.BytesIO()  # h5py writes into memory: on a full disk it would crash the process
+        nir.write(buffer, graph)
+        atomic_write_bytes(out, buffer.getvalue())
         return out
     if ckpt.kind != "ann":
         raise StpError(f"--format onnx exports ANN checkpoints; {ckpt.path} is an SNN (use --format nir)")
     _need("onnx", fmt)
     model = model_from_checkpoint(ckpt).eval()
     size = ckpt.record["input"]["image_size"]
-    with atomic_write(out) as tmp, warnings.catch_warnings():
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter: no onnxscript needed
-        torch.onnx.export(model, (torch.zeros(1, 3, size, size),), str(tmp), input_names=["image"],
+        torch.onnx.export(model, (torch.zeros(1, 3, size, size),), buffer,  # type: ignore[arg-type]  # a file object works
+                          input_names=["image"],
                           output_names=["logits"], dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
                           dynamo=False)
+    atomic_write_bytes(out, buffer.getvalue())
     return out

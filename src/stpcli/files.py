@@ -1,8 +1,9 @@
 """Writing files safely: atomic replacement, one writer per output, clear errors, no leftovers.
 
 Every file stp writes (checkpoints, training states, packs, caches, metrics
-CSVs) goes through ``atomic_write``: a temporary file beside the target, fsync,
-``os.replace``. A crash leaves the old file or the new one, never half a file;
+CSVs, plots, exports) goes through ``atomic_write``: a temporary file beside the
+target, fsync, ``os.replace``; ``check_output`` is the one rule for where a
+command may write. A crash leaves the old file or the new one, never half a file;
 the temporary is removed on every error path, and ``remove_leftovers`` clears
 those a ``kill -9`` left behind.
 """
@@ -15,12 +16,13 @@ import datetime as _dt
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
 from safetensors.torch import save as serialize_tensors
 
+from stpcli.engine.launch import read_launch
 from stpcli.errors import StpError
 
 LOCK_SUFFIX = ".lock"
@@ -82,19 +84,88 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | Path) -> None:
-    """A safetensors file written through ``atomic_write``: serialised in memory, then written by
-    Python, so a full disk is an OSError with its errno (safetensors' own writer has its own error type)."""
-    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    data = serialize_tensors(contiguous, metadata=metadata)
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """``data`` written by Python through ``atomic_write``. Every writer that is not Python's own
+    (safetensors, h5py for NIR, the ONNX exporter, matplotlib) serialises into memory first and
+    hands its bytes here, so a full disk is an OSError with its errno and one line, never a
+    library's own failure mode (h5py crashes the process on a full file system)."""
     with atomic_write(path) as tmp, open(tmp, "wb") as handle:
         handle.write(data)
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | Path) -> None:
+    """A safetensors file, serialised in memory and written by ``atomic_write_bytes``."""
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write_bytes(path, serialize_tensors(contiguous, metadata=metadata))
 
 
 def atomic_write_text(path: str | Path, write: Callable) -> None:
     """``write(handle)`` fills a text file that replaces ``path`` atomically."""
     with atomic_write(path) as tmp, open(tmp, "w", newline="") as handle:
         write(handle)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """One file under two names: the same resolved path, or the same inode (a hard link)."""
+    try:
+        return a.resolve() == b.resolve() or os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output(path: str | Path, force: bool, inputs: Iterable[Path | None] = (),
+                 suffix: str | None = None, option: str = "--out") -> Path:
+    """The rule for every file a command writes, checkpoints and side outputs alike (CSV, JSON,
+    plots, exports), checked before any work is done: never one of the command's inputs (by
+    resolved path or inode, even with --force), never an existing file without --force, never
+    something that is not a regular file (a folder, /dev/null, a FIFO); a missing folder is
+    created (and removed again if the command fails before writing into it)."""
+    out = Path(path).expanduser()
+    if suffix is not None and out.suffix != suffix:
+        raise StpError(f"{option} {out} must end in {suffix}")
+    if out.exists() or out.is_symlink():
+        if not out.is_file():
+            raise StpError(f"{option} {out} exists and is not a regular file; choose a file name")
+        for source in inputs:
+            if source is not None and _same_file(out, Path(source)):
+                raise StpError(f"{option} {out} is this command's input; an input is never overwritten, "
+                               f"choose another {option}")
+        if not force:
+            raise StpError(f"{option} {out} exists; pass --force to overwrite it")
+    create_folder(out.parent, option)
+    check_writable_folder(out.parent)
+    return out
+
+
+_CREATED_FOLDERS: list[Path] = []
+
+
+def create_folder(folder: Path, option: str) -> None:
+    """``folder`` and its missing parents, created for an output; a file in the way is one error.
+    Folders created this way are remembered, so that a command that fails removes them again."""
+    if folder.is_dir():
+        return
+    missing = [folder, *(p for p in folder.parents if not p.exists())]
+    for part in (folder, *folder.parents):
+        if part.exists() and not part.is_dir():
+            raise StpError(f"{option}: {part} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StpError(f"{option}: cannot create folder {folder}: {exc.strerror or first_line(exc)}") from exc
+    _CREATED_FOLDERS.extend(p for p in sorted(set(missing), key=lambda p: -len(p.parts)) if p not in _CREATED_FOLDERS)
+
+
+def finish_outputs(succeeded: bool) -> None:
+    """Release this process's output locks; after a failure, also remove the (still empty)
+    folders created for outputs, so a refused or failed command leaves nothing behind."""
+    release_outputs()
+    created = sorted(_CREATED_FOLDERS, key=lambda p: -len(p.parts))
+    _CREATED_FOLDERS.clear()
+    if not succeeded:
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty
 
 
 def remove_leftovers(path: Path) -> None:
@@ -105,14 +176,11 @@ def remove_leftovers(path: Path) -> None:
 
 
 def create_out_dir(out_dir: Path) -> None:
-    """The --out-dir of a multi-stage run, created if absent; a file there, or no right to create
-    it, is one clear error."""
+    """The --out-dir of a multi-stage run, created if absent (and removed again, while empty, if the
+    command fails); a file there, or no right to create it, is one clear error."""
     if out_dir.exists() and not out_dir.is_dir():
         raise StpError(f"--out-dir {out_dir} is a file, not a folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StpError(f"cannot create --out-dir {out_dir}: {exc.strerror or exc}") from exc
+    create_folder(out_dir, "--out-dir")
 
 
 def check_writable_folder(folder: Path) -> None:
@@ -146,7 +214,7 @@ def lock_output(path: Path) -> None:
     which the CLI calls on every exit path (and atexit calls for library users).
     """
     lock = path.with_name(path.name + LOCK_SUFFIX)
-    if lock in _HELD or int(os.environ.get("RANK", "0")) != 0:
+    if lock in _HELD or read_launch().rank != 0:
         return  # under torchrun rank 0 alone writes, so it alone holds the lock
     for _ in range(2):
         try:

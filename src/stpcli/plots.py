@@ -1,11 +1,13 @@
 """The figures stp draws (matplotlib, no display needed): training curves, confusion matrices,
 spike rates per layer, accuracy against energy, and a study's accuracy against T.
 
-Each function writes one PNG atomically and returns its path.
+Each function writes one figure atomically, in the format its path's suffix names (PNG, or the
+vector formats PDF and SVG), and returns its path.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -15,14 +17,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from stpcli.files import atomic_write  # noqa: E402
+from stpcli.files import atomic_write_bytes  # noqa: E402
+
+FORMATS = (".png", ".pdf", ".svg")
 
 
 def _save(figure, path: Path) -> Path:
     path = Path(path)
-    with atomic_write(path) as tmp, open(tmp, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=120, bbox_inches="tight")
-    plt.close(figure)
+    buffer = io.BytesIO()
+    try:
+        figure.savefig(buffer, format=path.suffix.lower().lstrip(".") or "png", dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

@@ -8,7 +8,8 @@ import typer
 
 from stpcli import __version__
 from stpcli.cli import data, inspect, pipeline, stages, study, use
-from stpcli.cli.common import STATE
+from stpcli.cli.common import STATE, error_console
+from stpcli.cli.terminal import OutputError
 
 app = typer.Typer(
     name="stp",
@@ -37,4 +38,9 @@ def root(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except OutputError as exc:  # --help or --version to a full device: outside any command's wrapper
+        if str(exc):
+            error_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise SystemExit(exc.exit_code) from None

@@ -16,11 +16,12 @@ import typer
 import yaml
 from rich.console import Console
 
+from stpcli.cli.terminal import flush_standard_output
 from stpcli.engine.recipe import TRAIN_OPTIONS, TrainConfig
 from stpcli.engine.runtime import setup_runtime, shutdown_runtime
 from stpcli.entry import EARLY_SIGNALS
 from stpcli.errors import StpError
-from stpcli.files import first_line, release_outputs
+from stpcli.files import finish_outputs, first_line
 from stpcli.run import DataOptions, Run
 from stpcli.stages.saving import StageIO
 
@@ -38,16 +39,24 @@ def stp_command(app: typer.Typer, name: str, **kwargs):
         @functools.wraps(function)
         def run(*args, **kw):
             previous = _stop_on_sigterm()
+            succeeded = False
             try:
                 if EARLY_SIGNALS:
                     raise KeyboardInterrupt  # SIGTERM arrived while stp was starting
-                return function(*args, **kw)
-            except (typer.Exit, typer.Abort):
+                result = function(*args, **kw)
+                flush_standard_output()
+                succeeded = True
+                return result
+            except typer.Exit as exc:
+                succeeded = not exc.exit_code
+                raise
+            except typer.Abort:
                 raise
             except StpError as exc:
                 if STATE["debug"]:
                     raise
-                error_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+                if str(exc):  # a reader that closed its pipe (| head) is not told anything
+                    error_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
                 raise typer.Exit(exc.exit_code) from None
             except KeyboardInterrupt:
                 error_console.print("error: interrupted (nothing was written)", markup=False)
@@ -65,7 +74,7 @@ def stp_command(app: typer.Typer, name: str, **kwargs):
             finally:
                 if previous is not None:
                     signal.signal(signal.SIGTERM, previous)
-                release_outputs()
+                finish_outputs(succeeded)
                 shutdown_runtime()
 
         return app.command(name, **kwargs)(run)
@@ -220,7 +229,7 @@ def resolve(ctx: typer.Context, local_values: dict[str, Any]) -> dict[str, Any]:
 
 
 # Option types shared by the commands (one definition each).
-Out = Annotated[Path, typer.Option("--out", "-o", help="Output checkpoint (.safetensors).")]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Output checkpoint (.safetensors); its folder is created if missing.")]
 Force = Annotated[bool, typer.Option("--force", metavar="", help="Overwrite an existing output / start over.")]
 Resume = Annotated[bool, typer.Option("--resume", metavar="", help="Continue an interrupted run from its state file.")]
 Config = Annotated[Path | None, typer.Option("--config", help="YAML file of option values; flags win.")]

@@ -7,12 +7,11 @@ from typing import Annotated
 
 import typer
 
-from stpcli.checkpoint import check_output_path
 from stpcli.cli.common import CacheDir, Force, OnBadImage, console, stp_command
 from stpcli.data.pack import write_pack
 from stpcli.data.source import load_dataset
 from stpcli.errors import StpError
-from stpcli.files import lock_output
+from stpcli.files import check_output, lock_output
 from stpcli.progress import progress_bar
 
 app = typer.Typer(help="Dataset utilities.", no_args_is_help=True)
@@ -36,7 +35,7 @@ def pack_command(
         raise StpError(f"--quality must lie in 1..100, got {quality}")
     if not root.is_dir():
         raise StpError(f"{root} is not a dataset folder")
-    check_output_path(out, force)
+    check_output(out, force, suffix=".safetensors")
     lock_output(out)
     with progress_bar(console, "decoding") as advance:
         dataset = load_dataset(str(root), image_size, on_bad_image, cache_dir, progress=advance)

@@ -20,7 +20,6 @@ from stpcli.cli.common import (
     Device,
     JsonOutput,
     OnBadImage,
-    apply_config,
     command_option_names,
     console,
     make_data,
@@ -29,6 +28,8 @@ from stpcli.cli.common import (
     stp_command,
 )
 from stpcli.errors import StpError
+from stpcli.files import check_output, lock_output
+from stpcli.plots import FORMATS as FIGURE_FORMATS
 from stpcli.report import compare, evaluate, info, verify_chain
 from stpcli.schema import json_schema
 
@@ -45,7 +46,6 @@ def _fmt(value, digits=2):
 
 @stp_command(app, "evaluate")
 def evaluate_command(
-    ctx: typer.Context,
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to evaluate.")],
     timesteps: Annotated[int | None, typer.Option("--timesteps", "-T", help="Evaluate an SNN at another T.")] = None,
     part: Annotated[str, typer.Option("--part", help="test | val | train.")] = "test",
@@ -55,24 +55,33 @@ def evaluate_command(
     on_bad_image: OnBadImage = "fail",
     cache_dir: CacheDir = None,
     device: Device = "auto",
-    plots: Annotated[Path | None, typer.Option("--plots", help="Folder for the confusion matrix (and SNN spike-rate) PNGs.")] = None,
+    plots: Annotated[Path | None, typer.Option("--plots", help="Folder for the confusion matrix (and SNN spike-rate) figures; created if missing.")] = None,
+    plot_format: Annotated[str, typer.Option("--plot-format", help="png | pdf | svg for --plots.")] = "png",
     json_output: JsonOutput = False,
+    force: Annotated[bool, typer.Option("--force", metavar="", help="Overwrite existing figures in --plots.")] = False,
 ):
     """Overall accuracy, average accuracy, Cohen's kappa, per-class accuracy, confusion matrix and MACs;
     for an SNN also spike rates, SOPs and energy.
 
     Example: stp evaluate sa_t1.safetensors --plots figures/
     """
-    values = apply_config(ctx, locals(), None)
     if part not in ("test", "val", "train"):
         raise StpError(f"--part must be test, val or train, got {part!r}")
-    if plots is not None and not plots.is_dir():
-        raise StpError(f"--plots {plots} is not a folder")
-    run = make_run("evaluate", values)
+    if f".{plot_format}" not in FIGURE_FORMATS:
+        raise StpError(f"--plot-format must be one of {', '.join(f[1:] for f in FIGURE_FORMATS)}, got {plot_format!r}")
     ckpt = load_checkpoint(checkpoint)
-    result = evaluate(run, ckpt, make_data(values), timesteps, part, batch_size)
+    figures = {}
     if plots is not None:
-        result["plots"] = [str(p) for p in evaluation_plots(result, ckpt.classes, plots)]
+        if plots.exists() and not plots.is_dir():
+            raise StpError(f"--plots {plots} is a file, not a folder")
+        figures = evaluation_plot_paths(checkpoint, ckpt.kind, plots, plot_format)
+        for path in figures.values():
+            check_output(path, force, inputs=(checkpoint,), option="--plots")
+            lock_output(path)
+    run = make_run("evaluate", locals())
+    result = evaluate(run, ckpt, make_data(locals()), timesteps, part, batch_size)
+    if figures:
+        result["plots"] = [str(p) for p in evaluation_plots(result, ckpt.classes, figures)]
     if json_output:
         _print_json(result)
         return
@@ -105,15 +114,21 @@ def evaluate_command(
         console.print(f"wrote {path}", markup=False)
 
 
-def evaluation_plots(result: dict, classes: list[str], folder: Path) -> list[Path]:
+def evaluation_plot_paths(checkpoint: Path, kind: str, folder: Path, fmt: str) -> dict[str, Path]:
+    """The figures ``evaluate --plots`` writes for a checkpoint: its confusion matrix, and an SNN's spike rates."""
+    stem = checkpoint.name.removesuffix(".safetensors")
+    names = ("confusion", "spike_rates") if kind == "snn" else ("confusion",)
+    return {name: folder / f"{stem}.{name}.{fmt}" for name in names}
+
+
+def evaluation_plots(result: dict, classes: list[str], paths: dict[str, Path]) -> list[Path]:
     stem = Path(result["checkpoint"]).name.removesuffix(".safetensors")
     label = f"{stem} ({result['method']}" + (f", T={result['timesteps']})" if "timesteps" in result else ")")
     written = [plots.confusion_matrix(result["confusion_matrix"], classes,
                                       f"{label}: {result['part']} split, OA {result['overall_accuracy']:.2f}%",
-                                      folder / f"{stem}.confusion.png")]
-    if result["kind"] == "snn":
-        written.append(plots.spike_rates(result["spike_rates"], f"{label}: spikes per neuron",
-                                         folder / f"{stem}.spike_rates.png"))
+                                      paths["confusion"])]
+    if "spike_rates" in paths:
+        written.append(plots.spike_rates(result["spike_rates"], f"{label}: spikes per neuron", paths["spike_rates"]))
     return written
 
 
@@ -186,25 +201,27 @@ def _print_info(details: dict, chain) -> None:
 
 @stp_command(app, "compare")
 def compare_command(
-    ctx: typer.Context,
     checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoints to evaluate side by side.")],
     data: Data = None,
     allow_data_change: AllowDataChange = False,
     on_bad_image: OnBadImage = "fail",
     cache_dir: CacheDir = None,
     device: Device = "auto",
-    plot: Annotated[Path | None, typer.Option("--plot", help="Write accuracy against energy as this PNG.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write accuracy against energy to this .png, .pdf or .svg file (its folder is created if missing).")] = None,
     json_output: JsonOutput = False,
+    force: Annotated[bool, typer.Option("--force", metavar="", help="Overwrite an existing --plot file.")] = False,
 ):
     """Method, T, test accuracy, spike rate and energy of several checkpoints in one table.
 
     Example: stp compare na.safetensors s_t1.safetensors sa_t1.safetensors --plot compare.png
     """
-    values = apply_config(ctx, locals(), None)
-    if plot is not None and (plot.suffix != ".png" or not plot.parent.is_dir()):
-        raise StpError(f"--plot {plot} must be a .png file in an existing folder")
-    run = make_run("compare", values)
-    rows = compare(run, checkpoints, make_data(values))
+    if plot is not None:
+        if plot.suffix.lower() not in FIGURE_FORMATS:
+            raise StpError(f"--plot {plot} must end in {', '.join(FIGURE_FORMATS)}")
+        check_output(plot, force, inputs=checkpoints, option="--plot")
+        lock_output(plot)
+    run = make_run("compare", locals())
+    rows = compare(run, checkpoints, make_data(locals()))
     if plot is not None:
         plots.accuracy_vs_energy(rows, "test accuracy against energy per image", plot)
     if json_output:

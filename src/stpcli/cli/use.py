@@ -11,11 +11,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from stpcli.checkpoint import check_output_path, load_checkpoint
+from stpcli.checkpoint import load_checkpoint
 from stpcli.cli.common import Device, Force, JsonOutput, console, error_console, make_run, stp_command
 from stpcli.errors import StpError
 from stpcli.export import FORMATS, export
-from stpcli.files import atomic_write_text, lock_output
+from stpcli.files import atomic_write_text, check_output, lock_output
 from stpcli.predict import check_options, find_images, predict
 from stpcli.progress import progress_bar
 
@@ -29,8 +29,9 @@ def predict_command(
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes listed per image.")] = 3,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
     device: Device = "auto",
-    csv_file: Annotated[Path | None, typer.Option("--csv", help="Also write the predictions as CSV (path, rank, class, probability).")] = None,
+    csv_file: Annotated[Path | None, typer.Option("--csv", help="Also write the predictions as CSV (path, rank, class, probability); its folder is created if missing.")] = None,
     json_output: JsonOutput = False,
+    force: Annotated[bool, typer.Option("--force", metavar="", help="Overwrite an existing --csv file.")] = False,
 ):
     """Classify new images with a trained model: the top-k classes of each, with probabilities.
 
@@ -41,11 +42,12 @@ def predict_command(
     """
     if json_output and csv_file is not None:
         raise StpError("--json and --csv are alternatives; choose one")
-    if csv_file is not None and not csv_file.parent.is_dir():
-        raise StpError(f"--csv {csv_file}: folder {csv_file.parent} does not exist")
     check_options(top_k, batch_size)
-    ckpt = load_checkpoint(checkpoint)
     files = find_images(paths)  # once: predict is given the files, not the folders again
+    if csv_file is not None:
+        check_output(csv_file, force, inputs=(checkpoint, *files), option="--csv")
+        lock_output(csv_file)
+    ckpt = load_checkpoint(checkpoint)
     run = make_run("predict", {"device": device})
     with progress_bar(console, "predicting", total=len(files), show=not json_output) as advance:
         result = predict(run, ckpt, files, top_k, batch_size, advance=advance)
@@ -84,7 +86,7 @@ def _write_csv(path: Path, result: dict) -> None:
 @stp_command(app, "export")
 def export_command(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to export.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="File to write.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write; its folder is created if missing.")],
     fmt: Annotated[str, typer.Option("--format", help=f"{' | '.join(FORMATS)}: NIR for SNNs, ONNX for ANNs.")] = "nir",
     force: Force = False,
 ):
@@ -95,7 +97,7 @@ def export_command(
     """
     if fmt not in FORMATS:
         raise StpError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    check_output_path(out, force, inputs=(checkpoint,), suffix=None)
+    check_output(out, force, inputs=(checkpoint,))
     lock_output(out)
     ckpt = load_checkpoint(checkpoint)
     export(ckpt, fmt, out)

@@ -1,19 +1,25 @@
 """Device, precision and (optional) DistributedDataParallel set-up.
 
-Under ``torchrun`` (RANK / WORLD_SIZE set) every training command joins a
-process group: gloo on CPU, nccl on CUDA. Rank 0 alone writes files.
+Under ``torchrun`` (RANK / WORLD_SIZE set, checked by ``engine.launch``) every
+training command joins a process group: gloo on CPU, nccl on CUDA. Rank 0 alone
+writes files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
+from stpcli.engine.launch import Launch, read_launch
 from stpcli.errors import StpError
+from stpcli.files import first_line
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
@@ -66,12 +72,17 @@ def setup_runtime(device: str = "auto", precision: str = "fp32", compile: bool =
     if device == "cuda" and not torch.cuda.is_available():
         raise StpError("--device cuda was asked for, but no CUDA device is available")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    launch = read_launch()
+    if launch.distributed and not dist.is_initialized():
+        try:
+            store = rendezvous(launch)
+        except KeyboardInterrupt:
+            raise StpError(f"interrupted while waiting for the distributed rendezvous ({launch.describe()}); "
+                           "nothing was written", exit_code=130) from None
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", store=store, rank=launch.rank,
+                                world_size=launch.world_size)
     if use_cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
+        local = launch.local_rank
         torch.cuda.set_device(local)
         torch_device = torch.device("cuda", local)
         torch.backends.cudnn.benchmark = True
@@ -79,7 +90,51 @@ def setup_runtime(device: str = "auto", precision: str = "fp32", compile: bool =
         torch.backends.cudnn.allow_tf32 = True
     else:
         torch_device = torch.device("cpu")
-    return Runtime(torch_device, precision, rank, world_size, compile)
+    return Runtime(torch_device, precision, launch.rank, launch.world_size, compile)
+
+
+def rendezvous(launch: Launch):
+    """Meet the other processes of ``launch`` through a TCPStore at MASTER_ADDR:MASTER_PORT, in
+    steps of at most a second so that Ctrl-C and SIGTERM are handled while waiting (a blocking
+    C++ wait holds off Python's signal handlers), and for at most ``launch.rendezvous_timeout``."""
+    deadline = time.monotonic() + launch.rendezvous_timeout
+    agent = (os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and os.environ.get("MASTER_ADDR") == launch.master_addr
+             and os.environ.get("MASTER_PORT") == str(launch.master_port))  # torchrun's agent hosts the store
+    serve = launch.rank == 0 and not agent
+
+    def expired(reason: str) -> StpError:
+        return StpError(f"no distributed rendezvous within {launch.rendezvous_timeout:g} s ({reason}; "
+                        f"{launch.describe()}): start every process with torchrun, or unset these variables "
+                        "(STP_RENDEZVOUS_TIMEOUT sets the wait)")
+
+    if not serve:  # wait for rank 0's server in Python: a TCPStore client would retry (and log) in C++
+        while not _listening(launch.master_addr, launch.master_port):
+            if time.monotonic() >= deadline:
+                raise expired("rank 0 never answered")
+            time.sleep(0.2)
+    try:
+        store = dist.TCPStore(launch.master_addr, launch.master_port, launch.world_size, serve,
+                              timeout=timedelta(seconds=max(1.0, deadline - time.monotonic())), wait_for_workers=False)
+    except (RuntimeError, OSError) as exc:  # DistNetworkError / DistStoreError: a port in use, a host unknown
+        raise StpError(f"cannot {'serve' if serve else 'join'} the rendezvous at {launch.master_addr}:"
+                       f"{launch.master_port} ({first_line(exc, 120)}; {launch.describe()})") from None
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    prefixed = dist.PrefixStore(f"stp/attempt_{attempt}", store)
+    prefixed.add("joined", 1)
+    while (joined := prefixed.add("joined", 0)) < launch.world_size:
+        if time.monotonic() >= deadline:
+            raise expired(f"{joined} of {launch.world_size} processes joined")
+        time.sleep(0.1)
+    store.set_timeout(timedelta(minutes=30))  # training steps and rank 0's checkpoint writes take their time
+    return prefixed
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 def shutdown_runtime() -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from stpcli.checkpoint import Checkpoint, StageEntry, check_output_path, save_checkpoint
+from stpcli.checkpoint import Checkpoint, StageEntry, save_checkpoint
 from stpcli.engine.state import state_path_for
 from stpcli.errors import StpError
-from stpcli.files import lock_output, remove_leftovers, sha256_file
+from stpcli.files import check_output, lock_output, remove_leftovers, sha256_file
 from stpcli.run import Run
 
 
@@ -36,7 +36,7 @@ class StageIO:
     def check(self, will_train: bool, inputs: tuple[Path | None, ...] = (), resume_needs_state: bool = True) -> None:
         """Everything about the output that can fail, checked before any data is read; then the
         output is locked against a second writer and leftovers of an interrupted write are cleared."""
-        check_output_path(self.out, self.force, inputs)
+        check_output(self.out, self.force, inputs, suffix=".safetensors")
         if self.resume and not will_train:
             raise StpError("--resume needs a stage that trains (--epochs > 0)")
         if self.resume and resume_needs_state and not self.state_path.exists():
