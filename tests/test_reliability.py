@@ -68,7 +68,7 @@ def test_wrong_kind_for_the_command(pipeline, out):
 
 def test_unit_locations_out_of_range_or_not_removable(pipeline, out):
     refused(["add-unit", pipeline["na"], "--as", "6", "--out", out, *CPU], "out of range", out)
-    refused(["add-unit", pipeline["na"], "--as", "2", "--m", "0", "--out", out, *CPU], "--m must be at least 1", out)
+    refused(["add-unit", pipeline["na"], "--as", "2", "--m", "0", "--out", out, *CPU], "--m must lie in 1..", out)
     refused(["add-unit", pipeline["nb"], "--as", "2", "--out", out, *CPU], "already has 1 Unit", out)
     refused(["spatial-prune", pipeline["sb_t1"], "--as", "1", "--m", "1", "--out", out, *CPU], "removable", out)
     refused(["spatial-prune", pipeline["sb_t1"], "--as", "3", "--m", "3", "--out", out, *CPU], "removable", out)

@@ -10,6 +10,7 @@ Loading never executes code: safetensors only, no pickle anywhere.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -17,12 +18,12 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-from safetensors import safe_open
+from safetensors.torch import load as load_tensors
 
 from stpcli import __version__
 from stpcli.errors import StpError
 from stpcli.files import atomic_save_tensors, first_line, now_iso, sha256_file
-from stpcli.schema import Record, validate
+from stpcli.schema import MAX_HEADER, Record, strict_json, validate
 from stpcli.spec import ModelSpec
 
 FORMAT_NAME = "stp-checkpoint"
@@ -109,23 +110,26 @@ def read_record(path: str | Path) -> dict[str, Any]:
     """The JSON record of a checkpoint, without loading its tensors."""
     path = _existing_file(path)
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except Exception as exc:  # safetensors raises several types for bad headers
-        raise StpError(f"{path} is not a readable safetensors file ({first_line(exc)})") from exc
-    return _parse_record(metadata, path)
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            header = handle.read(int.from_bytes(prefix, "little")) if len(prefix) == 8 else b""
+    except OSError as exc:
+        raise StpError(f"cannot read {path}: {exc.strerror or first_line(exc)}") from exc
+    return _parse_record(_metadata(prefix + header, path), path)
 
 
 def load_checkpoint(path: str | Path, expect_kind: str | None = None) -> Checkpoint:
-    """Load a checkpoint; refuse other tools' files, future versions and bad tensors."""
+    """Load a checkpoint, reading the file once (tensors, record and sha256 from the same bytes);
+    refuse other tools' files, future versions, duplicated names and bad tensors."""
     path = _existing_file(path)
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            record = _parse_record(handle.metadata() or {}, path)
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except StpError:
-        raise
-    except Exception as exc:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise StpError(f"cannot read {path}: {exc.strerror or first_line(exc)}") from exc
+    record = _parse_record(_metadata(data, path), path)
+    try:
+        tensors = load_tensors(data)
+    except Exception as exc:  # safetensors raises several types for bad payloads
         raise StpError(f"{path} is not a readable safetensors file ({first_line(exc)})") from exc
     check_finite(tensors, str(path))
     if expect_kind is not None and record["kind"] != expect_kind:
@@ -133,7 +137,25 @@ def load_checkpoint(path: str | Path, expect_kind: str | None = None) -> Checkpo
             f"{path} is an {record['kind'].upper()} checkpoint; this command needs an "
             f"{expect_kind.upper()} checkpoint"
         )
-    return Checkpoint(tensors=tensors, record=record, path=path, sha256=sha256_file(path))
+    return Checkpoint(tensors=tensors, record=record, path=path, sha256=hashlib.sha256(data).hexdigest())
+
+
+def _metadata(data: bytes, path: Path) -> dict[str, str]:
+    """The string metadata of a safetensors file from its first bytes (8-byte length, JSON header),
+    read as strict JSON: a tensor or key named twice is refused, not resolved by the library."""
+    size = int.from_bytes(data[:8], "little") if len(data) >= 8 else 0
+    if not 2 <= size <= MAX_HEADER or len(data) < 8 + size:
+        raise StpError(f"{path} is not a readable safetensors file (no valid header)")
+    try:
+        header = strict_json(data[8:8 + size])
+    except ValueError as exc:  # JSONDecodeError included
+        raise StpError(f"{path} is not a readable safetensors file (header: {first_line(exc)})") from None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise StpError(f"{path} is not a readable safetensors file (its metadata is not a map of strings)")
+    return metadata
 
 
 def _existing_file(path: str | Path) -> Path:
@@ -151,9 +173,11 @@ def _parse_record(metadata: dict[str, str], path: Path) -> dict[str, Any]:
     if METADATA_KEY not in metadata:
         raise StpError(f"{path} is a safetensors file but not an stp checkpoint (no '{METADATA_KEY}' metadata)")
     try:
-        record = json.loads(metadata[METADATA_KEY])
+        record = strict_json(metadata[METADATA_KEY])
     except json.JSONDecodeError as exc:
         raise StpError(f"{path} has a corrupt stp record ({exc.msg})") from exc
+    except ValueError as exc:  # a duplicated key, NaN or Infinity
+        raise StpError(f"{path} has a corrupt stp record ({exc})") from exc
     validate_record(_upgrade(record), source=str(path))
     return record
 

@@ -196,6 +196,16 @@ def check_writable_folder(folder: Path) -> None:
 _HELD: dict[Path, int] = {}
 
 
+def _start_time(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, from /proc), so a lock whose pid was
+    reused by another process is known to be stale; None where /proc does not tell."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -206,34 +216,62 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def lock_path(path: Path) -> Path:
+    return path.with_name(path.name + LOCK_SUFFIX)
+
+
+def lock_holder(path: Path) -> int | None:
+    """The pid of the live process that holds ``path``'s lock, or None (no lock, or a stale one:
+    its process is gone, or its pid now belongs to a process that started later)."""
+    try:
+        fields = lock_path(path).read_text().split()
+        pid = int(fields[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if pid == os.getpid() or not _pid_alive(pid):
+        return None
+    started = _start_time(pid)
+    if len(fields) > 1 and started is not None and started != fields[1]:
+        return None  # the pid was reused
+    return pid
+
+
+def clear_stale(path: Path) -> None:
+    """Remove what a killed writer of ``path`` left: its stale lock and its temporaries. Nothing
+    is touched while a live process holds the lock."""
+    if lock_holder(path) is not None:
+        return
+    with contextlib.suppress(OSError):
+        lock_path(path).unlink()
+    remove_leftovers(path)
+
+
 def lock_output(path: Path) -> None:
-    """Take the output ``path`` for this process (``<path>.lock``, created with O_EXCL).
+    """Take the output ``path`` for this process (``<path>.lock``, created with O_EXCL, holding the
+    pid and its start time).
 
     A second run writing the same output is refused at once. A lock whose
-    process is gone (kill -9) is taken over. Released by ``release_outputs``,
-    which the CLI calls on every exit path (and atexit calls for library users).
+    process is gone (kill -9), or whose pid was reused, is taken over. Released by
+    ``release_outputs``, which the CLI calls on every exit path (and atexit calls for library users).
     """
-    lock = path.with_name(path.name + LOCK_SUFFIX)
+    lock = lock_path(path)
     if lock in _HELD or read_launch().rank != 0:
         return  # under torchrun rank 0 alone writes, so it alone holds the lock
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            try:
-                owner = int(lock.read_text().strip() or "0")
-            except (OSError, ValueError):
-                owner = 0
-            if owner and owner != os.getpid() and _pid_alive(owner):
-                raise StpError(f"another stp run (pid {owner}) is writing {path}; wait for it to finish, "
-                               f"or choose another --out") from None
+            owner = lock_holder(path)
+            if owner is not None:
+                raise StpError(f"another stp run (pid {owner}) is writing {path} (lock file {lock}); wait for it "
+                               "to finish or choose another output; delete the lock file if that process is not stp") from None
             with contextlib.suppress(OSError):
                 lock.unlink()  # stale: its process is gone
             continue
         except OSError as exc:
             raise StpError(f"cannot write to {path.parent}: {exc.strerror or first_line(exc)}") from exc
         with os.fdopen(fd, "w") as handle:
-            handle.write(str(os.getpid()))
+            handle.write(f"{os.getpid()} {_start_time(os.getpid()) or ''}".strip())
         _HELD[lock] = os.getpid()
         return
     raise StpError(f"cannot take the lock {lock}; delete it if no stp run is writing {path}")

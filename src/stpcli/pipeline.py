@@ -10,6 +10,7 @@ its training state for the next run.
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import subprocess
@@ -17,12 +18,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
 
 from stpcli.chain import Step, compared, pipeline_steps
 from stpcli.engine.state import state_path_for
+from stpcli.entry import PARENT_VARIABLE
 from stpcli.errors import StpError
-from stpcli.files import create_out_dir
+from stpcli.files import create_out_dir, lock_holder, lock_output
 
 STOP_GRACE_SECONDS = 120  # a stopped stage finishes its step and writes its state; then it is killed
 
@@ -52,20 +53,63 @@ def step_command(step: Step, folder: Path, preset: Path, *, seed: int | None = N
     return args
 
 
-def run_child(args: Sequence[str], *, output: IO | None = None, env: dict | None = None,
-              stop_requested: Callable[[], bool] = lambda: False) -> int:
-    """Run one step's command to its end and return its exit status. When ``stop_requested()``
-    turns true, or this process is interrupted, the child gets SIGTERM and a grace period."""
-    child = subprocess.Popen(list(args), stdout=output, stderr=subprocess.STDOUT if output else None, env=env)
-    try:
-        while child.poll() is None:
-            if stop_requested():
-                _stop(child)
-            time.sleep(0.2)
-    except BaseException:
-        _stop(child)
-        raise
+def run_child(args: Sequence[str], *, log: Path, echo: Callable[[str], None] | None = None,
+              env: dict | None = None, stop_requested: Callable[[], bool] = lambda: False) -> int:
+    """Run one step's command to its end and return its exit status.
+
+    The child writes its output to ``log`` (appended), never to a pipe of ours, so it outlives a
+    terminal that goes away (Ctrl-C under ``| tee``); ``echo`` is given what it writes, as it
+    writes it. The child watches this process (``STP_PARENT_PID``) and stops itself if it dies,
+    even by ``kill -9``. When ``stop_requested()`` turns true, or this process is interrupted, the
+    child gets SIGTERM and a grace period."""
+    environment = dict(os.environ if env is None else env, **{PARENT_VARIABLE: str(os.getpid())})
+    with open(log, "ab") as handle:
+        start = handle.tell()
+        child = subprocess.Popen(list(args), stdout=handle, stderr=subprocess.STDOUT, env=environment)
+    with open(log, "rb") as reader:
+        reader.seek(start)
+        forward = _forwarder(reader, echo)
+        try:
+            while child.poll() is None:
+                if stop_requested():
+                    _stop(child)
+                forward()
+                time.sleep(0.2)
+        except BaseException:
+            _stop(child)
+            raise
+        finally:
+            forward(final=True)
     return child.returncode
+
+
+def _forwarder(reader, echo: Callable[[str], None] | None):
+    """Hands ``echo`` each complete line the child has written so far (the rest on ``final``)."""
+    pending = b""
+
+    def forward(final: bool = False) -> None:
+        nonlocal pending
+        if echo is None:
+            return
+        *complete, pending = (pending + reader.read()).split(b"\n")
+        if final and pending:
+            complete, pending = [*complete, pending], b""
+        for line in complete:
+            echo(line.decode("utf-8", "replace"))
+
+    return forward
+
+
+def wait_for_earlier_writers(paths: Sequence[Path], say: Callable[[str], None]) -> None:
+    """An earlier driver killed with ``kill -9`` leaves its running stage stopping on its own
+    (it keeps its state); wait for it rather than fail on its lock."""
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for path in paths:
+        holder = lock_holder(path)
+        if holder is not None:
+            say(f"waiting for an earlier run's stage (pid {holder}) that is writing {path} to stop")
+        while lock_holder(path) is not None and time.monotonic() < deadline:
+            time.sleep(0.5)
 
 
 def _stop(child: subprocess.Popen) -> None:
@@ -81,30 +125,38 @@ def _stop(child: subprocess.Popen) -> None:
 
 def run_pipeline(preset: dict, preset_path: Path, out_dir: Path, *, data: str | None = None,
                  device: str | None = None, seed: int | None = None, force: bool = False,
-                 say: Callable[[str], None] = print) -> list[Path]:
+                 say: Callable[[str], None] = print, echo: Callable[[str], None] | None = print) -> list[Path]:
     """Na, the STP chain and the TP baseline of ``preset`` in ``out_dir``; returns the files a
     comparison shows (``stpcli.report.compare``).
 
     As make does: a step whose file exists is skipped unless its input was rebuilt in this run
     (``force``: every step is rebuilt). ``out_dir`` is created once the preset's chain is known.
+    Each step's output goes to ``<out_dir>/<file>.log`` and to ``echo``.
     """
     steps = pipeline_steps(preset)
     create_out_dir(out_dir)
+    lock_output(out_dir / "pipeline")  # one driver per folder
     rebuilt: set[str] = set()
     for step in steps:
         redo = force or step.source in rebuilt
-        if all((out_dir / f"{name}.safetensors").exists() for name in step.outputs) and not redo:
+        outputs = [out_dir / f"{name}.safetensors" for name in step.outputs]
+        if all(path.exists() for path in outputs) and not redo:
             say(f"[pipeline] {out_dir / step.target}.safetensors exists; skipping {step.command}")
             continue
+        wait_for_earlier_writers(outputs, say)
         args = step_command(step, out_dir, preset_path, seed=seed, data=data, device=device, redo=redo)
-        say(f"[pipeline] stp {shlex.join(args[3:])}")
+        log = out_dir / f"{step.target}.log"
+        say(f"[pipeline] stp {shlex.join(args[3:])}  (log: {log})")
         try:
-            code = run_child(args)
+            code = run_child(args, log=log, echo=echo)
         except KeyboardInterrupt:
-            raise StpError(f"pipeline interrupted during {step.command}: finished stages are kept and the "
-                           "interrupted one keeps its training state; rerun the same command to continue",
-                           exit_code=130) from None
+            kept = [state_path_for(path) for path in outputs if state_path_for(path).exists()]
+            where = (f"it keeps its training state in {kept[-1]}, so a rerun continues it" if kept
+                     else "it had not finished an epoch, so a rerun starts it again")
+            raise StpError(f"pipeline interrupted during {step.command}: the finished stages are kept and {where}; "
+                           f"rerun the same command to continue (its output: {log})", exit_code=130) from None
         if code:
-            raise StpError(f"pipeline stopped: stp {step.command} exited with status {code}", exit_code=code)
+            raise StpError(f"pipeline stopped: stp {step.command} exited with status {code} (its output: {log})",
+                           exit_code=code)
         rebuilt.update(step.outputs)
     return [out_dir / f"{name}.safetensors" for name in compared(preset)]

@@ -30,6 +30,8 @@ def evaluate(run: Run, ckpt: Checkpoint, data: DataOptions, timesteps: int | Non
         parts = load_checkpoint_data(run, ckpt, data)
     model = model_from_checkpoint(ckpt, timesteps=timesteps).to(run.runtime.device)
     images, labels = parts.part(part)
+    if len(labels) == 0:
+        raise StpError(f"the {part} split of {ckpt.path} has no images; there is nothing to evaluate")
     mean, std = input_stats(ckpt.record)
     device = run.runtime.device
     args = (images.to(device), labels.to(device), ckpt.classes, mean.to(device), std.to(device), run.runtime,

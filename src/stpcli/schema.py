@@ -12,6 +12,7 @@ come from one declaration.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Annotated, Any, Literal
 
@@ -32,7 +33,8 @@ MAX_HISTORY = 1_000
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
-Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
+# a class name is printed in tables and terminals: no control characters (ESC, newlines, DEL, C1)
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME, pattern="^[^\x00-\x1f\x7f-\x9f]+$")]
 FileName = Annotated[str, Field(max_length=4096)]
 Digest = Annotated[str, Field(max_length=128)]
 
@@ -110,6 +112,15 @@ class SplitFiles(_Strict):
     val: Annotated[list[FileName], Field(max_length=MAX_FILES)]
     test: Annotated[list[FileName], Field(max_length=MAX_FILES)]
 
+    @model_validator(mode="after")
+    def _each_image_once(self):
+        seen: set[str] = set()
+        for name in (*self.train, *self.val, *self.test):
+            if name in seen:  # an image counted twice, or in two parts
+                raise ValueError(f"the image {name[:80]!r} appears twice in the split")
+            seen.add(name)
+        return self
+
 
 class Split(_Strict):
     train_ratio: Annotated[float, Field(gt=0.0, lt=1.0)]
@@ -183,6 +194,27 @@ class PackRecord(_Strict):
         if len(set(self.names)) != len(self.names):
             raise ValueError("image names must be distinct")
         return self
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        duplicate = next(key for key in keys if keys.count(key) > 1)
+        raise ValueError(f"the key {duplicate[:40]!r} appears twice")
+    return dict(pairs)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def strict_json(text: str | bytes) -> Any:
+    """JSON as the standard defines it: a key given twice (which one would a reader take?) and
+    NaN/Infinity (Python's extension) are errors (ValueError), not silently accepted."""
+    return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+
+
+MAX_HEADER = 100_000_000  # bytes of a safetensors header; the library's own limit
 
 
 def describe_error(exc: ValidationError) -> str:

@@ -27,7 +27,7 @@ from stpcli import plots
 from stpcli.chain import Step, preset_units, stp_steps, tp_steps
 from stpcli.errors import StpError
 from stpcli.files import atomic_write_text
-from stpcli.pipeline import run_child, step_command
+from stpcli.pipeline import run_child, step_command, wait_for_earlier_writers
 from stpcli.report import METHODS, compare
 from stpcli.run import DataOptions, Run
 
@@ -80,6 +80,7 @@ class Runner:
         self.jobs, self.say = jobs, say
         self.deadline = None if time_limit is None else time.monotonic() + time_limit
         self.stopped = False
+        self.finished = 0  # stages this run completed
         self.failures: list[str] = []
 
     def out_of_time(self) -> bool:
@@ -117,10 +118,12 @@ class Runner:
         if self.jobs > 1 and "OMP_NUM_THREADS" not in environment:
             environment["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
         log = out.with_name(out.name.removesuffix(".safetensors") + ".log")
+        wait_for_earlier_writers([folder / f"{name}.safetensors" for name in step.outputs], self.say)
         started = time.monotonic()
         self.say(f"[study] seed {chain.seed} {chain.label}: {step.command} -> {out.relative_to(self.out_dir)}")
-        with open(log, "a") as handle:
-            code = run_child(args, output=handle, env=environment, stop_requested=self.stop_requested)
+        code = run_child(args, log=log, env=environment, stop_requested=self.stop_requested)
+        if code == 0:
+            self.finished += 1
         seconds = time.monotonic() - started
         if code == 0:
             self.say(f"[study] seed {chain.seed} {chain.label}: {step.command} done in {seconds:.0f} s")

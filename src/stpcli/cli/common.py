@@ -16,7 +16,7 @@ import typer
 import yaml
 from rich.console import Console
 
-from stpcli.cli.terminal import flush_standard_output
+from stpcli.cli.terminal import OutputError, flush_standard_output, shown
 from stpcli.engine.recipe import TRAIN_OPTIONS, TrainConfig
 from stpcli.engine.runtime import setup_runtime, shutdown_runtime
 from stpcli.entry import EARLY_SIGNALS
@@ -56,7 +56,7 @@ def stp_command(app: typer.Typer, name: str, **kwargs):
                 if STATE["debug"]:
                     raise
                 if str(exc):  # a reader that closed its pipe (| head) is not told anything
-                    error_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+                    error_console.print(f"error: {shown(exc)}", markup=False, highlight=False, soft_wrap=True)
                 raise typer.Exit(exc.exit_code) from None
             except KeyboardInterrupt:
                 error_console.print("error: interrupted (nothing was written)", markup=False)
@@ -67,7 +67,7 @@ def stp_command(app: typer.Typer, name: str, **kwargs):
             except Exception as exc:  # a bug, or something we did not foresee: still one line
                 if STATE["debug"] or type(exc).__module__.startswith(("typer", "click")):
                     raise  # usage errors are the CLI framework's to print
-                error_console.print(f"error: unexpected {type(exc).__name__}: {first_line(exc, 300)} "
+                error_console.print(f"error: unexpected {type(exc).__name__}: {shown(first_line(exc, 300))} "
                                     "(rerun with --debug for a traceback)", markup=False, highlight=False,
                                     soft_wrap=True)
                 raise typer.Exit(1) from None
@@ -88,8 +88,11 @@ def _sigterm(signum, frame):
 
 def _stop_on_sigterm():
     """SIGTERM stops a command with a message, as Ctrl-C does (training loops install their own
-    handler that stops at the next step and keeps the state)."""
+    handler that stops at the next step and keeps the state). Ctrl-C gets Python's own handler
+    back from the entry point's early one, unless it was ignored (a background job)."""
     try:
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         return signal.signal(signal.SIGTERM, _sigterm)
     except ValueError:  # not the main thread
         return None
@@ -169,8 +172,18 @@ def command_option_names(command) -> dict[str, str]:
 
 
 def say(text: str) -> None:
-    """A line of progress on the console, printed as is (no markup, no highlighting)."""
-    console.print(text, markup=False, highlight=False, soft_wrap=True)
+    """A line of progress on the console, printed as is (no markup, no highlighting, control
+    characters made visible)."""
+    console.print(shown(text), markup=False, highlight=False, soft_wrap=True)
+
+
+def echo(text: str) -> None:
+    """A child stage's output line, passed on to the terminal; a terminal that went away (Ctrl-C
+    under ``| tee``) stops the echo, not the stage, whose log keeps everything."""
+    try:
+        console.print(shown(text), markup=False, highlight=False, soft_wrap=True)
+    except OutputError:
+        pass
 
 
 def command_line() -> str:

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 import typer
 import yaml
-from rich.markup import escape
 from rich.table import Table
 
 from stpcli import plots
@@ -27,6 +26,7 @@ from stpcli.cli.common import (
     option_name,
     stp_command,
 )
+from stpcli.cli.terminal import safe
 from stpcli.errors import StpError
 from stpcli.files import check_output, lock_output
 from stpcli.plots import FORMATS as FIGURE_FORMATS
@@ -85,17 +85,17 @@ def evaluate_command(
     if json_output:
         _print_json(result)
         return
-    title = escape(f"{checkpoint} ({result['method']}" + (f", T={result['timesteps']})" if "timesteps" in result else ")"))
+    title = safe(f"{checkpoint} ({result['method']}" + (f", T={result['timesteps']})" if "timesteps" in result else ")"))
     console.print(f"[bold]{title}[/bold]: {part} split, {result['images']} images: overall accuracy "
                   f"{result['overall_accuracy']:.2f}%, average accuracy {result['average_accuracy']:.2f}%, "
                   f"kappa {result['kappa']:.4f}; {result['macs'] / 1e6:.2f} M MACs per image")
     classes = Table("class", "accuracy %", "images", title="per class")
     for (name, acc), row in zip(result["per_class"].items(), result["confusion_matrix"]):
-        classes.add_row(escape(name), _fmt(acc), str(sum(row)))
+        classes.add_row(safe(name), _fmt(acc), str(sum(row)))
     console.print(classes)
-    confusion = Table("true \\ predicted", *[escape(c[:10]) for c in ckpt.classes], title="confusion matrix")
+    confusion = Table("true \\ predicted", *[safe(c[:10]) for c in ckpt.classes], title="confusion matrix")
     for name, row in zip(ckpt.classes, result["confusion_matrix"]):
-        confusion.add_row(escape(name), *[str(v) if v else "." for v in row])
+        confusion.add_row(safe(name), *[str(v) if v else "." for v in row])
     console.print(confusion)
     energy = result["energy"]
     if result["kind"] == "snn":
@@ -163,13 +163,13 @@ def _print_info(details: dict, chain) -> None:
     record = details["record"]
     spec = record["model"]
     units = spec.get("units")
-    console.print(f"[bold]{escape(details['path'])}[/bold]  sha256 {details['sha256'][:16]}…")
+    console.print(f"[bold]{safe(details['path'])}[/bold]  sha256 {details['sha256'][:16]}…")
     console.print(f"kind {record['kind'].upper()}" + (f", T={record['timesteps']}" if record.get("timesteps") else "")
                   + f"; {spec['arch']} width {spec['width']}; "
                   + (f"{units['count']} Unit(s) in layer group {units['group']}" if units else "no Units")
                   + f"; {details['parameters']:,} tensor elements")
     console.print(f"classes ({len(record['classes'])}): {', '.join(record['classes'])}", markup=False)
-    console.print(f"input {record['input']['image_size']} px; data {escape(record['data']['path'])} "
+    console.print(f"input {record['input']['image_size']} px; data {safe(record['data']['path'])} "
                   f"(fingerprint {record['data']['fingerprint'][:12]}); split seed {details['split']['seed']}, "
                   f"train ratio {details['split']['train_ratio']}, counts {details['split']['counts']}")
     table = Table("#", "group", "layer", "in", "out", "unit", "neuron", "MACs", title="layers")
@@ -188,7 +188,7 @@ def _print_info(details: dict, chain) -> None:
     for i, entry in enumerate(details["history"], start=1):
         parent = entry.get("parent")
         lineage.add_row(str(i), entry["stage"], _fmt(entry.get("metrics", {}).get("test_accuracy")),
-                        "" if not parent else escape(f"{Path(parent['path']).name} ({parent['sha256'][:10]})"),
+                        "" if not parent else safe(f"{Path(parent['path']).name} ({parent['sha256'][:10]})"),
                         entry.get("finished", ""))
     console.print(lineage)
     if chain is not None:
@@ -238,7 +238,7 @@ def comparison_table(rows: list[dict]) -> Table:
                    "energy uJ", "ANN/SNN energy"):
         table.add_column(header, no_wrap=True)
     for row in rows:
-        table.add_row(escape(Path(row["checkpoint"]).name), row["method"], str(row["timesteps"] or "-"),
+        table.add_row(safe(Path(row["checkpoint"]).name), row["method"], str(row["timesteps"] or "-"),
                       str(row["layers"]), _fmt(row["accuracy"]), _fmt(row["average_accuracy"]),
                       _fmt(row["kappa"], 3), _fmt(row["spikes_per_neuron"], 3), _fmt(row["energy_uj"], 2),
                       _fmt(row["ann_energy_ratio"], 2))

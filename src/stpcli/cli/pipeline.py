@@ -9,8 +9,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from stpcli.cli.common import Force, console, make_run, read_yaml, say, stp_command
+from stpcli.cli.common import Force, console, echo, make_run, read_yaml, say, stp_command
 from stpcli.cli.inspect import comparison_table
+from stpcli.engine.recipe import check_seed
 from stpcli.files import atomic_write_text
 from stpcli.pipeline import run_pipeline
 from stpcli.report import compare
@@ -35,9 +36,11 @@ def pipeline_command(
 
     Example: stp pipeline examples/configs/demo.yaml --out-dir runs/demo --seed 1
     """
+    if seed is not None:
+        check_seed(seed)
     preset = read_yaml(config, "preset")
     paths = run_pipeline(preset, config.resolve(), out_dir, data=data, device=device, seed=seed, force=force,
-                         say=say)
+                         say=say, echo=echo)
     rows = compare(make_run("compare", {"device": device or "auto"}), paths, DataOptions())
     table = comparison_table(rows)
     console.print(table)

@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from stpcli import study
 from stpcli.cli.common import console, make_run, read_yaml, say, stp_command
+from stpcli.cli.terminal import safe
+from stpcli.engine.recipe import check_seed
 from stpcli.errors import StpError
-from stpcli.files import create_out_dir
+from stpcli.files import create_out_dir, lock_output
 
 app = typer.Typer()
 
@@ -24,6 +25,8 @@ def parse_seeds(text: str) -> list[int]:
         raise StpError(f"--seeds must be comma-separated integers such as 0,1,2, got {text!r}") from None
     if not seeds or len(set(seeds)) != len(seeds):
         raise StpError(f"--seeds must name distinct seeds, got {text!r}")
+    for seed in seeds:
+        check_seed(seed, "--seeds")
     return seeds
 
 
@@ -52,9 +55,15 @@ def study_command(
     settings = read_yaml(preset, "preset")
     anns, chains = study.plan(settings, seed_list)
     create_out_dir(out_dir)
+    lock_output(out_dir / "study")  # one driver per folder: a second one is refused at once
     runner = study.Runner(preset.resolve(), out_dir, data, device, jobs, time_limit, say)
-    runner.run_all(anns)
-    runner.run_all(chains)
+    try:
+        runner.run_all(anns)
+        runner.run_all(chains)
+    except KeyboardInterrupt:
+        raise StpError(f"study interrupted: {runner.finished} stage(s) finished in this run and are kept in "
+                       f"{out_dir}; the running stages stopped and keep their training state; run the same "
+                       "command again to continue", exit_code=130) from None
     run = make_run("study", {"device": device or "auto"})
     runs = study.collect(run, out_dir, settings, seed_list, data)
     table, paired = study.summarise(runs)
@@ -74,7 +83,7 @@ def summary_table(table: list[dict], paired: list[dict]) -> Table:
     for header in ("method", "Units", "T", "accuracy %", "n", "gap to ANN", "energy uJ"):
         out.add_column(header, no_wrap=True)
     for row in table:
-        out.add_row(row["method"], escape(row["units"] or "-"), str(row["timesteps"] or "-"),
+        out.add_row(row["method"], safe(row["units"] or "-"), str(row["timesteps"] or "-"),
                     f"{row['mean']:.2f} ± {study._fmt(row['std'])}", str(row["n"]), study._fmt(row["gap_to_ann"]),
                     f"{row['energy_uj']:.2f}")
     for row in paired:

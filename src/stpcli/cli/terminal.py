@@ -18,6 +18,8 @@ import os
 import sys
 import unicodedata
 
+from rich.markup import escape
+
 from stpcli.errors import StpError
 
 ASCII_FALLBACK = "stp-ascii"
@@ -53,6 +55,11 @@ def shown(text: object) -> str:
     visible escape such as ``\\x1b`` or ``\\n``."""
     return "".join(char if unicodedata.category(char) != "Cc" else char.encode("unicode_escape").decode()
                    for char in str(text))
+
+
+def safe(text: object) -> str:
+    """``shown(text)`` with Rich markup escaped: a user-controlled string inside a Rich table or line."""
+    return escape(shown(text))
 
 
 class _GuardedStream:

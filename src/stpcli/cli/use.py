@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from stpcli.checkpoint import load_checkpoint
 from stpcli.cli.common import Device, Force, JsonOutput, console, error_console, make_run, stp_command
+from stpcli.cli.terminal import safe, shown
 from stpcli.errors import StpError
 from stpcli.export import FORMATS, export
 from stpcli.files import atomic_write_text, check_output, lock_output
@@ -57,15 +57,15 @@ def predict_command(
         typer.echo(json.dumps(result, indent=2))
     else:
         table = Table("image", *[f"#{i + 1}" for i in range(min(top_k, len(ckpt.classes)))],
-                      title=f"{escape(checkpoint.name)} ({result['method']}"
+                      title=f"{safe(checkpoint.name)} ({result['method']}"
                             + (f", T={result['timesteps']})" if result["timesteps"] else ")"))
         for row in result["predictions"]:
-            table.add_row(escape(row["path"]), *[f"{escape(t['class'])} {100 * t['probability']:.1f}%" for t in row["top"]])
+            table.add_row(safe(row["path"]), *[f"{safe(t['class'])} {100 * t['probability']:.1f}%" for t in row["top"]])
         console.print(table)
         console.print(f"{result['images']} image(s) predicted, {len(result['unreadable'])} unreadable"
                       + (f"; wrote {csv_file}" if csv_file is not None else ""), markup=False)
     for row in result["unreadable"]:
-        error_console.print(f"unreadable: {row['path']} ({row['reason']})", markup=False, highlight=False)
+        error_console.print(f"unreadable: {shown(row['path'])} ({shown(row['reason'])})", markup=False, highlight=False)
     if result["unreadable"] and not result["predictions"]:
         raise StpError("no image could be read")
 

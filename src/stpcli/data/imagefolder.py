@@ -8,6 +8,7 @@ never re-decode.
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,10 @@ def scan(root: str | Path) -> FolderListing:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise StpError(f"dataset folder {root} has no class folders (expected <root>/<class>/<image>)")
+    for cls in classes:
+        if any(unicodedata.category(char) == "Cc" for char in cls):
+            raise StpError(f"class folder {cls.encode('unicode_escape').decode()!r} in {root} has a control character "
+                           "(a newline or escape) in its name; rename it")
     names, labels, lines = [], [], []
     for label, cls in enumerate(classes):
         files = sorted(

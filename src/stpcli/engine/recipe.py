@@ -21,6 +21,12 @@ MAX_EPOCHS = 100_000
 ANN_MILESTONES = [0.45, 0.7, 0.9]
 SNN_MILESTONES = [0.6, 0.8, 0.9]
 MAX_BATCH = 1 << 16
+MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
+
+
+def check_seed(seed: int, option: str = "--seed") -> None:
+    if type(seed) is not int or not 0 <= seed <= MAX_SEED:
+        raise StpError(f"{option} must be an integer in 0..{MAX_SEED} (2^63 - 1), got {seed!r}")
 
 
 def _option(name: str):
@@ -45,6 +51,7 @@ class TrainConfig:
     distill_temperature: float = field(default=4.0, metadata=_option("--distill-temperature"))
 
     def check(self, training_required: bool = False) -> None:
+        check_seed(self.seed)
         if not 0 <= self.epochs <= MAX_EPOCHS or (training_required and self.epochs == 0):
             bound = "positive" if training_required else "zero or more"
             raise StpError(f"--epochs must be {bound} (at most {MAX_EPOCHS}), got {self.epochs}")

@@ -13,6 +13,7 @@ import torch
 
 from stpcli.errors import StpError
 from stpcli.models.plan import PlanEntry, build_plan, group_layers, is_shape_preserving
+from stpcli.schema import MAX_LAYERS_PER_GROUP
 from stpcli.spec import ModelSpec
 
 
@@ -30,14 +31,16 @@ def check_group(spec: ModelSpec, group: int) -> None:
 def with_units(spec: ModelSpec, group: int, count: int) -> ModelSpec:
     """The spec of Nb: ``count`` Units appended to group ``group`` of Na."""
     check_group(spec, group)
-    if count < 1:
-        raise StpError(f"--m must be at least 1, got {count}")
     existing = spec.get("units")
     if existing:
         raise StpError(
             f"the model already has {existing['count']} Unit(s) in group {existing['group']}; "
             "add Units to the base ANN"
         )
+    room = MAX_LAYERS_PER_GROUP - spec["depths"][group - 1]
+    if not 1 <= count <= room:
+        raise StpError(f"--m must lie in 1..{room} (a layer group holds at most {MAX_LAYERS_PER_GROUP} layers and "
+                       f"group {group} has {spec['depths'][group - 1]}), got {count}")
     new = copy.deepcopy(spec)
     new["depths"][group - 1] += count
     new["units"] = {"group": group, "count": count}

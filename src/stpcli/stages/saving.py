@@ -8,7 +8,7 @@ from pathlib import Path
 from stpcli.checkpoint import Checkpoint, StageEntry, save_checkpoint
 from stpcli.engine.state import state_path_for
 from stpcli.errors import StpError
-from stpcli.files import check_output, lock_output, remove_leftovers, sha256_file
+from stpcli.files import check_output, clear_stale, lock_holder, lock_output, remove_leftovers, sha256_file
 from stpcli.run import Run
 
 
@@ -33,9 +33,20 @@ class StageIO:
     def plot_path(self) -> Path:
         return self.out.with_name(self.out.name.removesuffix(".safetensors") + ".png")
 
-    def check(self, will_train: bool, inputs: tuple[Path | None, ...] = (), resume_needs_state: bool = True) -> None:
+    @property
+    def companions(self) -> tuple[Path, ...]:
+        """The output and every file written beside it: training state, metrics CSV, curves."""
+        return (self.out, self.state_path, self.csv_path, self.plot_path)
+
+    def check(self, will_train: bool, inputs: tuple[Path | None, ...] = (), resume_needs_state: bool = True,
+              also: tuple[Path, ...] = ()) -> None:
         """Everything about the output that can fail, checked before any data is read; then the
-        output is locked against a second writer and leftovers of an interrupted write are cleared."""
+        output is locked against a second writer. First of all, what a killed run left (stale locks,
+        temporaries of the output and its companions, and of ``also``: temporal pruning's other T
+        files) is cleared, so neither a refusal nor a later success leaves it behind."""
+        if lock_holder(self.out) is None:  # a live writer's files are its own; lock_output refuses below
+            for path in self.companions + tuple(c for other in also for c in StageIO(other).companions):
+                clear_stale(path)
         check_output(self.out, self.force, inputs, suffix=".safetensors")
         if self.resume and not will_train:
             raise StpError("--resume needs a stage that trains (--epochs > 0)")
@@ -45,8 +56,6 @@ class StageIO:
             raise StpError(f"an interrupted run left {self.state_path}; pass --resume to continue it "
                            "or --force to start over")
         lock_output(self.out)
-        remove_leftovers(self.out)
-        remove_leftovers(self.state_path)
 
 
 def child_record(parent: Checkpoint, **changes) -> dict:

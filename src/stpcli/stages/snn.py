@@ -156,7 +156,7 @@ def temporal_prune(run: Run, source: Checkpoint, *, schedule: list[int], configs
         raise StpError(f"--out {io.out.name} is also the T={clash} file of --schedule "
                        f"{','.join(map(str, schedule))}; name --out after the last time step "
                        f"({timestep_path(io.out, schedule[-1]).name}) or without a _tN suffix")
-    io.check(will_train=True, inputs=(source.path, teacher), resume_needs_state=False)
+    io.check(will_train=True, inputs=(source.path, teacher), resume_needs_state=False, also=tuple(paths[:-1]))
     distil_from = resolve_teacher(source, teacher, configs[0])
     parts = load_checkpoint_data(run, source, data)
     options = {"schedule": ",".join(map(str, schedule)),
