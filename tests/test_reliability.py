@@ -284,6 +284,9 @@ def test_sigterm_to_pipeline_stops_its_running_stage_which_keeps_its_state(datas
     output = proc.communicate(timeout=150)[0]
     assert proc.returncode == 130, output
     assert "pipeline interrupted during train-ann" in output and "Traceback" not in output
+    assert f"keeps its training state in {state}" in output and "nothing to resume" not in output
+    log = (tmp_path / "chain" / "na.log").read_text()  # the stage's own words are kept in its log
+    assert "[train-ann] epoch 1/5000" in log and "stopped by SIGTERM" in log
     kept = state.stat().st_mtime_ns
     time.sleep(2)
     assert state.stat().st_mtime_ns == kept and not (tmp_path / "chain" / "na.safetensors").exists()

@@ -189,7 +189,9 @@ def test_absurd_options_are_refused_before_the_data_loads(pipeline, dataset_dir,
     refused(["train-ann", "--config", boolean, "--out", out], "bad value for 'epochs'", out)
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    refused(["pipeline", boolean, "--out-dir", a_file], "is a file, not a folder")
+    valid = tmp_path / "valid.yaml"
+    valid.write_text("train-ann:\n  epochs: 1\n")
+    refused(["pipeline", valid, "--out-dir", a_file], "is a file, not a folder")
 
 
 def test_a_recorded_data_path_that_is_gone_is_named_as_recorded(pipeline, tmp_path, out):

@@ -3,11 +3,16 @@ on the last unbounded options, records a terminal or a reader could be fooled by
 children and leftovers. Each test is written from the attack's reproduction."""
 
 import json
+import os
 import shutil
+import signal
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import run_cli
 from test_reliability import CPU, refused
 from test_reliability_inputs import rewrite
@@ -132,3 +137,183 @@ def test_an_empty_or_duplicated_test_split_is_refused(pipeline, tmp_path):
     refused(["evaluate", bad, *CPU], "has no images")
     bad = rewrite(pipeline["na"], tmp_path / "doubled.safetensors", doubled)
     refused(["evaluate", bad, *CPU], "appears twice")
+
+
+# #24 item 6: inputs read wrongly without a word -------------------------------------------------
+
+def test_exif_orientation_is_applied_when_decoding(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from stpcli.data.imagefolder import decode_image
+
+    pixels = np.zeros((32, 64, 3), dtype=np.uint8)
+    pixels[:, :32] = 255  # left half white, as stored
+    stored = Image.fromarray(pixels)
+    exif = stored.getexif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display", as a phone held upright writes
+    path = tmp_path / "phone.jpg"
+    stored.save(path, exif=exif, quality=95)
+    image = decode_image(path, 32)[0].float().mean(0)  # upright: 64 x 32, cropped to the middle 32 x 32
+    top, bottom = image[:8].mean(), image[-8:].mean()
+    assert top > 200 and bottom < 50, (top, bottom)  # the white half is on top once displayed upright
+
+
+def test_a_symlinked_class_folder_and_a_one_class_pack_are_refused(dataset_dir, tmp_path):
+    linked = tmp_path / "linked"
+    shutil.copytree(dataset_dir, linked)
+    os.symlink(linked / "lakes", linked / "lakes-again")
+    out = tmp_path / "na.safetensors"
+    refused(["train-ann", "--data", linked, "--out", out, *CPU], "the same file in two classes", out)
+    single = tmp_path / "single"
+    shutil.copytree(dataset_dir / "lakes", single / "lakes")
+    pack = tmp_path / "one.safetensors"
+    refused(["data", "pack", single, "--image-size", "32", "--out", pack], "needs at least 2", pack)
+
+
+def test_cache_locations_expand_home_and_an_empty_variable_means_unset(monkeypatch, tmp_path):
+    from stpcli.data.source import _cache_file, default_cache_dir
+
+    class Listing:
+        content_sha256 = "0" * 64
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("STP_CACHE_DIR", "")
+    assert default_cache_dir() == tmp_path / ".cache" / "stpcli"  # not the working directory
+    monkeypatch.setenv("STP_CACHE_DIR", "~/cache")
+    assert default_cache_dir() == tmp_path / "cache"
+    assert _cache_file(Path("~/x"), Listing, 32).parent == tmp_path / "x"  # not a literal ./~ folder
+
+
+# #24 items 4-5: drivers own their children, one driver per folder, nothing left behind ----------
+
+STUDY = """device: cpu
+batch-size: 16
+train-ann: {arch: vgg11, width: 0.125, image-size: 32, epochs: 400}
+add-unit: {as: 4, m: 1, epochs: 1}
+convert: {timesteps: 2, epochs: 1, calibration-images: 16}
+temporal-prune: {schedule: '1', epochs-per-stage: 1}
+spatial-prune: {epochs: 1}
+"""
+
+
+def _wait(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.3)
+
+
+@pytest.mark.slow
+def test_a_killed_study_driver_takes_its_stage_with_it_and_a_rerun_continues(dataset_dir, tmp_path):
+    from stpcli.files import lock_holder
+
+    preset = tmp_path / "study.yaml"
+    preset.write_text(STUDY)
+    out = tmp_path / "study"
+    args = [sys.executable, "-m", "stpcli", "study", str(preset), "--seeds", "0", "--out-dir", str(out),
+            "--data", str(dataset_dir)]
+    driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    na = out / "seed0" / "na.safetensors"
+    _wait(lambda: (out / "seed0" / "na.state.safetensors").exists(), 120, "train-ann never saved an epoch")
+    second = run_cli(["study", preset, "--seeds", "0", "--out-dir", out], expect=2)  # two drivers race: refused
+    assert "study.lock" in second.output and "another stp run" in second.output
+    driver.kill()  # kill -9: the driver cannot stop its child itself
+    driver.wait()
+    _wait(lambda: lock_holder(na) is None, 30, "the orphaned stage kept running")
+    assert "stopped by SIGTERM" in (out / "seed0" / "na.log").read_text()
+    rerun = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait(lambda: "resuming" in (out / "seed0" / "na.log").read_text().split("stopped by SIGTERM")[-1], 120,
+          "the rerun did not resume the stage")
+    rerun.send_signal(signal.SIGTERM)
+    _, stderr = rerun.communicate(timeout=180)
+    assert rerun.returncode == 130, stderr
+    assert "study interrupted: 0 stage(s) finished" in stderr and "keep their training state" in stderr, stderr
+    assert "nothing was written" not in stderr
+    assert not list(out.rglob("*.lock")) and not list(out.rglob("*.tmp"))
+
+
+# the seeded fuzzing, extended to the reading commands' options ---------------------------------
+
+@pytest.mark.slow
+def test_fuzz_predict_export_and_compare_options_work_or_refuse_in_one_line(pipeline, dataset_dir, tmp_path):
+    import random
+
+    rng = random.Random(2027)
+    model = tmp_path / "sa_t1.safetensors"
+    shutil.copy(pipeline["sa_t1"], model)
+    image = dataset_dir / "roads" / "img001.jpg"
+    protected = {path: path.read_bytes() for path in (model, image)}
+    numbers = ["0", "-1", "1", "3", str(2**70), "1e9", "nan", "abc", ""]
+    outputs = [model, image, tmp_path, "/dev/null", tmp_path / "new" / "x", tmp_path / "x.csv",
+               tmp_path / "x.png", tmp_path / "x.nir", tmp_path / "x.onnx", tmp_path / "\x1b[31m.csv"]
+    for trial in range(36):
+        choice = trial % 3
+        if choice == 0:
+            args = ["predict", model, image, "--top-k", rng.choice(numbers), "--batch-size", rng.choice(numbers),
+                    *rng.choice([[], ["--csv", rng.choice(outputs)], ["--json"]]), *rng.choice([[], ["--force"]]), *CPU]
+        elif choice == 1:
+            args = ["export", model, "--format", rng.choice(["nir", "onnx", "NIR", "", "pt"]),
+                    "--out", rng.choice(outputs), *rng.choice([[], ["--force"]])]
+        else:
+            args = ["compare", model, rng.choice([model, image, tmp_path / "absent.safetensors"]),
+                    *rng.choice([[], ["--plot", rng.choice(outputs)]]), *rng.choice([[], ["--force"]]), *CPU]
+        started = time.monotonic()
+        result = run_cli(args, expect=None)
+        assert time.monotonic() - started < 30, args
+        assert result.exit_code in (0, 1, 2), (args, result.output, result.exception)
+        assert "Traceback" not in result.output and "unexpected" not in result.output, (args, result.output)
+        if result.exit_code:
+            lines = [line for line in result.output.splitlines() if line.strip()]
+            assert lines[-1].startswith(("error: ", "Error", "│", "╰", "Try")), (args, result.output)
+        assert all(path.read_bytes() == data for path, data in protected.items()), args
+        assert Path("/dev/null").is_char_device()
+        for leftover in tmp_path.rglob("*"):
+            assert not leftover.name.endswith((".tmp", ".lock")), (args, leftover)
+
+
+# #22 items 10-13: what a newcomer reads ---------------------------------------------------------
+
+def test_compare_of_different_datasets_says_so_and_names_same_named_files_by_folder(pipeline, tmp_path):
+    other = tmp_path / "builtin" / "na.safetensors"  # the same file name, another dataset
+    run_cli(["train-ann", "--width", "0.125", "--image-size", "32", "--epochs", "1", "--out", other, *CPU])
+    text = run_cli(["compare", pipeline["na"], other, *CPU]).stdout
+    assert "not comparable" in text and "builtin/na.safetensors" in text and "data" in text.split("\n")[2]
+    rows = json.loads(run_cli(["compare", pipeline["na"], other, "--json", *CPU]).stdout)
+    assert {row["data"] for row in rows} == {load_checkpoint(p).record["data"]["path"] for p in (pipeline["na"], other)}
+    assert "not comparable" not in run_cli(["compare", pipeline["na"], pipeline["sa_t1"], *CPU]).stdout
+
+
+def test_info_shows_normalisation_and_each_rows_t_and_config_keeps_numbers_numbers(pipeline):
+    text = run_cli(["info", pipeline["sb_t1"]]).stdout
+    assert "normalisation: mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225)" in text
+    lineage = text[text.index("lineage"):]
+    rows = {line.split("│")[2].strip(): line.split("│")[3].strip() for line in lineage.splitlines()
+            if line.count("│") > 5 and line.split("│")[1].strip().isdigit()}
+    assert rows["temporal-prune"] == "1" and rows["convert"] == "3" and rows["train-ann"] == ""
+    config = run_cli(["info", pipeline["sb_t1"], "--config"]).stdout
+    assert "epochs-per-stage: 1\n" in config
+
+
+def test_spike_rates_are_labelled_by_layer_and_snn_curves_show_the_spike_rate(pipeline):
+    from PIL import Image
+
+    result = json.loads(run_cli(["evaluate", pipeline["sa_t1"], "--json", *CPU]).stdout)
+    labels = [row["label"] for row in result["spike_rates"]]
+    assert labels[0].startswith("0: conv3-") and all(": " in label for label in labels)
+    folder = pipeline["sa_t1"].parent
+    with Image.open(folder / "sa_t1.png") as snn, Image.open(folder / "na.png") as ann:
+        assert snn.width > ann.width * 1.2  # a fourth panel: spikes per neuron per epoch
+
+
+def test_figures_use_one_colour_per_method_and_vector_formats(tmp_path):
+    from stpcli import plots
+
+    rows = [{"checkpoint": name, "kind": "snn", "method": method, "timesteps": 1, "accuracy": 80.0 + i,
+             "energy_uj": 3.0 + i} for i, (name, method) in enumerate([("s_t1", "TP"), ("sa_t1", "STP")])]
+    svg = plots.accuracy_vs_energy(rows, "t", tmp_path / "c.svg").read_text()
+    assert plots.METHOD_COLOURS["TP"] in svg and plots.METHOD_COLOURS["STP"] in svg
+    study = [{"method": "TP", "units": "", "timesteps": 1, "mean": 80.0, "std": 1.0},
+             {"method": "STP AS5 M1", "units": "AS5 M1", "timesteps": 1, "mean": 81.0, "std": 1.0}]
+    svg = plots.accuracy_vs_timesteps(study, "t", tmp_path / "s.svg").read_text()
+    assert plots.METHOD_COLOURS["TP"] in svg and plots.METHOD_COLOURS["STP"] in svg

@@ -44,7 +44,9 @@ def test_study_stops_at_its_time_limit_and_a_rerun_completes_it(dataset_dir, tmp
     assert paired[1]["mean"] == pytest.approx(runs[("STP", 1)] - runs[("TP", 1)]) and paired[1]["n"] == 1
     for name in ("study.csv", "study.md", "study_accuracy_vs_T.png", "study_accuracy_vs_energy.png"):
         assert (out / name).stat().st_size > 100
-    assert "STP − TP" in (out / "study.md").read_text()
+    summary = (out / "study.md").read_text()
+    assert "STP − TP" in summary and "Scale: data " in summary and "32 px, vgg11 ×0.125" in summary
+    assert "Caution: one seed per comparison" in summary
 
 
 def test_summary_statistics_against_hand_computations():

@@ -251,6 +251,10 @@ def test_onnx_export_of_an_ann_runs_in_onnxruntime(pipeline, tmp_path):
     (logits,) = session.run(None, {"image": x.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(logits, model(x).numpy(), rtol=1e-4, atol=1e-4)
+    meta = session.get_modelmeta().custom_metadata_map  # what a deploying user reads, through onnxruntime
+    record = load_checkpoint(pipeline["na"]).record
+    assert json.loads(meta["stp.classes"]) == record["classes"] and meta["stp.image_size"] == "32"
+    assert json.loads(meta["stp.mean"]) == record["input"]["mean"] and json.loads(meta["stp.std"]) == record["input"]["std"]
     assert "exports ANN checkpoints" in run_cli(["export", pipeline["sa_t1"], "--format", "onnx", "--out",
                                                  tmp_path / "s.onnx"], expect=2).output
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from stpcli.errors import StpError
+from stpcli.schema import MAX_LAYERS_PER_GROUP, MAX_TIMESTEPS
 from stpcli.stages.ann import DEFAULT_UNITS
 from stpcli.stages.snn import DEFAULT_SCHEDULE, DEFAULT_TIMESTEPS, parse_schedule
 
@@ -31,17 +33,37 @@ class Step:
         return (*self.also_writes, self.target)
 
 
+def _section(preset: dict, name: str) -> dict:
+    section = preset.get(name) or {}
+    if not isinstance(section, dict):
+        raise StpError(f"section {name!r} must be a mapping of option names to values, got {section!r}")
+    return section
+
+
+def preset_integer(value, what: str, low: int, high: int) -> int:
+    """An integer the chain's file names depend on: strictly an integer (not 2.9, not true)."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if type(value) is not int or not low <= value <= high:
+        raise StpError(f"{what} must be an integer in {low}..{high}, got {value!r}")
+    return value
+
+
 def preset_timesteps(preset: dict) -> tuple[int, list[int]]:
     """The preset's conversion T and temporal-pruning schedule (the commands' defaults if absent)."""
-    convert = preset.get("convert") or {}
-    prune = preset.get("temporal-prune") or {}
-    timesteps = int(convert.get("timesteps", preset.get("timesteps", DEFAULT_TIMESTEPS)))
-    return timesteps, parse_schedule(prune.get("schedule", list(DEFAULT_SCHEDULE)))
+    convert, prune = _section(preset, "convert"), _section(preset, "temporal-prune")
+    timesteps = preset_integer(convert.get("timesteps", preset.get("timesteps", DEFAULT_TIMESTEPS)),
+                               "convert: timesteps", 1, MAX_TIMESTEPS)
+    schedule = prune.get("schedule", ",".join(map(str, DEFAULT_SCHEDULE)))
+    if not isinstance(schedule, (str, int)) or isinstance(schedule, bool):
+        raise StpError(f"temporal-prune: schedule must be written like '3,2,1', got {schedule!r}")
+    return timesteps, parse_schedule(str(schedule))
 
 
 def preset_units(preset: dict) -> tuple[int, int]:
-    section = preset.get("add-unit") or {}
-    return int(section.get("as", DEFAULT_UNITS[0])), int(section.get("m", DEFAULT_UNITS[1]))
+    section = _section(preset, "add-unit")
+    return (preset_integer(section.get("as", DEFAULT_UNITS[0]), "add-unit: as", 1, 8),
+            preset_integer(section.get("m", DEFAULT_UNITS[1]), "add-unit: m", 1, MAX_LAYERS_PER_GROUP))
 
 
 def tp_steps(preset: dict) -> list[Step]:

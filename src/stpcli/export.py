@@ -25,6 +25,7 @@ and the logits are the output node's values summed over those steps.
 from __future__ import annotations
 
 import io
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from stpcli import __version__
 from stpcli.checkpoint import Checkpoint
 from stpcli.errors import StpError
 from stpcli.files import atomic_write_bytes
@@ -186,5 +188,30 @@ def export(ckpt: Checkpoint, fmt: str, out: Path) -> Path:
                           input_names=["image"],
                           output_names=["logits"], dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
                           dynamo=False)
-    atomic_write_bytes(out, buffer.getvalue())
+    atomic_write_bytes(out, with_metadata(buffer.getvalue(), ckpt))
     return out
+
+
+def with_metadata(model_bytes: bytes, ckpt: Checkpoint) -> bytes:
+    """An ONNX model that says what its input and output mean (metadata_props, read by
+    onnxruntime's ``get_modelmeta().custom_metadata_map``): class names in output order, the
+    image size, and the normalisation a caller must apply."""
+    import onnx
+
+    model = onnx.load_from_string(model_bytes)
+    record = ckpt.record
+    properties = {
+        "stp.classes": json.dumps(record["classes"]),
+        "stp.image_size": str(record["input"]["image_size"]),
+        "stp.mean": json.dumps(record["input"]["mean"]),
+        "stp.std": json.dumps(record["input"]["std"]),
+        "stp.input": "float32 NCHW RGB image scaled to [0, 1], then (x - mean) / std per channel",
+        "stp.output": "logits, one per class of stp.classes",
+        "stp.kind": record["kind"],
+        "stp.checkpoint_sha256": ckpt.sha256 or "",
+    }
+    if record.get("timesteps"):
+        properties["stp.timesteps"] = str(record["timesteps"])
+    onnx.helper.set_model_props(model, properties)
+    model.producer_name, model.producer_version = "stp", __version__
+    return model.SerializeToString()

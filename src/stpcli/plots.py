@@ -15,7 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator  # noqa: E402
 
 from stpcli.files import atomic_write_bytes  # noqa: E402
 
@@ -34,9 +34,12 @@ def _save(figure, path: Path) -> Path:
 
 
 def training_curves(history: list[dict], title: str, path: Path) -> Path:
-    """Loss, train/validation accuracy and learning rate per epoch (one row of the metrics CSV each)."""
+    """Loss, train/validation accuracy, learning rate and, for an SNN, the validation spike rate per
+    epoch (one row of the metrics CSV each)."""
     epochs = [row["epoch"] for row in history]
-    figure, (loss_axis, accuracy_axis, lr_axis) = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
+    spiking = all("spike_rate" in row for row in history)
+    figure, axes = plt.subplots(1, 4 if spiking else 3, figsize=(17 if spiking else 13, 3.8), layout="constrained")
+    loss_axis, accuracy_axis, lr_axis = axes[:3]
     loss_axis.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train")
     if all("val_loss" in row for row in history):
         loss_axis.plot(epochs, [row["val_loss"] for row in history], marker="o", label="validation")
@@ -49,7 +52,10 @@ def training_curves(history: list[dict], title: str, path: Path) -> Path:
     lr_axis.plot(epochs, [row["lr"] for row in history], marker="o", color="tab:gray")
     lr_axis.set(title="learning rate", xlabel="epoch", ylabel="learning rate")
     lr_axis.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-    for axis in (loss_axis, accuracy_axis, lr_axis):
+    if spiking:
+        axes[3].plot(epochs, [row["spike_rate"] for row in history], marker="o", color="tab:orange")
+        axes[3].set(title="spikes per neuron (validation)", xlabel="epoch", ylabel="spikes per neuron over T")
+    for axis in axes:
         axis.grid(alpha=0.3)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.suptitle(title)
@@ -78,35 +84,83 @@ def confusion_matrix(matrix: list[list[int]], classes: list[str], title: str, pa
 
 
 def spike_rates(rates: list[dict], title: str, path: Path) -> Path:
-    """Spikes per neuron over the T steps, per spiking layer."""
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.45 * len(rates) + 2), 3.8))
-    names = [row["layer"].removeprefix("layers.") for row in rates]
-    axis.bar(range(len(rates)), [row["spikes_per_neuron"] for row in rates], color="tab:orange")
+    """Spikes per neuron over the T steps, per spiking layer, labelled by what the layer is."""
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.5 * len(rates) + 2), 4.2))
+    names = [row.get("label") or row["layer"].removeprefix("layers.") for row in rates]
+    axis.bar(range(len(rates)), [row["spikes_per_neuron"] for row in rates], color=METHOD_COLOURS["STP"])
     axis.set_xticks(range(len(rates)), names, rotation=60, ha="right", fontsize=8)
-    axis.set(xlabel="spiking layer", ylabel="spikes per neuron (sum over T)", title=title)
+    axis.set(xlabel="spiking layer (plan index: layer)", ylabel="spikes per neuron (sum over T)", title=title)
     axis.grid(axis="y", alpha=0.3)
     return _save(figure, path)
 
 
+# one colour per method in every figure (compare and the study plots)
+METHOD_COLOURS = {"ANN": "#4d4d4d", "ANN with Units": "#9e9e9e", "TP": "#1f77b4", "STP (Units kept)": "#ff7f0e",
+                  "STP": "#d62728"}
+
+
+def _colour(method: str) -> str:
+    base = method.split(" AS")[0]  # a study's "STP AS5 M1" is STP
+    return METHOD_COLOURS.get(base, "#2ca02c")
+
+
+def _plain_log_axis(axis) -> None:
+    """A log axis with a few plain-number ticks (0.5, 1, 2, 5, ...) instead of 10^k and minor clutter."""
+    axis.set_xscale("log")
+    axis.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=12))
+    axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.xaxis.set_minor_locator(NullLocator())
+
+
+def _spread_labels(axis, points: list[tuple[float, float, str]], colour_of, fontsize: float = 8) -> None:
+    """Label each point, moving labels up (in typographic points) so that the labels of close
+    points do not overlap; a thin line joins a moved label to its point."""
+    figure = axis.figure
+    figure.canvas.draw()
+    to_points = 72.0 / figure.dpi
+    height, char = 1.35 * fontsize, 0.6 * fontsize  # a label's line height and mean character width
+    placed: list[tuple[float, float, float]] = []  # labels as (left, right, bottom), in points
+    for x, y, text in sorted(points, key=lambda p: (p[1], p[0])):
+        px, py = (v * to_points for v in axis.transData.transform((x, y)))
+        left, right = px + 5, px + 5 + char * len(text)
+        target = py + 3
+        for _ in range(50):
+            clash = [q for q in placed if q[0] < right and left < q[1] and abs(q[2] - target) < height]
+            if not clash:
+                break
+            target = max(q[2] for q in clash) + height
+        placed.append((left, right, target))
+        offset = target - py
+        axis.annotate(text, (x, y), textcoords="offset points", xytext=(5, offset), fontsize=fontsize,
+                      color=colour_of(text), va="bottom",
+                      arrowprops=dict(arrowstyle="-", color="#bbbbbb", lw=0.6, shrinkA=0, shrinkB=3)
+                      if offset > height else None)
+
+
 def accuracy_vs_energy(rows: list[dict], title: str, path: Path) -> Path:
-    """One point per checkpoint: energy per image (log scale) against test accuracy, labelled."""
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    colours: dict[str, str] = {}
+    """One point per checkpoint (or study row): energy per image (log scale) against test accuracy,
+    coloured by method, labelled; a study's rows carry their standard deviations as error bars."""
+    figure, axis = plt.subplots(figsize=(7.5, 4.8))
+    labels: list[tuple[float, float, str]] = []
+    colour_of_label: dict[str, str] = {}
     for row in rows:
         method = row.get("method", row["kind"])
-        colour = colours.setdefault(method, f"C{len(colours)}")
-        axis.scatter(row["energy_uj"], row["accuracy"], color=colour, s=40, label=method)
+        colour = _colour(method)
+        axis.errorbar(row["energy_uj"], row["accuracy"], xerr=row.get("energy_std") or None,
+                      yerr=row.get("accuracy_std") or None, fmt="o", color=colour, ms=6, capsize=3, label=method)
         label = os.path.basename(str(row["checkpoint"])).removesuffix(".safetensors")
         if row.get("timesteps"):
             label += f" (T={row['timesteps']})"
-        axis.annotate(label, (row["energy_uj"], row["accuracy"]), textcoords="offset points", xytext=(5, 4),
-                      fontsize=8)
-    handles, labels = axis.get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
-    axis.legend(unique.values(), unique.keys(), fontsize=8)
-    axis.set_xscale("log")
+        labels.append((row["energy_uj"], row["accuracy"], label))
+        colour_of_label[label] = colour
+    handles, names = axis.get_legend_handles_labels()
+    unique = dict(zip(names, handles))
+    axis.legend(unique.values(), unique.keys(), fontsize=8, loc="lower right")
+    _plain_log_axis(axis)
     axis.set(xlabel="energy per image (µJ, 45 nm model, log scale)", ylabel="test accuracy (%)", title=title)
-    axis.grid(alpha=0.3, which="both")
+    axis.grid(alpha=0.3)
+    axis.margins(x=0.15, y=0.12)
+    _spread_labels(axis, labels, lambda text: colour_of_label.get(text, "black"))
     return _save(figure, path)
 
 
@@ -119,13 +173,14 @@ def accuracy_vs_timesteps(rows: list[dict], title: str, path: Path) -> Path:
                         if row["method"] == method and row.get("timesteps"))
         offset = (index - (len(methods) - 1) / 2) * 0.06
         axis.errorbar([t + offset for t, _, _ in points], [m for _, m, _ in points],
-                      yerr=[s for _, _, s in points], marker="o", capsize=4, label=method)
+                      yerr=[s for _, _, s in points], marker="o", capsize=4, label=method, color=_colour(method))
     for row in rows:
         if not row.get("timesteps"):
-            axis.axhline(row["mean"], color="gray", linestyle="--", label=f"{row['method']} (mean)")
+            axis.axhline(row["mean"], color=_colour(row["method"]), linestyle="--", label=f"{row['method']} (mean)")
     axis.set_xscale("log", base=2)
     ticks = sorted({row["timesteps"] for row in rows if row.get("timesteps")})
     axis.set_xticks(ticks, [str(t) for t in ticks])
+    axis.xaxis.set_minor_locator(NullLocator())
     axis.set(xlabel="time steps T", ylabel="test accuracy (%), mean ± std over seeds", title=title)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)

@@ -50,11 +50,23 @@ def evaluate(run: Run, ckpt: Checkpoint, data: DataOptions, timesteps: int | Non
     rates = {name: counter.rate for name, counter in counters.items()}
     result["timesteps"] = steps
     result["spike_rates"] = [
-        {"layer": name, "spikes_per_neuron": rate, "rate_per_step": rate / steps} for name, rate in rates.items()]
+        {"layer": name, "label": neuron_label(plan, name), "spikes_per_neuron": rate, "rate_per_step": rate / steps}
+        for name, rate in rates.items()]
     result["mean_spikes_per_neuron"] = mean_spikes_per_neuron(counters)
     result["energy"] = snn_energy(plan, size, rates, steps)
     result["macs"] = result["energy"]["macs"]
     return result
+
+
+def neuron_label(plan, module_name: str) -> str:
+    """A neuron layer by what it follows: ``layers.3.neuron`` -> ``3: conv3-128``, a residual block's
+    second neuron -> ``5: block-64 (2)``."""
+    parts = module_name.split(".")
+    if len(parts) < 3 or parts[0] != "layers" or not parts[1].isdigit() or int(parts[1]) >= len(plan):
+        return module_name
+    index, neuron = int(parts[1]), parts[2]
+    suffix = f" ({neuron.removeprefix('neuron')})" if neuron.removeprefix("neuron") else ""
+    return f"{index}: {describe(plan[index])}{suffix}"
 
 
 METHODS = ("ANN", "ANN with Units", "TP", "STP (Units kept)", "STP")
@@ -150,6 +162,9 @@ def compare(run: Run, paths: list[Path], data: DataOptions) -> list[dict]:
         energy = result["energy"]
         rows.append({
             "checkpoint": str(path),
+            "data": ckpt.record["data"]["path"],
+            "data_fingerprint": ckpt.record["data"]["fingerprint"],
+            "image_size": ckpt.record["input"]["image_size"],
             "kind": ckpt.kind,
             "method": result["method"],
             "timesteps": ckpt.timesteps,

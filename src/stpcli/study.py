@@ -15,6 +15,7 @@ Layout: ``DIR/seed<S>/na``, ``s_t<T>`` (TP), and ``DIR/seed<S>/as<A>-m<M>/nb``,
 from __future__ import annotations
 
 import csv
+import difflib
 import json
 import math
 import os
@@ -24,12 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stpcli import plots
-from stpcli.chain import Step, preset_units, stp_steps, tp_steps
+from stpcli.chain import Step, preset_integer, preset_units, stp_steps, tp_steps
+from stpcli.checkpoint import read_record
 from stpcli.errors import StpError
 from stpcli.files import atomic_write_text
 from stpcli.pipeline import run_child, step_command, wait_for_earlier_writers
 from stpcli.report import METHODS, compare
 from stpcli.run import DataOptions, Run
+from stpcli.schema import MAX_LAYERS_PER_GROUP
 
 # two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom (then the normal 1.96)
 T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -45,18 +48,32 @@ class Chain:
     steps: tuple[Step, ...]
 
 
+STUDY_KEYS = ("as", "m")
+
+
 def unit_settings(preset: dict) -> list[tuple[int, int]]:
-    """The (AS, M) pairs a preset's ``study:`` section sweeps (``as: [1, 5]``, ``m: [1]``), else its add-unit."""
+    """The (AS, M) pairs a preset's ``study:`` section sweeps (``as: [1, 5]``, ``m: [1]``), else its
+    add-unit. Each value strictly an integer, each listed once (a value twice would count every
+    checkpoint of its chain twice in the statistics)."""
     study = preset.get("study") or {}
+    if not isinstance(study, dict):
+        raise StpError(f"study must be a mapping such as {{as: [1, 5], m: [1]}}, got {study!r}")
+    unknown = [key for key in study if key not in STUDY_KEYS]
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), STUDY_KEYS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise StpError(f"study has an unknown key {unknown[0]!r} (it sweeps 'as' and 'm'){hint}")
     default_as, default_m = preset_units(preset)
-    locations = study.get("as", [default_as])
-    counts = study.get("m", [default_m])
-    if not isinstance(locations, list) or not isinstance(counts, list) or not locations or not counts:
-        raise StpError("the preset's study section must give 'as' and 'm' as lists, e.g. as: [1, 5]")
-    try:
-        return [(int(a), int(m)) for a in locations for m in counts]
-    except (TypeError, ValueError):
-        raise StpError("the preset's study section must give integers for 'as' and 'm'") from None
+    grid = {}
+    for key, default in (("as", default_as), ("m", default_m)):
+        values = study.get(key, [default])
+        if not isinstance(values, list) or not values:
+            raise StpError(f"study must give {key!r} as a list, e.g. {key}: [1, 5]")
+        checked = [preset_integer(v, f"study: {key}", 1, 8 if key == "as" else MAX_LAYERS_PER_GROUP) for v in values]
+        if len(set(checked)) != len(checked):
+            raise StpError(f"study lists a value of {key!r} twice ({values}); list each once")
+        grid[key] = checked
+    return [(a, m) for a in grid["as"] for m in grid["m"]]
 
 
 def plan(preset: dict, seeds: list[int]) -> tuple[list[Chain], list[Chain]]:
@@ -189,7 +206,7 @@ def summarise(runs: list[dict]) -> tuple[list[dict], list[dict]]:
                       "ann_mean": mean_std([anns[m["seed"]] for m in members if m["seed"] in anns])[0]
                       if any(m["seed"] in anns for m in members) else None,
                       "gap_to_ann": mean_std(gaps)[0] if gaps else None,
-                      "energy_uj": sum(energy) / len(energy),
+                      "energy_uj": sum(energy) / len(energy), "energy_std": mean_std(energy)[1],
                       "spikes_per_neuron": (sum(m["spikes_per_neuron"] for m in members) / len(members)
                                             if members[0]["spikes_per_neuron"] is not None else None)})
     paired = []
@@ -210,6 +227,14 @@ def _fmt(value, digits=2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def scale_line(runs: list[dict]) -> str:
+    """Where a study's numbers come from: dataset, classes, image size, architecture and width."""
+    record = read_record(runs[0]["checkpoint"])
+    spec = record["model"]
+    return (f"Scale: data {record['data']['path']} ({len(record['classes'])} classes, split seed per run), "
+            f"{record['input']['image_size']} px, {spec['arch']} ×{spec['width']:g}.")
+
+
 def write_reports(out_dir: Path, preset_path: Path, seeds: list[int], runs: list[dict], table: list[dict],
                   paired: list[dict], complete: bool) -> list[Path]:
     payload = {"preset": str(preset_path), "seeds": seeds, "complete": complete, "rows": table, "paired": paired,
@@ -228,6 +253,7 @@ def write_reports(out_dir: Path, preset_path: Path, seeds: list[int], runs: list
     atomic_write_text(out_dir / "study.csv", write_csv)
     lines = [f"# Study: {preset_path.name}, seeds {', '.join(map(str, seeds))}"
              + ("" if complete else " (incomplete: rerun to continue)"), "",
+             *([scale_line(runs), ""] if runs else []),
              "Test accuracy in %, mean ± standard deviation over seeds; gap = own ANN − SNN (paired by seed).", "",
              "| method | Units | T | accuracy | n | ANN | gap to ANN | energy µJ | spikes/neuron |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -241,6 +267,14 @@ def write_reports(out_dir: Path, preset_path: Path, seeds: list[int], runs: list
         for row in paired:
             lines.append(f"| {row['units']} | {row['timesteps']} | {row['mean']:+.2f} | {_fmt(row['std'])} | "
                          f"{row['n']} | {_fmt(row['ci95_low'])} … {_fmt(row['ci95_high'])} |")
+        smallest = min(row["n"] for row in paired)
+        if smallest == 1:
+            lines += ["", "Caution: one seed per comparison: no spread and no interval can be estimated; three or "
+                          "more seeds are needed for a claim."]
+        elif smallest < 3:
+            lines += ["", f"Caution: with n = {smallest} the standard deviation is a rough guess and the 95 % "
+                          f"interval uses t = {T_975[smallest - 2]:.1f}, so it says little about a difference; three "
+                          "or more seeds are needed for a claim."]
     atomic_write_text(out_dir / "study.md", lambda handle: handle.write("\n".join(lines) + "\n"))
     written = [out_dir / n for n in ("study.json", "study.csv", "study.md")]
     if table:
@@ -249,7 +283,8 @@ def write_reports(out_dir: Path, preset_path: Path, seeds: list[int], runs: list
                                                    out_dir / "study_accuracy_vs_T.png"))
         points = [{"checkpoint": f"{r['method']} {r['units']}".strip(), "kind": "snn" if r["timesteps"] else "ann",
                    "method": r["method"], "timesteps": r["timesteps"], "accuracy": r["mean"],
-                   "energy_uj": r["energy_uj"]} for r in table]
-        written.append(plots.accuracy_vs_energy(points, f"{preset_path.stem}: mean accuracy against energy",
+                   "accuracy_std": r["std"], "energy_uj": r["energy_uj"], "energy_std": r["energy_std"]}
+                  for r in table]
+        written.append(plots.accuracy_vs_energy(points, f"{preset_path.stem}: mean accuracy against energy (± std over seeds)",
                                                 out_dir / "study_accuracy_vs_energy.png"))
     return written

@@ -30,6 +30,7 @@ if not console.is_terminal:  # logs and pipes: wide enough for the tables, never
     console = Console(width=140)
 error_console = Console(stderr=True)
 STATE = {"debug": False}
+STAGE_COMMANDS = ("train-ann", "add-unit", "convert", "temporal-prune", "spatial-prune")
 
 
 def stp_command(app: typer.Typer, name: str, **kwargs):
@@ -98,16 +99,23 @@ def _stop_on_sigterm():
         return None
 
 
+PRESET_ONLY_SECTIONS = ("study",)  # read by stp study, not an option section of a command
+
+
 def apply_config(ctx: typer.Context, values: dict[str, Any], config: Path | None) -> dict[str, Any]:
     """Fill options not given on the command line from a YAML file whose keys are option names.
 
     A preset file may hold one section per command (``train-ann:``, ``convert:``, ...)
     beside shared top-level keys; a command reads its own section (every key must
-    be one of its options) and the shared keys it has an option for.
+    be one of its options) and the shared keys it has an option for. Nothing is
+    ignored without a word: a section must name a command, a shared key must be an
+    option of some command, and a value must have its option's type (``2.9`` is not
+    an integer, ``true`` is not a number).
     """
     if config is None:
         return values
     data = read_yaml(config, "--config")
+    check_preset_layout(ctx, data, config)
     params = {p.name: p for p in ctx.command.params}
     names = command_option_names(ctx.command)
     sections = {k for k, v in data.items() if isinstance(v, dict)}
@@ -128,16 +136,64 @@ def apply_config(ctx: typer.Context, values: dict[str, Any], config: Path | None
     for name, (key, value) in merged.items():
         source = ctx.get_parameter_source(name)
         if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
-            is_flag = bool(getattr(params[name], "is_flag", False))
-            if isinstance(value, bool) != is_flag or isinstance(value, (dict, list)):
-                expected = "true or false" if is_flag else "a single value"
-                raise StpError(f"--config {config}: bad value for {key!r}: expected {expected}, got {value!r}")
+            where = f"--config {config}" + (f", {ctx.info_name}" if key in own and sections else "")
+            problem = _type_problem(params[name], value)
+            if problem:
+                raise StpError(f"{where}: bad value for {key!r}: expected {problem}, got {value!r}")
             try:
                 values[name] = params[name].process_value(ctx, value)
             except Exception as exc:  # the CLI framework's conversion error, whatever its class
                 message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-                raise StpError(f"--config {config}: bad value for {key!r}: {message}") from None
+                raise StpError(f"{where}: bad value for {key!r}: {message}") from None
     return values
+
+
+def _type_problem(param, value) -> str | None:
+    """What a preset value should have been for ``param``, or None if it has the right kind."""
+    annotation = param.type_descriptor.annotation
+    kinds = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    kind = kinds[0]
+    if kind is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(value, (bool, dict, list)) or value is None:
+        return "a single value" if isinstance(value, (dict, list)) else f"a value of type {kind.__name__}"
+    if kind is int and isinstance(value, float):
+        return "an integer"
+    return None
+
+
+def check_preset_layout(ctx: typer.Context, data: dict, config: Path) -> None:
+    """Every section of a preset names a command, and every shared key is an option of one."""
+    root = ctx.find_root().command
+    commands = getattr(root, "commands", {ctx.info_name: ctx.command})
+    stage_commands = {name: command for name, command in commands.items() if name in STAGE_COMMANDS}
+    known_sections = [*stage_commands, *PRESET_ONLY_SECTIONS]
+    shared_names = {name for command in stage_commands.values() for name in command_option_names(command)}
+    for key, value in data.items():
+        key = str(key)
+        if isinstance(value, dict):
+            if key not in known_sections:
+                close = difflib.get_close_matches(key.replace("_", "-"), known_sections, n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise StpError(f"--config {config}: unknown section {key!r} (sections name commands){hint}")
+        elif key in known_sections:
+            raise StpError(f"--config {config}: section {key!r} must be a mapping of option names to values, "
+                           f"got {value!r}")
+        elif any(isinstance(v, dict) for v in data.values()) and key.lstrip("-") not in shared_names:
+            close = difflib.get_close_matches(key, sorted(n for n in shared_names if "_" not in n), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise StpError(f"--config {config}: unknown option {key!r} (not an option of any stage command){hint}")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        for key in keys:
+            if keys.count(key) > 1:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} appears twice", node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
 
 def read_yaml(path: Path, what: str) -> dict:
@@ -146,13 +202,15 @@ def read_yaml(path: Path, what: str) -> dict:
         raise StpError(f"{what} {path} does not exist")
     try:
         text = path.read_bytes().decode("utf-8")
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
     except UnicodeDecodeError:
         raise StpError(f"{what} {path} is not a text file") from None
     except yaml.YAMLError as exc:
         raise StpError(f"{what} {path} is not valid YAML ({first_line(exc)})") from None
     if not isinstance(data, dict):
         raise StpError(f"{what} {path} must be a mapping of option names to values")
+    if not data:
+        raise StpError(f"{what} {path} is empty; a preset that sets nothing would run every default")
     return data
 
 

@@ -39,6 +39,8 @@ def pack_command(
     lock_output(out)
     with progress_bar(console, "decoding") as advance:
         dataset = load_dataset(str(root), image_size, on_bad_image, cache_dir, progress=advance)
+    if len(dataset.classes) < 2:
+        raise StpError(f"{root} has {len(dataset.classes)} class folder(s); a dataset to classify needs at least 2")
     with progress_bar(console, "packing", total=len(dataset.names)) as advance:
         size = write_pack(dataset.images, dataset.labels, dataset.names, dataset.classes,
                           dataset.source | {"skipped": dataset.skipped}, out, quality, progress=lambda: advance(1))

@@ -169,6 +169,8 @@ def _print_info(details: dict, chain) -> None:
                   + (f"{units['count']} Unit(s) in layer group {units['group']}" if units else "no Units")
                   + f"; {details['parameters']:,} tensor elements")
     console.print(f"classes ({len(record['classes'])}): {', '.join(record['classes'])}", markup=False)
+    mean, std = (", ".join(f"{v:.3f}" for v in record["input"][key]) for key in ("mean", "std"))
+    console.print(f"normalisation: mean ({mean}), std ({std}) per channel, on images scaled to [0, 1]", markup=False)
     console.print(f"input {record['input']['image_size']} px; data {safe(record['data']['path'])} "
                   f"(fingerprint {record['data']['fingerprint'][:12]}); split seed {details['split']['seed']}, "
                   f"train ratio {details['split']['train_ratio']}, counts {details['split']['counts']}")
@@ -184,10 +186,12 @@ def _print_info(details: dict, chain) -> None:
                       "" if row["in"] is None else str(row["in"]), "" if row["out"] is None else str(row["out"]),
                       "yes" if row["unit"] else "", neuron, f"{row['macs']:,}" if row["macs"] else "")
     console.print(table)
-    lineage = Table("step", "stage", "test acc %", "parent", "finished", title="lineage")
+    lineage = Table("step", "stage", "T", "test acc %", "parent", "finished", title="lineage")
     for i, entry in enumerate(details["history"], start=1):
         parent = entry.get("parent")
-        lineage.add_row(str(i), entry["stage"], _fmt(entry.get("metrics", {}).get("test_accuracy")),
+        timesteps = entry.get("options", {}).get("timesteps")
+        lineage.add_row(str(i), entry["stage"], "" if timesteps is None else str(timesteps),
+                        _fmt(entry.get("metrics", {}).get("test_accuracy")),
                         "" if not parent else safe(f"{Path(parent['path']).name} ({parent['sha256'][:10]})"),
                         entry.get("finished", ""))
     console.print(lineage)
@@ -233,12 +237,21 @@ def compare_command(
 
 
 def comparison_table(rows: list[dict]) -> Table:
-    table = Table(title="comparison (test split)")
-    for header in ("checkpoint", "method", "T", "weight layers", "test acc %", "AA %", "kappa", "spikes/neuron",
-                   "energy uJ", "ANN/SNN energy"):
-        table.add_column(header, no_wrap=True)
-    for row in rows:
-        table.add_row(safe(Path(row["checkpoint"]).name), row["method"], str(row["timesteps"] or "-"),
+    """One row per checkpoint. Checkpoints of different datasets or resolutions get a data column
+    (and a caption saying their accuracies are not comparable); same-named files get their folder."""
+    mixed = len({(row["data_fingerprint"], row["image_size"]) for row in rows}) > 1
+    names = [Path(row["checkpoint"]).name for row in rows]
+    table = Table(title="comparison (test split)",
+                  caption="warning: these checkpoints were trained on different data or image sizes; their accuracies "
+                          "are not comparable" if mixed else None)
+    headers = ["checkpoint", *(["data"] if mixed else []), "method", "T", "weight layers", "test acc %", "AA %", "kappa",
+               "spikes/neuron", "energy uJ", "ANN/SNN energy"]
+    for header in headers:
+        table.add_column(header, no_wrap=header != "data")
+    for row, name in zip(rows, names):
+        shown_name = name if names.count(name) == 1 else str(Path(row["checkpoint"]).parent.name + "/" + name)
+        data = [f"{Path(row['data']).name} ({row['image_size']} px)"] if mixed else []
+        table.add_row(safe(shown_name), *map(safe, data), row["method"], str(row["timesteps"] or "-"),
                       str(row["layers"]), _fmt(row["accuracy"]), _fmt(row["average_accuracy"]),
                       _fmt(row["kappa"], 3), _fmt(row["spikes_per_neuron"], 3), _fmt(row["energy_uj"], 2),
                       _fmt(row["ann_energy_ratio"], 2))
@@ -261,7 +274,10 @@ def rerun_config(ctx: typer.Context, entry: dict) -> str:
         name = names.get(key)
         if name is None or name in ("source", "out", "config", "force", "resume") or value is None:
             continue
-        options[flags[name]] = value["path"] if isinstance(value, dict) and "path" in value else value
+        value = value["path"] if isinstance(value, dict) and "path" in value else value
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)  # a one-value --epochs-per-stage reads as 2, not '2' (the option takes both)
+        options[flags[name]] = value
     return yaml.safe_dump({entry["stage"]: options}, sort_keys=False)
 
 

@@ -9,8 +9,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from stpcli.chain import pipeline_steps
 from stpcli.cli.common import Force, console, echo, make_run, read_yaml, say, stp_command
 from stpcli.cli.inspect import comparison_table
+from stpcli.cli.presets import check_chain, planned
 from stpcli.engine.recipe import check_seed
 from stpcli.files import atomic_write_text
 from stpcli.pipeline import run_pipeline
@@ -39,6 +41,7 @@ def pipeline_command(
     if seed is not None:
         check_seed(seed)
     preset = read_yaml(config, "preset")
+    check_chain(config.resolve(), planned(config, lambda: pipeline_steps(preset)), seed=seed, data=data, device=device)
     paths = run_pipeline(preset, config.resolve(), out_dir, data=data, device=device, seed=seed, force=force,
                          say=say, echo=echo)
     rows = compare(make_run("compare", {"device": device or "auto"}), paths, DataOptions())

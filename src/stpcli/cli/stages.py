@@ -125,10 +125,20 @@ def convert_command(
             percentile=values["percentile"], scale=values["scale"],
             calibration_images=values["calibration_images"], config=make_train_config(values),
             data=make_data(values), io=make_io(values),
-            settings=SpikingSettings(dropout=values["dropout"], conv_dropout=values["conv_dropout"],
-                                     initial_membrane=values["initial_membrane"],
-                                     spike_amplitude=values["spike_amplitude"]),
-            teacher=values["teacher"])
+            settings=spiking_settings(values), teacher=values["teacher"])
+
+
+def spiking_settings(values: dict) -> SpikingSettings:
+    """convert's neuron options from its resolved values."""
+    return SpikingSettings(dropout=values["dropout"], conv_dropout=values["conv_dropout"],
+                           initial_membrane=values["initial_membrane"], spike_amplitude=values["spike_amplitude"])
+
+
+def timestep_recipes(values: dict) -> tuple[list[int], list]:
+    """temporal-prune's schedule and one training recipe per T, from its resolved values."""
+    steps = parse_schedule(values["schedule"])
+    base = make_train_config({k: v for k, v in values.items() if k != "lr_schedule"})  # set per T
+    return steps, timestep_configs(base, steps, values["epochs_per_stage"], values["lr_schedule"])
 
 
 @stp_command(app, "temporal-prune")
@@ -149,9 +159,7 @@ def temporal_prune_command(
     Example: stp temporal-prune sb_t5.safetensors --schedule 3,2,1 --out sb_t1.safetensors  (also writes sb_t3, sb_t2)
     """
     values = resolve(ctx, locals())
-    steps = parse_schedule(values["schedule"])
-    base = make_train_config({k: v for k, v in values.items() if k != "lr_schedule"})  # set per T below
-    configs = timestep_configs(base, steps, values["epochs_per_stage"], values["lr_schedule"])
+    steps, configs = timestep_recipes(values)
     run = make_run("temporal-prune", values)
     temporal_prune(run, load_checkpoint(values["source"]), schedule=steps, configs=configs,
                    data=make_data(values), io=make_io(values), teacher=values["teacher"])

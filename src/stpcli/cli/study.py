@@ -10,6 +10,7 @@ from rich.table import Table
 
 from stpcli import study
 from stpcli.cli.common import console, make_run, read_yaml, say, stp_command
+from stpcli.cli.presets import check_chain, planned
 from stpcli.cli.terminal import safe
 from stpcli.engine.recipe import check_seed
 from stpcli.errors import StpError
@@ -53,7 +54,9 @@ def study_command(
     if time_limit is not None and not time_limit > 0:
         raise StpError(f"--time-limit must be a positive number of seconds, got {time_limit}")
     settings = read_yaml(preset, "preset")
-    anns, chains = study.plan(settings, seed_list)
+    anns, chains = planned(preset, lambda: study.plan(settings, seed_list))
+    first = [step for chain in anns + chains if chain.seed == seed_list[0] for step in chain.steps]
+    check_chain(preset.resolve(), first, seed=seed_list[0], data=data, device=device)  # the others differ by --seed
     create_out_dir(out_dir)
     lock_output(out_dir / "study")  # one driver per folder: a second one is refused at once
     runner = study.Runner(preset.resolve(), out_dir, data, device, jobs, time_limit, say)

@@ -8,6 +8,7 @@ never re-decode.
 from __future__ import annotations
 
 import hashlib
+import sys
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -64,10 +65,40 @@ def scan(root: str | Path) -> FolderListing:
             names.append(name)
             labels.append(label)
             lines.append(f"{name}\t{path.stat().st_size}")
+    _refuse_files_in_two_classes(root, names)
     with ThreadPoolExecutor(max_workers=4) as pool:
         digests = list(pool.map(lambda name: _file_digest(root / name), names))
+    _warn_same_content_in_two_classes(names, digests)
     content = fingerprint_lines([f"{name}\t{digest}" for name, digest in zip(names, digests)])
     return FolderListing(root, classes, names, labels, fingerprint_lines(lines), content)
+
+
+def _refuse_files_in_two_classes(root: Path, names: list[str]) -> None:
+    """One file under two class folders (a symlinked class folder, a hard link) would be learnt
+    under two labels: refused, naming both."""
+    seen: dict[tuple[int, int], str] = {}
+    for name in names:
+        try:
+            info = (root / name).stat()
+        except OSError as exc:
+            raise StpError(f"cannot read {root / name}: {exc.strerror or exc}") from exc
+        key = (info.st_dev, info.st_ino)
+        other = seen.setdefault(key, name)
+        if other != name and other.split("/")[0] != name.split("/")[0]:
+            raise StpError(f"{root / other} and {root / name} are the same file in two classes (a linked folder "
+                           "or file?); each image must belong to one class")
+
+
+def _warn_same_content_in_two_classes(names: list[str], digests: list[str]) -> None:
+    first: dict[str, str] = {}
+    clashes = []
+    for name, digest in zip(names, digests):
+        other = first.setdefault(digest, name)
+        if other.split("/")[0] != name.split("/")[0]:
+            clashes.append((other, name))
+    if clashes:
+        print(f"warning: {len(clashes)} image(s) have the same bytes as an image of another class, "
+              f"e.g. {clashes[0][0]} and {clashes[0][1]}", file=sys.stderr)
 
 
 def _file_digest(path: Path) -> str:
@@ -102,7 +133,8 @@ def decode_image(path: Path, image_size: int) -> tuple[torch.Tensor, bool]:
             # PIL only warns up to twice its limit; no scene image is that large
             raise Image.DecompressionBombError(f"{source.width}x{source.height} pixels exceeds the decoding limit")
         source.load()
-        rgb, stretched = to_rgb8(source)
+        upright = ImageOps.exif_transpose(source)  # a phone or drone JPEG's EXIF orientation
+        rgb, stretched = to_rgb8(upright)
         img = ImageOps.fit(rgb, (image_size, image_size), Image.Resampling.BILINEAR)
         data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
     return data.view(image_size, image_size, 3).permute(2, 0, 1).contiguous(), stretched

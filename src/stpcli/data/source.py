@@ -26,7 +26,7 @@ BUILTIN = "builtin:synthetic"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BAD_IMAGE_POLICIES = ("fail", "skip")
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: EXIF orientation applied
 
 
 @dataclass
@@ -59,7 +59,9 @@ class SplitData:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("STP_CACHE_DIR", Path.home() / ".cache" / "stpcli"))
+    """$STP_CACHE_DIR (``~`` expanded; empty counts as unset), else ~/.cache/stpcli."""
+    value = os.environ.get("STP_CACHE_DIR", "").strip()
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "stpcli"
 
 
 def load_dataset(data: str | None, image_size: int, on_bad_image: str = "fail",
@@ -111,7 +113,7 @@ _RECORDED = ("fingerprint", "num_files", "content_sha256", "skipped", "high_bit_
 
 
 def _cache_file(cache_dir: Path | None, listing, image_size: int) -> Path:
-    base = cache_dir if cache_dir is not None else default_cache_dir()
+    base = Path(cache_dir).expanduser() if cache_dir is not None and str(cache_dir).strip() else default_cache_dir()
     return base / f"decoded-v{CACHE_VERSION}-{listing.content_sha256[:32]}-{image_size}px.safetensors"
 
 

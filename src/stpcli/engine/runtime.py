@@ -64,13 +64,18 @@ class Runtime:
         return tuple(bool(v > 0) for v in value.tolist())
 
 
-def setup_runtime(device: str = "auto", precision: str = "fp32", compile: bool = False) -> Runtime:
+def check_runtime_options(device: str, precision: str) -> None:
+    """--device and --precision, checked without starting anything."""
     if device not in DEVICES:
         raise StpError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
     if precision not in PRECISIONS:
         raise StpError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise StpError("--device cuda was asked for, but no CUDA device is available")
+
+
+def setup_runtime(device: str = "auto", precision: str = "fp32", compile: bool = False) -> Runtime:
+    check_runtime_options(device, precision)
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     launch = read_launch()
     if launch.distributed and not dist.is_initialized():

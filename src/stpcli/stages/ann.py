@@ -23,16 +23,25 @@ from stpcli.stages.training import split_accuracy, train_and_finish
 DEFAULT_UNITS = (5, 1)  # add-unit's --as and --m: one Unit at the end of layer group 5 (the paper's AS5)
 
 
+def check_train_ann(*, arch: str, width: float, image_size: int, dropout: float, train_ratio: float,
+                    val_ratio: float, config: TrainConfig, pretrained: str | None = None):
+    """train-ann's options, checked before the data is read (the stage, and a preset's plan);
+    returns the model spec they make (for 2 classes: the class count comes with the data)."""
+    config.check(training_required=True)
+    spec = make_spec(arch, 2, image_size, width, dropout)
+    check_split_ratios(train_ratio, val_ratio)
+    if pretrained and not Path(pretrained).expanduser().is_file():
+        raise StpError(f"--pretrained {pretrained} does not exist")
+    return spec
+
+
 def train_ann(run: Run, *, arch: str, width: float, image_size: int, dropout: float,
               data: DataOptions, train_ratio: float, val_ratio: float, config: TrainConfig,
               io: StageIO, pretrained: str | None = None) -> Checkpoint:
     """Na: the base ANN, trained on a stratified split (drawn from ``config.seed``) of the data."""
     run = run.named("train-ann")
-    config.check(training_required=True)
-    make_spec(arch, 2, image_size, width, dropout)  # every option checked before the data is read
-    check_split_ratios(train_ratio, val_ratio)
-    if pretrained and not Path(pretrained).is_file():
-        raise StpError(f"--pretrained {pretrained} does not exist")
+    check_train_ann(arch=arch, width=width, image_size=image_size, dropout=dropout, train_ratio=train_ratio,
+                    val_ratio=val_ratio, config=config, pretrained=pretrained)
     io.check(will_train=True, inputs=(Path(pretrained) if pretrained else None,))
     with run.progress("decoding images") as advance:
         dataset = load_dataset(data.location, image_size, data.on_bad_image, data.cache_dir, progress=advance)

@@ -24,6 +24,7 @@ from stpcli.stages.training import split_accuracy, train_and_finish
 
 DEFAULT_TIMESTEPS = 5  # convert's T
 DEFAULT_SCHEDULE = (3, 2, 1)  # temporal-prune's --schedule
+MAX_CALIBRATION_IMAGES = 1_000_000
 
 
 def convert(run: Run, source: Checkpoint, *, timesteps: int, percentile: float, scale: float,
@@ -32,16 +33,9 @@ def convert(run: Run, source: Checkpoint, *, timesteps: int, percentile: float, 
     """Sb: BN folded, ReLU -> LIF, thresholds balanced layer by layer, then hybrid training at T."""
     run = run.named("convert")
     require_kind(source, "convert", "ann")
-    check_timesteps(timesteps)
-    config.check()
-    if not 0 < percentile <= 100:
-        raise StpError(f"--percentile must lie in (0, 100], got {percentile}")
-    if not scale > 0 or not math.isfinite(scale):
-        raise StpError(f"--scale must be positive, got {scale}")
-    if calibration_images <= 0:
-        raise StpError(f"--calibration-images must be positive, got {calibration_images}")
     settings = settings or SpikingSettings()
-    check_settings(settings)
+    check_convert(timesteps=timesteps, percentile=percentile, scale=scale, calibration_images=calibration_images,
+                  config=config, settings=settings)
     io.check(will_train=config.epochs > 0, inputs=(source.path, teacher))
     distil_from = resolve_teacher(source, teacher, config)
     parts = load_checkpoint_data(run, source, data)
@@ -75,6 +69,20 @@ def convert(run: Run, source: Checkpoint, *, timesteps: int, percentile: float, 
                              "spike-amplitude": settings.spike_amplitude, **config.recorded(), **data.recorded()},
                             parent=source,
                             teacher=distil_from)
+
+
+def check_convert(*, timesteps: int, percentile: float, scale: float, calibration_images: int,
+                  config: TrainConfig, settings: SpikingSettings) -> None:
+    """convert's options, checked before anything is read (the stage, and a preset's plan)."""
+    check_timesteps(timesteps)
+    config.check()
+    if not 0 < percentile <= 100:
+        raise StpError(f"--percentile must lie in (0, 100], got {percentile}")
+    if not scale > 0 or not math.isfinite(scale):
+        raise StpError(f"--scale must be positive, got {scale}")
+    if not 0 < calibration_images <= MAX_CALIBRATION_IMAGES:
+        raise StpError(f"--calibration-images must lie in 1..{MAX_CALIBRATION_IMAGES}, got {calibration_images}")
+    check_settings(settings)
 
 
 def check_settings(settings: SpikingSettings) -> None:
@@ -142,12 +150,7 @@ def temporal_prune(run: Run, source: Checkpoint, *, schedule: list[int], configs
     longer descend from their parent).
     """
     require_kind(source, "temporal-prune", "snn")
-    if len(configs) != len(schedule):
-        raise ValueError("temporal_prune needs one training config per time step of the schedule")
-    for config in configs:
-        config.check(training_required=True)
-    if schedule[0] > (source.timesteps or 0):
-        raise StpError(f"--schedule starts at T={schedule[0]}, above the checkpoint's T={source.timesteps}")
+    check_temporal_prune(schedule, configs, source.timesteps or 0)
     paths = [timestep_path(io.out, t) for t in schedule[:-1]] + [io.out]
     if source.path is not None and any(p.resolve() == source.path.resolve() for p in paths):
         raise StpError(f"a T file of --schedule would overwrite the input {source.path}; choose another --out")
@@ -191,6 +194,16 @@ def temporal_prune(run: Run, source: Checkpoint, *, schedule: list[int], configs
         run.say(f"[temporal-prune] T={timesteps} -> {path}")
         outputs.append(parent)
     return outputs
+
+
+def check_temporal_prune(schedule: list[int], configs: list[TrainConfig], source_timesteps: int) -> None:
+    """temporal-prune's options against its input's T (the stage, and a preset's plan)."""
+    if len(configs) != len(schedule):
+        raise ValueError("temporal_prune needs one training config per time step of the schedule")
+    for config in configs:
+        config.check(training_required=True)
+    if schedule[0] > source_timesteps:
+        raise StpError(f"--schedule starts at T={schedule[0]}, above the checkpoint's T={source_timesteps}")
 
 
 def _one_or_each(values: list) -> str:
