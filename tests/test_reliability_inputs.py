@@ -340,12 +340,33 @@ def test_leftover_temporaries_are_cleared_by_the_next_run(pipeline, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nb.metrics.csv", "nb.png", "nb.safetensors"]
 
 
-def test_sigterm_while_stp_starts_exits_130_with_a_message(dataset_dir, tmp_path):
+def test_what_a_killed_run_left_is_cleared_even_by_a_refused_resume(pipeline, tmp_path):
+    """kill -9 during a stage leaves its lock (a dead pid), a figure's temporary, and for temporal
+    pruning the lock of another T file; a refused --resume used to leave them all."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    out = tmp_path / "tp_t1.safetensors"
+    left = [tmp_path / "tp_t1.safetensors.lock", tmp_path / "tp_t2.safetensors.lock", tmp_path / ".tp_t1.png.x1.tmp",
+            tmp_path / ".tp_t2.metrics.csv.x2.tmp", tmp_path / ".tp_t1.safetensors.x3.tmp"]
+    for path in left:
+        path.write_text(dead if path.suffix == ".lock" else "partial")
+    refused(["temporal-prune", pipeline["sb_t3"], "--schedule", "2,1", "--out", out, "--epochs-per-stage", "0", "--resume",
+             *CPU], "--epochs must be positive")  # refused before the output is looked at: nothing cleared yet
+    refused(["spatial-prune", pipeline["sb_t1"], "--epochs", "0", "--resume", "--out", out, *CPU],
+            "--resume needs a stage that trains", out)
+    assert not any(path.exists() for path in left[:1] + left[2:3] + left[4:]), sorted(p.name for p in tmp_path.iterdir())
+    refused(["temporal-prune", pipeline["sb_t3"], "--schedule", "2,1", "--out", out, "--epochs-per-stage", "1",
+             "--data", tmp_path / "absent", *CPU], "does not exist", out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], sorted(p.name for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_stp_starts_exits_130_with_a_message(dataset_dir, tmp_path, sig):
     out = tmp_path / "na.safetensors"
     proc = subprocess.Popen([sys.executable, "-m", "stpcli", "train-ann", *TINY, "--data", str(dataset_dir),
                              "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(0.4)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "error: interrupted" in err and "Traceback" not in err

@@ -62,7 +62,8 @@ def run_child(args: Sequence[str], *, log: Path, echo: Callable[[str], None] | N
     writes it. The child watches this process (``STP_PARENT_PID``) and stops itself if it dies,
     even by ``kill -9``. When ``stop_requested()`` turns true, or this process is interrupted, the
     child gets SIGTERM and a grace period."""
-    environment = dict(os.environ if env is None else env, **{PARENT_VARIABLE: str(os.getpid())})
+    environment = dict(os.environ if env is None else env, **{PARENT_VARIABLE: str(os.getpid())},
+                       PYTHONUNBUFFERED="1")  # the log, and the echo, as the stage writes, not 8 kB later
     with open(log, "ab") as handle:
         start = handle.tell()
         child = subprocess.Popen(list(args), stdout=handle, stderr=subprocess.STDOUT, env=environment)
