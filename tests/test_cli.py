@@ -21,6 +21,17 @@ def test_version_and_module_entry_point():
     assert out.stdout.strip() == "stp 0.1.0"
 
 
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["schema"], ["train-ann", "--help"],
+                                  ["evaluate", "--help"], ["study", "--help"], ["data", "pack", "--help"]])
+def test_the_cli_answers_without_importing_torch_or_matplotlib(args):
+    """Commands are registered from torch-free modules; heavy imports happen inside the command that runs."""
+    probe = ("import sys, runpy; sys.argv = ['stp', *sys.argv[1:]]\n"
+             "try:\n    runpy.run_module('stpcli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('torch', 'matplotlib', 'numpy', 'PIL') if m in sys.modules), file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() and out.stderr.strip().splitlines()[-1] == "[]", out.stderr
+
+
 def test_pipeline_records_kind_timesteps_units_and_lineage(pipeline):
     na, nb = load_checkpoint(pipeline["na"]), load_checkpoint(pipeline["nb"])
     sb3, sb2, sb1 = (load_checkpoint(pipeline[k]) for k in ("sb_t3", "sb_t2", "sb_t1"))

@@ -14,10 +14,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from stpcli.defaults import DEFAULT_SCHEDULE, DEFAULT_TIMESTEPS, DEFAULT_UNITS
 from stpcli.errors import StpError
 from stpcli.schema import MAX_LAYERS_PER_GROUP, MAX_TIMESTEPS
-from stpcli.stages.ann import DEFAULT_UNITS
-from stpcli.stages.snn import DEFAULT_SCHEDULE, DEFAULT_TIMESTEPS, parse_schedule
+
+
+def parse_schedule(text: str | list) -> list[int]:
+    try:
+        values = [int(v) for v in (text.split(",") if isinstance(text, str) else text)]
+    except ValueError:
+        raise StpError(f"--schedule must be comma-separated integers such as 3,2,1, got {text!r}") from None
+    if not values or any(not 1 <= v <= MAX_TIMESTEPS for v in values):
+        raise StpError(f"--schedule values must be time steps in 1..{MAX_TIMESTEPS}, got {text!r}")
+    if any(a <= b for a, b in zip(values, values[1:])):
+        raise StpError(f"--schedule must be strictly descending, got {text!r}")
+    if values[-1] != 1:
+        raise StpError(f"--schedule must end at 1 time step, got {text!r}")
+    return values
 
 
 @dataclass(frozen=True)

@@ -35,14 +35,13 @@ import torch
 
 from stpcli import __version__
 from stpcli.checkpoint import Checkpoint
+from stpcli.defaults import EXPORT_FORMATS as FORMATS
 from stpcli.errors import StpError
 from stpcli.files import atomic_write_bytes
 from stpcli.models.plan import synaptic_layers
 from stpcli.restore import model_from_checkpoint
 from stpcli.spiking.network import SNN
 from stpcli.spiking.neuron import LIF
-
-FORMATS = ("nir", "onnx")
 
 
 def _need(module: str, fmt: str):

@@ -18,14 +18,15 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-
-import torch
-from safetensors.torch import save as serialize_tensors
+from typing import TYPE_CHECKING
 
 from stpcli.engine.launch import read_launch
 from stpcli.errors import StpError
+from stpcli.names import lock_path
 
-LOCK_SUFFIX = ".lock"
+if TYPE_CHECKING:
+    import torch
+
 
 
 def now_iso() -> str:
@@ -95,6 +96,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | Path) -> None:
     """A safetensors file, serialised in memory and written by ``atomic_write_bytes``."""
+    from safetensors.torch import save as serialize_tensors
+
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     atomic_write_bytes(path, serialize_tensors(contiguous, metadata=metadata))
 
@@ -214,10 +217,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def lock_path(path: Path) -> Path:
-    return path.with_name(path.name + LOCK_SUFFIX)
 
 
 def lock_holder(path: Path) -> int | None:

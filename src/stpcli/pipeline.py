@@ -20,10 +20,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from stpcli.chain import Step, compared, pipeline_steps
-from stpcli.engine.state import state_path_for
 from stpcli.entry import PARENT_VARIABLE
 from stpcli.errors import StpError
 from stpcli.files import create_out_dir, lock_holder, lock_output
+from stpcli.names import log_path, state_path
 
 STOP_GRACE_SECONDS = 120  # a stopped stage finishes its step and writes its state; then it is killed
 
@@ -48,7 +48,7 @@ def step_command(step: Step, folder: Path, preset: Path, *, seed: int | None = N
     files = [folder / f"{name}.safetensors" for name in step.outputs]
     if any(path.exists() for path in files):  # temporal pruning with a T file missing: --resume reuses
         args.append("--force")                # the Ts that still descend from their parent
-    if step.command == "temporal-prune" or any(state_path_for(path).exists() for path in files):
+    if step.command == "temporal-prune" or any(state_path(path).exists() for path in files):
         args.append("--resume")
     return args
 
@@ -146,12 +146,12 @@ def run_pipeline(preset: dict, preset_path: Path, out_dir: Path, *, data: str | 
             continue
         wait_for_earlier_writers(outputs, say)
         args = step_command(step, out_dir, preset_path, seed=seed, data=data, device=device, redo=redo)
-        log = out_dir / f"{step.target}.log"
+        log = log_path(out_dir / f"{step.target}.safetensors")
         say(f"[pipeline] stp {shlex.join(args[3:])}  (log: {log})")
         try:
             code = run_child(args, log=log, echo=echo)
         except KeyboardInterrupt:
-            kept = [state_path_for(path) for path in outputs if state_path_for(path).exists()]
+            kept = [state_path(path) for path in outputs if state_path(path).exists()]
             where = (f"it keeps its training state in {kept[-1]}, so a rerun continues it" if kept
                      else "it had not finished an epoch, so a rerun starts it again")
             raise StpError(f"pipeline interrupted during {step.command}: the finished stages are kept and {where}; "

@@ -19,8 +19,6 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocato
 
 from stpcli.files import atomic_write_bytes  # noqa: E402
 
-FORMATS = (".png", ".pdf", ".svg")
-
 
 def _save(figure, path: Path) -> Path:
     path = Path(path)

@@ -29,6 +29,7 @@ from stpcli.chain import Step, preset_integer, preset_units, stp_steps, tp_steps
 from stpcli.checkpoint import read_record
 from stpcli.errors import StpError
 from stpcli.files import atomic_write_text
+from stpcli.names import log_path
 from stpcli.pipeline import run_child, step_command, wait_for_earlier_writers
 from stpcli.report import METHODS, compare
 from stpcli.run import DataOptions, Run
@@ -134,7 +135,7 @@ class Runner:
         environment = dict(os.environ)
         if self.jobs > 1 and "OMP_NUM_THREADS" not in environment:
             environment["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
-        log = out.with_name(out.name.removesuffix(".safetensors") + ".log")
+        log = log_path(out)
         wait_for_earlier_writers([folder / f"{name}.safetensors" for name in step.outputs], self.say)
         started = time.monotonic()
         self.say(f"[study] seed {chain.seed} {chain.label}: {step.command} -> {out.relative_to(self.out_dir)}")
@@ -223,7 +224,7 @@ def summarise(runs: list[dict]) -> tuple[list[dict], list[dict]]:
     return table, paired
 
 
-def _fmt(value, digits=2) -> str:
+def format_number(value, digits=2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
@@ -258,15 +259,16 @@ def write_reports(out_dir: Path, preset_path: Path, seeds: list[int], runs: list
              "| method | Units | T | accuracy | n | ANN | gap to ANN | energy µJ | spikes/neuron |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in table:
+        numbers = [format_number(row[key]) for key in ("mean", "std", "ann_mean", "gap_to_ann", "energy_uj")]
         lines.append(f"| {row['method']} | {row['units'] or '-'} | {row['timesteps'] or '-'} | "
-                     f"{_fmt(row['mean'])} ± {_fmt(row['std'])} | {row['n']} | {_fmt(row['ann_mean'])} | "
-                     f"{_fmt(row['gap_to_ann'])} | {_fmt(row['energy_uj'])} | {_fmt(row['spikes_per_neuron'], 3)} |")
+                     f"{numbers[0]} ± {numbers[1]} | {row['n']} | {numbers[2]} | {numbers[3]} | {numbers[4]} | "
+                     f"{format_number(row['spikes_per_neuron'], 3)} |")
     if paired:
         lines += ["", "Paired difference STP − TP (same seed, same ANN), with the 95 % t-interval of its mean:", "",
                   "| Units | T | mean | std | n | 95 % interval |", "|---|---|---|---|---|---|"]
         for row in paired:
-            lines.append(f"| {row['units']} | {row['timesteps']} | {row['mean']:+.2f} | {_fmt(row['std'])} | "
-                         f"{row['n']} | {_fmt(row['ci95_low'])} … {_fmt(row['ci95_high'])} |")
+            lines.append(f"| {row['units']} | {row['timesteps']} | {row['mean']:+.2f} | {format_number(row['std'])} | "
+                         f"{row['n']} | {format_number(row['ci95_low'])} … {format_number(row['ci95_high'])} |")
         smallest = min(row["n"] for row in paired)
         if smallest == 1:
             lines += ["", "Caution: one seed per comparison: no spread and no interval can be estimated; three or "

@@ -18,12 +18,13 @@ from rich.console import Console
 
 from stpcli.cli.terminal import OutputError, flush_standard_output, shown
 from stpcli.engine.recipe import TRAIN_OPTIONS, TrainConfig
-from stpcli.engine.runtime import setup_runtime, shutdown_runtime
 from stpcli.entry import EARLY_SIGNALS
 from stpcli.errors import StpError
 from stpcli.files import finish_outputs, first_line
-from stpcli.run import DataOptions, Run
-from stpcli.stages.saving import StageIO
+
+if typing.TYPE_CHECKING:  # torch-heavy: imported when a command runs, not when the CLI starts
+    from stpcli.run import DataOptions, Run
+    from stpcli.stages.saving import StageIO
 
 console = Console()
 if not console.is_terminal:  # logs and pipes: wide enough for the tables, never wrapped at 80
@@ -76,7 +77,10 @@ def stp_command(app: typer.Typer, name: str, **kwargs):
                 if previous is not None:
                     signal.signal(signal.SIGTERM, previous)
                 finish_outputs(succeeded)
-                shutdown_runtime()
+                if "torch.distributed" in sys.modules:  # a command that never started torch has nothing to shut
+                    from stpcli.engine.runtime import shutdown_runtime
+
+                    shutdown_runtime()
 
         return app.command(name, **kwargs)(run)
 
@@ -249,17 +253,24 @@ def command_line() -> str:
 
 
 def make_run(name: str, values: dict) -> Run:
+    from stpcli.engine.runtime import setup_runtime
+    from stpcli.run import Run
+
     runtime = setup_runtime(values.get("device", "auto"), values.get("precision", "fp32"),
                             values.get("compile", False))
     return Run(name, runtime, console)
 
 
 def make_io(values: dict) -> StageIO:
+    from stpcli.stages.saving import StageIO
+
     return StageIO(Path(values["out"]), force=values.get("force", False), resume=values.get("resume", False),
                    command=command_line())
 
 
 def make_data(values: dict) -> DataOptions:
+    from stpcli.run import DataOptions
+
     return DataOptions(location=values.get("data"), allow_data_change=values.get("allow_data_change", False),
                        on_bad_image=values.get("on_bad_image", "fail"), cache_dir=values.get("cache_dir"))
 

@@ -8,8 +8,6 @@ from typing import Annotated
 import typer
 
 from stpcli.cli.common import CacheDir, Force, OnBadImage, console, stp_command
-from stpcli.data.pack import write_pack
-from stpcli.data.source import load_dataset
 from stpcli.errors import StpError
 from stpcli.files import check_output, lock_output
 from stpcli.progress import progress_bar
@@ -35,6 +33,9 @@ def pack_command(
         raise StpError(f"--quality must lie in 1..100, got {quality}")
     if not root.is_dir():
         raise StpError(f"{root} is not a dataset folder")
+    from stpcli.data.pack import write_pack
+    from stpcli.data.source import load_dataset
+
     check_output(out, force, suffix=".safetensors")
     lock_output(out)
     with progress_bar(console, "decoding") as advance:

@@ -10,8 +10,6 @@ import typer
 import yaml
 from rich.table import Table
 
-from stpcli import plots
-from stpcli.checkpoint import load_checkpoint
 from stpcli.cli.common import (
     AllowDataChange,
     CacheDir,
@@ -27,11 +25,12 @@ from stpcli.cli.common import (
     stp_command,
 )
 from stpcli.cli.terminal import safe
+from stpcli.defaults import FIGURE_FORMATS
 from stpcli.errors import StpError
 from stpcli.files import check_output, lock_output
-from stpcli.plots import FORMATS as FIGURE_FORMATS
-from stpcli.report import compare, evaluate, info, verify_chain
-from stpcli.schema import json_schema
+from stpcli.names import figure_path, stem
+
+# checkpoints, reports (torch) and figures (matplotlib) are imported by the command that needs them
 
 app = typer.Typer()
 
@@ -69,6 +68,9 @@ def evaluate_command(
         raise StpError(f"--part must be test, val or train, got {part!r}")
     if f".{plot_format}" not in FIGURE_FORMATS:
         raise StpError(f"--plot-format must be one of {', '.join(f[1:] for f in FIGURE_FORMATS)}, got {plot_format!r}")
+    from stpcli.checkpoint import load_checkpoint
+    from stpcli.report import evaluate
+
     ckpt = load_checkpoint(checkpoint)
     figures = {}
     if plots is not None:
@@ -116,14 +118,14 @@ def evaluate_command(
 
 def evaluation_plot_paths(checkpoint: Path, kind: str, folder: Path, fmt: str) -> dict[str, Path]:
     """The figures ``evaluate --plots`` writes for a checkpoint: its confusion matrix, and an SNN's spike rates."""
-    stem = checkpoint.name.removesuffix(".safetensors")
     names = ("confusion", "spike_rates") if kind == "snn" else ("confusion",)
-    return {name: folder / f"{stem}.{name}.{fmt}" for name in names}
+    return {name: figure_path(folder, checkpoint, name, fmt) for name in names}
 
 
 def evaluation_plots(result: dict, classes: list[str], paths: dict[str, Path]) -> list[Path]:
-    stem = Path(result["checkpoint"]).name.removesuffix(".safetensors")
-    label = f"{stem} ({result['method']}" + (f", T={result['timesteps']})" if "timesteps" in result else ")")
+    from stpcli import plots
+
+    label = f"{stem(result['checkpoint'])} ({result['method']}" + (f", T={result['timesteps']})" if "timesteps" in result else ")")
     written = [plots.confusion_matrix(result["confusion_matrix"], classes,
                                       f"{label}: {result['part']} split, OA {result['overall_accuracy']:.2f}%",
                                       paths["confusion"])]
@@ -144,6 +146,9 @@ def info_command(
 
     Example: stp info sa_t1.safetensors --verify
     """
+    from stpcli.checkpoint import load_checkpoint
+    from stpcli.report import info, verify_chain
+
     ckpt = load_checkpoint(checkpoint)
     if config:
         typer.echo(rerun_config(ctx, ckpt.history[-1]), nl=False)
@@ -224,6 +229,9 @@ def compare_command(
             raise StpError(f"--plot {plot} must end in {', '.join(FIGURE_FORMATS)}")
         check_output(plot, force, inputs=checkpoints, option="--plot")
         lock_output(plot)
+    from stpcli import plots
+    from stpcli.report import compare
+
     run = make_run("compare", locals())
     rows = compare(run, checkpoints, make_data(locals()))
     if plot is not None:
@@ -287,4 +295,6 @@ def schema_command():
 
     Example: stp schema > stp-record.schema.json
     """
+    from stpcli.schema import json_schema
+
     _print_json(json_schema())

@@ -12,12 +12,9 @@ from rich.console import Console
 from stpcli.chain import pipeline_steps
 from stpcli.cli.common import Force, console, echo, make_run, read_yaml, say, stp_command
 from stpcli.cli.inspect import comparison_table
-from stpcli.cli.presets import check_chain, planned
 from stpcli.engine.recipe import check_seed
 from stpcli.files import atomic_write_text
 from stpcli.pipeline import run_pipeline
-from stpcli.report import compare
-from stpcli.run import DataOptions
 
 app = typer.Typer()
 
@@ -38,6 +35,10 @@ def pipeline_command(
 
     Example: stp pipeline examples/configs/demo.yaml --out-dir runs/demo --seed 1
     """
+    from stpcli.cli.presets import check_chain, planned
+    from stpcli.report import compare
+    from stpcli.run import DataOptions
+
     if seed is not None:
         check_seed(seed)
     preset = read_yaml(config, "preset")

@@ -10,7 +10,6 @@ from typing import Annotated
 
 import typer
 
-from stpcli.checkpoint import load_checkpoint
 from stpcli.cli.common import (
     ANN_TRAINING,
     RECORDED_DATA,
@@ -29,18 +28,10 @@ from stpcli.cli.common import (
     training_options,
     with_options,
 )
+from stpcli.defaults import DEFAULT_SCHEDULE, DEFAULT_TIMESTEPS, DEFAULT_UNITS
 from stpcli.models.registry import ARCHITECTURES
-from stpcli.spiking.network import SpikingSettings
-from stpcli.stages.ann import DEFAULT_UNITS, add_unit, train_ann
-from stpcli.stages.snn import (
-    DEFAULT_SCHEDULE,
-    DEFAULT_TIMESTEPS,
-    convert,
-    parse_schedule,
-    spatial_prune,
-    temporal_prune,
-    timestep_configs,
-)
+
+# The stages (and torch) are imported by each command when it runs, not when the CLI registers it.
 
 app = typer.Typer()
 
@@ -69,6 +60,8 @@ def train_ann_command(
 
     Example: stp train-ann --arch vgg11 --width 0.5 --image-size 64 --data ucm16/ --epochs 60 --out na.safetensors
     """
+    from stpcli.stages.ann import train_ann
+
     values = resolve(ctx, locals())
     run = make_run("train-ann", values)
     train_ann(run, arch=values["arch"], width=values["width"], image_size=values["image_size"],
@@ -92,6 +85,9 @@ def add_unit_command(
 
     Example: stp add-unit na.safetensors --as 5 --m 1 --epochs 10 --out nb.safetensors
     """
+    from stpcli.checkpoint import load_checkpoint
+    from stpcli.stages.ann import add_unit
+
     values = resolve(ctx, locals())
     run = make_run("add-unit", values)
     add_unit(run, load_checkpoint(values["source"]), unit_group=values["unit_group"], count=values["count"],
@@ -119,6 +115,9 @@ def convert_command(
 
     Example: stp convert nb.safetensors --timesteps 5 --epochs 8 --lr 1e-3 --out sb_t5.safetensors
     """
+    from stpcli.checkpoint import load_checkpoint
+    from stpcli.stages.snn import convert
+
     values = resolve(ctx, locals())
     run = make_run("convert", values)
     convert(run, load_checkpoint(values["source"]), timesteps=values["timesteps"],
@@ -128,14 +127,19 @@ def convert_command(
             settings=spiking_settings(values), teacher=values["teacher"])
 
 
-def spiking_settings(values: dict) -> SpikingSettings:
-    """convert's neuron options from its resolved values."""
+def spiking_settings(values: dict):
+    """convert's neuron options (a SpikingSettings) from its resolved values."""
+    from stpcli.spiking.network import SpikingSettings
+
     return SpikingSettings(dropout=values["dropout"], conv_dropout=values["conv_dropout"],
                            initial_membrane=values["initial_membrane"], spike_amplitude=values["spike_amplitude"])
 
 
 def timestep_recipes(values: dict) -> tuple[list[int], list]:
     """temporal-prune's schedule and one training recipe per T, from its resolved values."""
+    from stpcli.chain import parse_schedule
+    from stpcli.stages.snn import timestep_configs
+
     steps = parse_schedule(values["schedule"])
     base = make_train_config({k: v for k, v in values.items() if k != "lr_schedule"})  # set per T
     return steps, timestep_configs(base, steps, values["epochs_per_stage"], values["lr_schedule"])
@@ -158,6 +162,9 @@ def temporal_prune_command(
 
     Example: stp temporal-prune sb_t5.safetensors --schedule 3,2,1 --out sb_t1.safetensors  (also writes sb_t3, sb_t2)
     """
+    from stpcli.checkpoint import load_checkpoint
+    from stpcli.stages.snn import temporal_prune
+
     values = resolve(ctx, locals())
     steps, configs = timestep_recipes(values)
     run = make_run("temporal-prune", values)
@@ -180,6 +187,9 @@ def spatial_prune_command(
 
     Example: stp spatial-prune sb_t1.safetensors --out sa_t1.safetensors
     """
+    from stpcli.checkpoint import load_checkpoint
+    from stpcli.stages.snn import spatial_prune
+
     values = resolve(ctx, locals())
     run = make_run("spatial-prune", values)
     spatial_prune(run, load_checkpoint(values["source"]), unit_group=values["unit_group"],

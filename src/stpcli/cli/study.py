@@ -8,9 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from stpcli import study
 from stpcli.cli.common import console, make_run, read_yaml, say, stp_command
-from stpcli.cli.presets import check_chain, planned
 from stpcli.cli.terminal import safe
 from stpcli.engine.recipe import check_seed
 from stpcli.errors import StpError
@@ -48,6 +46,9 @@ def study_command(
 
     Example: stp study examples/configs/demo.yaml --seeds 0,1,2 --out-dir runs/demo-study --jobs 2
     """
+    from stpcli import study
+    from stpcli.cli.presets import check_chain, planned
+
     seed_list = parse_seeds(seeds)
     if jobs < 1:
         raise StpError(f"--jobs must be at least 1, got {jobs}")
@@ -82,15 +83,17 @@ def study_command(
 
 
 def summary_table(table: list[dict], paired: list[dict]) -> Table:
+    from stpcli.study import format_number
+
     out = Table(title="study (test split): mean ± std over seeds")
     for header in ("method", "Units", "T", "accuracy %", "n", "gap to ANN", "energy uJ"):
         out.add_column(header, no_wrap=True)
     for row in table:
         out.add_row(row["method"], safe(row["units"] or "-"), str(row["timesteps"] or "-"),
-                    f"{row['mean']:.2f} ± {study._fmt(row['std'])}", str(row["n"]), study._fmt(row["gap_to_ann"]),
+                    f"{row['mean']:.2f} ± {format_number(row['std'])}", str(row["n"]), format_number(row["gap_to_ann"]),
                     f"{row['energy_uj']:.2f}")
     for row in paired:
         out.add_row("STP − TP (paired)", row["units"], str(row["timesteps"]),
-                    f"{row['mean']:+.2f} [{study._fmt(row['ci95_low'])}, {study._fmt(row['ci95_high'])}]",
+                    f"{row['mean']:+.2f} [{format_number(row['ci95_low'])}, {format_number(row['ci95_high'])}]",
                     str(row["n"]), "", "")
     return out

@@ -10,13 +10,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from stpcli.checkpoint import load_checkpoint
 from stpcli.cli.common import Device, Force, JsonOutput, console, error_console, make_run, stp_command
 from stpcli.cli.terminal import safe, shown
+from stpcli.defaults import EXPORT_FORMATS as FORMATS
 from stpcli.errors import StpError
-from stpcli.export import FORMATS, export
 from stpcli.files import atomic_write_text, check_output, lock_output
-from stpcli.predict import check_options, find_images, predict
 from stpcli.progress import progress_bar
 
 app = typer.Typer()
@@ -42,6 +40,9 @@ def predict_command(
     """
     if json_output and csv_file is not None:
         raise StpError("--json and --csv are alternatives; choose one")
+    from stpcli.checkpoint import load_checkpoint
+    from stpcli.predict import check_options, find_images, predict
+
     check_options(top_k, batch_size)
     files = find_images(paths)  # once: predict is given the files, not the folders again
     if csv_file is not None:
@@ -97,6 +98,9 @@ def export_command(
     """
     if fmt not in FORMATS:
         raise StpError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    from stpcli.checkpoint import load_checkpoint
+    from stpcli.export import export
+
     check_output(out, force, inputs=(checkpoint,))
     lock_output(out)
     ckpt = load_checkpoint(checkpoint)

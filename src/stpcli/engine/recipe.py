@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, Any
 
 from stpcli.errors import StpError
+
+if TYPE_CHECKING:  # the recipe is read when the CLI starts; torch only when a run trains
+    import torch
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("step", "cosine", "constant")
@@ -100,6 +100,8 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, labels
     The tau^2 factor keeps the soft term's gradient on the scale of the hard one
     (Hinton et al., 2015), so ``weight`` means the same at every temperature.
     """
+    import torch.nn.functional as F
+
     hard = F.cross_entropy(logits, labels)
     if weight == 0:
         return hard
@@ -110,6 +112,8 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, labels
 
 def make_optimizer(model, config: TrainConfig):
     """Thresholds and leaks (scalars near 1, unlike weights near 0.01) are never weight-decayed."""
+    import torch
+
     neuron = [p for n, p in model.named_parameters() if n.endswith((".threshold", ".leak"))]
     others = [p for n, p in model.named_parameters() if not n.endswith((".threshold", ".leak"))]
     groups: list[dict[str, Any]] = [{"params": others}]

@@ -21,10 +21,6 @@ from stpcli.files import atomic_save_tensors, first_line
 STATE_FORMAT = "stp-training-state"
 
 
-def state_path_for(out: Path) -> Path:
-    return out.with_name(out.name.removesuffix(".safetensors") + ".state.safetensors")
-
-
 def save_state(path: Path, model, optimizer, record: dict, best_state: dict | None) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     if best_state is not None:

@@ -22,8 +22,6 @@ from stpcli.models.plan import PlanEntry, build_plan
 from stpcli.spec import ModelSpec
 from stpcli.spiking.neuron import INITIAL_MEMBRANE, LIF, SURROGATE_GAMMA
 
-SPIKE_AMPLITUDES = ("threshold", "binary")
-
 
 @dataclass(frozen=True)
 class SpikingSettings:

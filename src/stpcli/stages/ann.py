@@ -20,8 +20,6 @@ from stpcli.run import DataOptions, Run, load_checkpoint_data
 from stpcli.stages.saving import StageIO, child_record
 from stpcli.stages.training import split_accuracy, train_and_finish
 
-DEFAULT_UNITS = (5, 1)  # add-unit's --as and --m: one Unit at the end of layer group 5 (the paper's AS5)
-
 
 def check_train_ann(*, arch: str, width: float, image_size: int, dropout: float, train_ratio: float,
                     val_ratio: float, config: TrainConfig, pretrained: str | None = None):

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stpcli.checkpoint import Checkpoint, StageEntry, save_checkpoint
-from stpcli.engine.state import state_path_for
 from stpcli.errors import StpError
 from stpcli.files import check_output, clear_stale, lock_holder, lock_output, remove_leftovers, sha256_file
+from stpcli.names import curves_path, metrics_path, state_path
 from stpcli.run import Run
 
 
@@ -23,15 +23,15 @@ class StageIO:
 
     @property
     def state_path(self) -> Path:
-        return state_path_for(self.out)
+        return state_path(self.out)
 
     @property
     def csv_path(self) -> Path:
-        return self.out.with_name(self.out.name.removesuffix(".safetensors") + ".metrics.csv")
+        return metrics_path(self.out)
 
     @property
     def plot_path(self) -> Path:
-        return self.out.with_name(self.out.name.removesuffix(".safetensors") + ".png")
+        return curves_path(self.out)
 
     @property
     def companions(self) -> tuple[Path, ...]:

@@ -3,27 +3,25 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from stpcli.checkpoint import Checkpoint, load_checkpoint
+from stpcli.defaults import SPIKE_AMPLITUDES
 from stpcli.engine.recipe import TrainConfig
 from stpcli.errors import StpError
 from stpcli.models.surgery import remove_units, without_layers
+from stpcli.names import timestep_path
 from stpcli.restore import check_timesteps, input_stats, model_from_checkpoint, require_kind
 from stpcli.run import DataOptions, Run, load_checkpoint_data
-from stpcli.schema import MAX_TIMESTEPS
 from stpcli.spiking.convert import balance_thresholds, snn_from_ann
-from stpcli.spiking.network import SPIKE_AMPLITUDES, SpikingSettings
+from stpcli.spiking.network import SpikingSettings
 from stpcli.stages.saving import StageIO, child_record
 from stpcli.stages.teacher import resolve_teacher
 from stpcli.stages.training import split_accuracy, train_and_finish
 
-DEFAULT_TIMESTEPS = 5  # convert's T
-DEFAULT_SCHEDULE = (3, 2, 1)  # temporal-prune's --schedule
 MAX_CALIBRATION_IMAGES = 1_000_000
 
 
@@ -97,20 +95,6 @@ def check_settings(settings: SpikingSettings) -> None:
         raise StpError(f"the surrogate slope must be positive, got {settings.surrogate_gamma}")
 
 
-def parse_schedule(text: str | list) -> list[int]:
-    try:
-        values = [int(v) for v in (text.split(",") if isinstance(text, str) else text)]
-    except ValueError:
-        raise StpError(f"--schedule must be comma-separated integers such as 3,2,1, got {text!r}") from None
-    if not values or any(not 1 <= v <= MAX_TIMESTEPS for v in values):
-        raise StpError(f"--schedule values must be time steps in 1..{MAX_TIMESTEPS}, got {text!r}")
-    if any(a <= b for a, b in zip(values, values[1:])):
-        raise StpError(f"--schedule must be strictly descending, got {text!r}")
-    if values[-1] != 1:
-        raise StpError(f"--schedule must end at 1 time step, got {text!r}")
-    return values
-
-
 def timestep_configs(base: TrainConfig, schedule: list[int], epochs: str | int, lr_schedule: str) -> list[TrainConfig]:
     """One training config per T of the schedule: each of ``epochs`` and ``lr_schedule`` holds one
     value for every T ("15") or one per T ("15,15,40"; "step,step,cosine")."""
@@ -130,13 +114,6 @@ def _per_timestep(text: str | int, option: str, schedule: list[int]) -> list[str
         raise StpError(f"{option} has {len(values)} values for the {len(schedule)} time steps of --schedule "
                        f"{','.join(map(str, schedule))}; give one value, or one per time step")
     return values
-
-
-def timestep_path(out: Path, timesteps: int) -> Path:
-    """sb_t1.safetensors -> sb_t3.safetensors; other names get a _t3 suffix."""
-    stem = out.name.removesuffix(".safetensors")
-    base = re.sub(r"_t\d+$", "", stem)
-    return out.with_name(f"{base}_t{timesteps}.safetensors")
 
 
 def temporal_prune(run: Run, source: Checkpoint, *, schedule: list[int], configs: list[TrainConfig],
