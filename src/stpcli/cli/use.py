@@ -10,7 +10,18 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from stpcli.cli.common import Device, Force, JsonOutput, console, error_console, make_run, stp_command
+from stpcli.cli.common import (
+    CacheDir,
+    Data,
+    Device,
+    Force,
+    JsonOutput,
+    console,
+    error_console,
+    make_data,
+    make_run,
+    stp_command,
+)
 from stpcli.cli.terminal import safe, shown
 from stpcli.defaults import EXPORT_FORMATS as FORMATS
 from stpcli.errors import StpError
@@ -88,21 +99,39 @@ def _write_csv(path: Path, result: dict) -> None:
 def export_command(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to export.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="File to write; its folder is created if missing.")],
-    fmt: Annotated[str, typer.Option("--format", help=f"{' | '.join(FORMATS)}: NIR for SNNs, ONNX for ANNs.")] = "nir",
+    fmt: Annotated[str, typer.Option("--format", help=f"{' | '.join(FORMATS)}: NIR (SNNs) for neuromorphic tools, ONNX (ANNs and SNNs) for edge runtimes.")] = "nir",
+    nir_graph: Annotated[str, typer.Option("--nir-graph", help="portable (runs unmodified in snnTorch and Norse) | stp (stp's exact layers; initial membrane and reset in metadata).")] = "portable",
+    quantize: Annotated[str | None, typer.Option("--quantize", help="int8: static int8 ONNX, calibrated on training images; prints the test accuracy of fp32 and int8.")] = None,
+    data: Data = None,
+    cache_dir: CacheDir = None,
+    device: Device = "auto",
     force: Force = False,
+    json_output: JsonOutput = False,
 ):
-    """Write a model in an exchange format: NIR (SNN, for neuromorphic tools: snnTorch, Norse,
-    SpikingJelly, Sinabs, Lava) or ONNX (ANN). See the README for the NIR mapping and its limits.
+    """Write a model in an exchange format: NIR (an SNN, for neuromorphic tools: snnTorch, Norse,
+    Sinabs, Lava) or ONNX (an ANN, or an SNN with its time steps unrolled, for onnxruntime,
+    TensorRT and edge NPUs). See the README's "Deploying" section for each consumer's settings.
 
-    Example: stp export sa_t1.safetensors --format nir --out sa_t1.nir
+    Example: stp export sa_t1.safetensors --format onnx --quantize int8 --out sa_t1.int8.onnx
     """
-    if fmt not in FORMATS:
-        raise StpError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     from stpcli.checkpoint import load_checkpoint
-    from stpcli.export import export
+    from stpcli.export import check_export_options, export
 
     check_output(out, force, inputs=(checkpoint,))
-    lock_output(out)
     ckpt = load_checkpoint(checkpoint)
-    export(ckpt, fmt, out)
-    console.print(f"wrote {out} ({fmt.upper()}, {out.stat().st_size / 1e6:.1f} MB)", markup=False)
+    check_export_options(ckpt.kind, fmt, nir_graph, quantize)
+    lock_output(out)
+    run = make_run("export", {"device": device}) if quantize else None
+    report = export(ckpt, fmt, out, graph=nir_graph, quantize=quantize, run=run,
+                    data=make_data({"data": data, "cache_dir": cache_dir}) if quantize else None)
+    report["path"] = str(out)
+    if json_output:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    what = fmt.upper() + (f", {nir_graph} graph" if fmt == "nir" else "") + (f", {quantize}" if quantize else "")
+    console.print(f"wrote {shown(out)} ({what}, {report['bytes'] / 1e6:.2f} MB)", markup=False)
+    if quantize:
+        change = report["int8_test_accuracy"] - report["fp32_test_accuracy"]
+        console.print(f"test split ({report['test_images']} images, onnxruntime): fp32 {report['fp32_test_accuracy']:.2f}%, "
+                      f"int8 {report['int8_test_accuracy']:.2f}% ({change:+.2f} points); "
+                      f"{report['fp32_bytes'] / 1e6:.2f} MB -> {report['bytes'] / 1e6:.2f} MB", markup=False)

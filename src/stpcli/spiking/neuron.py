@@ -36,6 +36,7 @@ tensor the size of the input current, and nothing is kept per time step by autog
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 
@@ -175,10 +176,43 @@ def lif_backend() -> str:
     return name
 
 
+_TRACEABLE: list[bool] = []  # non-empty inside ``traceable()``
+
+
+@contextlib.contextmanager
+def traceable():
+    """Neurons run as plain tensor operations, one step after another (forward only), so that a
+    tracer (the ONNX exporter) records comparisons and membranes instead of an autograd function."""
+    _TRACEABLE.append(True)
+    try:
+        yield
+    finally:
+        _TRACEABLE.pop()
+
+
+def lif_plain(current: torch.Tensor, threshold: torch.Tensor, leak: torch.Tensor, initial: float,
+              binary: bool) -> torch.Tensor:
+    """The same spikes as the fused function (``u > V``, soft reset), written as the equations read."""
+    spikes, residual = [], None
+    for t in range(current.shape[0]):
+        if residual is not None:
+            u = current[t] + leak * residual
+        elif initial:
+            u = current[t] + leak * (initial * threshold)
+        else:
+            u = current[t]
+        fired = (u > threshold).to(u.dtype)
+        spikes.append(fired if binary else fired * threshold)
+        residual = u - fired * threshold
+    return torch.stack(spikes)
+
+
 def lif_multistep(current: torch.Tensor, threshold: torch.Tensor, leak: torch.Tensor,
                   gamma: float = SURROGATE_GAMMA, initial: float = INITIAL_MEMBRANE,
                   binary: bool = False) -> torch.Tensor:
     """Spikes [T, ...] for input currents [T, ...]: of amplitude ``threshold``, or 1 when ``binary``."""
+    if _TRACEABLE:
+        return lif_plain(current, threshold, leak, float(initial), bool(binary))
     if lif_backend() == "triton":
         from stpcli.spiking.triton_lif import TritonLIF, dense_steps
 

@@ -1,0 +1,221 @@
+"""NIR graphs of an SNN (the ``nir`` package; shapes exclude the batch dimension).
+
+``portable`` (the default) is written for the consumers that read NIR (snnTorch's
+``import_from_nir``, Norse's ``from_nir``, nirtorch), to run unmodified:
+
+* the SNN as a chain of ``Conv2d`` and neuron nodes only (``export.chain``): pooling, flattening,
+  linear layers and residual blocks expressed as convolutions, so no consumer meets a node type
+  it does not map (``Scale``, ``AvgPool2d``), a ``Flatten`` that folds the batch, or a branch its
+  executor runs in the wrong order; node names without dots;
+* neurons as NIR's ``LIF`` read with Euler steps of ``dt = 1e-4`` s (snnTorch's fixed step; Norse
+  takes ``dt`` as an argument): ``tau = dt / (1 - leak)``, ``r = 1``, ``v_leak = 0``, the feeding
+  weights divided by ``1 - leak``, so ``v(t) = leak v(t-1) + I(t)`` as in stp; a layer with
+  leak 1 is an ``IF`` node. At T = 1 the leak plays no part and every neuron is
+  ``LIF(tau = dt, r = 1)``: ``v = I`` in one step from rest, the same in both consumers;
+* the first step's ``leak x initial membrane`` is folded into the bias at T = 1, so starting
+  every neuron at rest (what consumers do) is exact; at T > 1 the initial membrane ``f x V`` is
+  each neuron node's ``metadata["initial_membrane"]``, for the consumer's initial state;
+* stp subtracts the threshold on a spike (``reset: "subtract"`` in the metadata); NIR 1.0's
+  neurons reset to ``v_reset`` (0). At T = 1 there is no reset to differ.
+
+The logits are the output node's values summed over the T steps, the same image being the input
+at every step (direct encoding); the output has shape (classes, 1, 1).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from stpcli.export.chain import Neurons, Synapse, passthrough_exact, snn_chain
+from stpcli.models.plan import synaptic_layers
+from stpcli.spiking.network import SNN
+from stpcli.spiking.neuron import LIF
+
+GRAPHS = ("portable", "stp")
+PORTABLE_DT = 1e-4  # seconds per time step the portable graph's neuron constants assume
+VERIFIED = {  # by the tests (tests/test_deploy.py), unpatched
+    "snntorch 1.0.0": "snntorch.import_nir.import_from_nir(graph), membranes kept between calls: T = 1 exact "
+                      "(VGG, ResNet); T > 1: a layer with leak 1 (an IF node) does not run",
+    "norse 1.1.0": "norse.torch.from_nir(graph, dt=1e-4): T = 1 exact (VGG, ResNet); T > 1 approximate "
+                   "(its LIF resets to v_reset, not by subtraction): start each LIF state at "
+                   "metadata['initial_membrane']",
+}
+
+
+def _array(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().cpu().double().numpy().astype(np.float32)
+
+
+def portable_graph(snn: SNN):
+    """The portable graph (see the module docstring)."""
+    import nir
+
+    one_step = snn.timesteps == 1
+    chain = snn_chain(snn, fold_initial=one_step)
+    size = snn.spec["image_size"]
+    shape: tuple[int, ...] = (snn.spec["in_channels"], size, size)
+    nodes: dict[str, Any] = {"input": nir.Input(input_type={"input": np.array(shape)})}
+    edges: list[tuple[str, str]] = []
+    previous = "input"
+    exact_beyond_one_step = True
+    for position, part in enumerate(chain):
+        if isinstance(part, Synapse):
+            feeds = chain[position + 1] if position + 1 < len(chain) else None
+            gain = 1.0
+            if isinstance(feeds, Neurons) and not one_step and feeds.leak < 1.0:
+                gain = 1.0 / (1.0 - feeds.leak)  # r = 1: the Euler step's dt / tau = 1 - leak, undone here
+            nodes[part.name] = nir.Conv2d(input_shape=tuple(shape[1:]), weight=(part.weight * gain).astype(np.float32),
+                                          stride=part.stride, padding=part.padding, dilation=1, groups=1,
+                                          bias=(part.bias * gain).astype(np.float32))
+        else:
+            nodes[part.name] = _portable_neurons(nir, part, one_step)
+            exact_beyond_one_step &= passthrough_exact(part) and part.leak < 1.0
+        edges.append((previous, part.name))
+        previous, shape = part.name, part.out_shape if isinstance(part, Synapse) else part.shape
+    nodes["output"] = nir.Output(output_type={"output": np.array(shape)})
+    edges.append((previous, "output"))
+    metadata = {"producer": "stp", "graph": "portable", "timesteps": snn.timesteps, "dt": PORTABLE_DT,
+                "encoding": "direct: the analog image is the input at every time step",
+                "readout": "logits = output summed over the time steps; shape (classes, 1, 1)",
+                "reset": "subtract (NIR 1.0 neurons reset to v_reset; no difference at T = 1)",
+                "initial_membrane": "folded into the biases (T = 1)" if one_step
+                else "each neuron node's metadata['initial_membrane']",
+                "exact_in_consumers": "yes (T = 1)" if one_step else (
+                    "only in a consumer that resets by subtraction and starts each neuron at its "
+                    "metadata['initial_membrane']" if exact_beyond_one_step else
+                    "no: a layer with leak 1 needs a subtracting IF, or a residual relay lags (see the README)"),
+                "verified_consumers": VERIFIED}
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
+
+
+def _portable_neurons(nir, layer: Neurons, one_step: bool):
+    def full(value: float) -> np.ndarray:
+        return np.full(layer.shape, value, dtype=np.float32)
+
+    metadata = {"reset": "subtract", "initial_membrane": layer.initial, "stp_leak": layer.leak,
+                "stp_threshold": layer.threshold, "dt": PORTABLE_DT, "relay_channels": layer.passthrough}
+    if one_step:
+        return nir.LIF(tau=full(PORTABLE_DT), r=full(1.0), v_leak=full(0.0), v_threshold=full(layer.threshold),
+                       metadata=metadata)
+    if layer.leak >= 1.0:
+        return nir.IF(r=full(1.0), v_threshold=full(layer.threshold), metadata=metadata)
+    return nir.LIF(tau=full(PORTABLE_DT / (1.0 - layer.leak)), r=full(1.0), v_leak=full(0.0),
+                   v_threshold=full(layer.threshold), metadata=metadata)
+
+
+def nir_graph(snn: SNN, graph: str = "portable"):
+    """The SNN as a NIR graph of the kind ``graph`` names (``GRAPHS``)."""
+    return portable_graph(snn) if graph == "portable" else stp_graph(snn)
+
+
+def _neuron_node(nir, neuron: LIF, initial: float, shape: tuple):
+    """NIR neuron parameters are per neuron: stp's per-layer scalars, broadcast to the layer's shape."""
+    threshold, leak = float(neuron.threshold), float(neuron.leak)
+    metadata = {"reset": "subtract", "initial_membrane": initial * threshold, "dt": 1.0, "stp_leak": leak,
+                "spike_amplitude": 1.0}
+
+    def full(value: float) -> np.ndarray:
+        return np.full(shape, value, dtype=np.float32)
+
+    if leak >= 1.0:
+        return nir.IF(r=full(1.0), v_threshold=full(threshold), metadata=metadata)
+    tau = 1.0 / (1.0 - leak)
+    return nir.LIF(tau=full(tau), r=full(tau), v_leak=full(0.0), v_threshold=full(threshold), metadata=metadata)
+
+
+@torch.no_grad()
+def stp_graph(snn: SNN):
+    """The exact stp-dialect graph: stp's own layers, dt = 1, the initial membrane and the reset in
+    metadata (``--nir-graph stp``; for a reader that honours them, such as the tests' interpreter)."""
+    import nir
+
+    snn = snn.eval()
+    amplitudes = {name: (1.0 if snn.settings.binary else float(m.threshold)) for name, m in snn.neurons()}
+    sources = {layer.name: layer.source for layer in synaptic_layers(snn.plan, snn.spec["image_size"])}
+    initial = snn.settings.initial_membrane
+    size = snn.spec["image_size"]
+    nodes = {"input": nir.Input(input_type={"input": np.array([3, size, size])})}
+    edges: list[tuple[str, str]] = []
+    previous: str = "input"
+    shape: tuple[int, ...] = (3, size, size)
+
+    def weighted(name: str, weight: torch.Tensor) -> np.ndarray:
+        source = sources["layers." + name.removeprefix("layer").replace("_", ".", 1)]
+        return _array(weight * (amplitudes[source] if source else 1.0))
+
+    def conv(name: str, module: Any, feed: str, in_shape) -> tuple[str, tuple[int, ...]]:
+        nodes[name] = nir.Conv2d(input_shape=tuple(in_shape[1:]), weight=weighted(name, module.weight),
+                                 stride=module.stride, padding=module.padding, dilation=1, groups=1,
+                                 bias=_array(module.bias))
+        edges.append((feed, name))
+        h = (in_shape[1] + 2 * module.padding[0] - module.kernel_size[0]) // module.stride[0] + 1
+        w = (in_shape[2] + 2 * module.padding[1] - module.kernel_size[1]) // module.stride[1] + 1
+        return name, (module.out_channels, h, w)
+
+    def neuron(name: str, module: LIF, feeds: list[str], shape: tuple) -> str:
+        nodes[name] = _neuron_node(nir, module, initial, shape)
+        edges.extend((feed, name) for feed in feeds)
+        return name
+
+    layer: Any  # the SNN module of the plan entry (its type follows the entry's type)
+    for index, (entry, layer) in enumerate(zip(snn.plan, snn.layers)):
+        prefix, kind = f"layer{index}", entry["type"]
+        if kind == "conv":
+            current, shape = conv(f"{prefix}_conv", layer.conv, previous, shape)
+            previous = neuron(f"{prefix}_neuron", layer.neuron, [current], shape)
+        elif kind == "block":
+            hidden, hidden_shape = conv(f"{prefix}_conv1", layer.conv1, previous, shape)
+            spikes = neuron(f"{prefix}_neuron1", layer.neuron1, [hidden], hidden_shape)
+            current, out_shape = conv(f"{prefix}_conv2", layer.conv2, spikes, hidden_shape)
+            if layer.shortcut is not None:
+                skip, _ = conv(f"{prefix}_shortcut", layer.shortcut, previous, shape)
+            else:
+                # the shortcut carries the block's input spikes: their amplitude, or the constant
+                # scale that binary-spike conversion gave it
+                source = sources[f"layers.{index}.conv1"]
+                factor = (float(layer.shortcut_scale) if layer.shortcut_scale is not None
+                          else amplitudes[source] if source else 1.0)
+                skip = f"{prefix}_skip"
+                nodes[skip] = nir.Scale(scale=np.full(shape, factor, dtype=np.float32))
+                edges.append((previous, skip))
+            previous, shape = neuron(f"{prefix}_neuron2", layer.neuron2, [current, skip], out_shape), out_shape
+        elif kind == "pool":
+            name = f"{prefix}_pool"
+            k, s, p = entry["kernel"], entry["stride"], entry["padding"]
+            nodes[name] = nir.AvgPool2d(kernel_size=np.array([k, k]), stride=np.array([s, s]),
+                                        padding=np.array([p, p]))
+            edges.append((previous, name))
+            previous = name
+            side = (shape[1] + 2 * p - k) // s + 1
+            shape = (shape[0], side, side)
+        elif kind == "global_pool":
+            name = f"{prefix}_pool"
+            nodes[name] = nir.AvgPool2d(kernel_size=np.array(shape[1:]), stride=np.array(shape[1:]),
+                                        padding=np.array([0, 0]))
+            nodes[f"{prefix}_flatten"] = nir.Flatten(input_type={"input": np.array([shape[0], 1, 1])}, start_dim=0)
+            edges += [(previous, name), (name, f"{prefix}_flatten")]
+            previous, shape = f"{prefix}_flatten", (shape[0],)
+        elif kind == "flatten":
+            name = f"{prefix}_flatten"
+            nodes[name] = nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0)
+            edges.append((previous, name))
+            previous, shape = name, (int(np.prod(shape)),)
+        elif kind in ("fc", "output"):
+            name = f"{prefix}_fc"
+            nodes[name] = nir.Affine(weight=weighted(name, layer.fc.weight), bias=_array(layer.fc.bias))
+            edges.append((previous, name))
+            previous, shape = name, (entry["out"],)
+            if kind == "fc":
+                previous = neuron(f"{prefix}_neuron", layer.neuron, [name], shape)
+    nodes["output"] = nir.Output(output_type={"output": np.array(shape)})
+    edges.append((previous, "output"))
+    metadata = {"producer": "stp", "graph": "stp", "timesteps": snn.timesteps, "dt": 1.0,
+                "encoding": "direct: the analog image is the input at every time step",
+                "readout": "logits = output summed over the time steps", "reset": "subtract",
+                "initial_membrane_fraction": initial}
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
+
+
