@@ -102,15 +102,20 @@ def _agreement(ours: torch.Tensor, theirs: torch.Tensor) -> tuple[float, float]:
     return float((ours.argmax(1) == theirs.argmax(1)).float().mean()) * 100, float((ours - theirs).abs().max())
 
 
-@pytest.mark.parametrize("network", ["vgg", "resnet"])
-def test_a_one_time_step_snn_runs_identically_in_snntorch_and_norse(network, networks, dataset_dir, tmp_path):
-    path = networks[network][1]
+def _stp_and_graph(path, dataset_dir, tmp_path):
+    """32 images, stp's logits for them, and the checkpoint's portable NIR graph as read back."""
     ckpt = load_checkpoint(path)
     x = _images(ckpt, dataset_dir)
     with torch.no_grad():
         ours = model_from_checkpoint(ckpt).eval()(x)
-        assert float(ours.std(0).mean()) > 0.1  # the logits vary between images
-        graph = _exported(path, tmp_path)
+    return x, ours, _exported(path, tmp_path)
+
+
+@pytest.mark.parametrize("network", ["vgg", "resnet"])
+def test_a_one_time_step_snn_runs_identically_in_snntorch_and_norse(network, networks, dataset_dir, tmp_path):
+    x, ours, graph = _stp_and_graph(networks[network][1], dataset_dir, tmp_path)
+    assert float(ours.std(0).mean()) > 0.1  # the logits vary between images
+    with torch.no_grad():
         assert not any("." in name for name in graph.nodes)
         assert {type(n).__name__ for n in graph.nodes.values()} == {"Input", "Conv2d", "LIF", "Output"}
         for consumer in (run_in_snntorch, run_in_norse):
@@ -127,12 +132,8 @@ T2_NORSE_WITH_INITIAL_STATE = {"vgg": 53.1, "resnet": 65.6}  # argmax agreement,
 
 @pytest.mark.parametrize("network", ["vgg", "resnet"])
 def test_at_two_time_steps_the_consumers_reach_the_documented_agreement(network, networks, dataset_dir, tmp_path):
-    path = networks[network][2]
-    ckpt = load_checkpoint(path)
-    x = _images(ckpt, dataset_dir)
+    x, ours, graph = _stp_and_graph(networks[network][2], dataset_dir, tmp_path)
     with torch.no_grad():
-        ours = model_from_checkpoint(ckpt).eval()(x)
-        graph = _exported(path, tmp_path)
         norse_initial, _ = _agreement(ours, run_in_norse(graph, x, 2, initial_state=True))
         assert norse_initial >= T2_NORSE_WITH_INITIAL_STATE[network] - 0.05, norse_initial
     metadata = graph.metadata
