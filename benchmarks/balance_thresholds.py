@@ -18,7 +18,7 @@ import torch
 from stpcli.models.ann import ANN
 from stpcli.models.registry import make_spec
 from stpcli.spiking.convert import balance_thresholds, snn_from_ann
-from stpcli.spiking.network import SpikingSettings
+from stpcli.spiking.settings import SpikingSettings
 
 
 @torch.no_grad()

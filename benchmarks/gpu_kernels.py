@@ -68,7 +68,8 @@ def profile(kind: str, timesteps: int, backend: str) -> dict:
 
     from stpcli.models.ann import ANN
     from stpcli.models.registry import make_spec
-    from stpcli.spiking.network import SNN, SpikingSettings
+    from stpcli.spiking.network import SNN
+    from stpcli.spiking.settings import SpikingSettings
 
     os.environ["STP_LIF_BACKEND"] = backend
     spec = make_spec("vgg11", 10, 224, 1.0, dropout=0.0)

@@ -59,7 +59,8 @@ def build(kind: str, timesteps: int, width: float, size: int, classes: int):
 
         return ANN(spec)
     if kind == "stp":
-        from stpcli.spiking.network import SNN, SpikingSettings
+        from stpcli.spiking.network import SNN
+        from stpcli.spiking.settings import SpikingSettings
 
         return SNN(spec, timesteps, SpikingSettings(dropout=0.0))
     from stpcli.models.plan import build_plan

@@ -16,17 +16,18 @@ from stpcli.checkpoint import (
     save_checkpoint,
 )
 from stpcli.errors import StpError
+from stpcli.models.plan import build_plan, tensor_shapes
+from stpcli.models.registry import make_spec
+from stpcli.models.surgery import with_units
 from stpcli.files import check_output, finish_outputs, sha256_file
 
 
 def sample_record(kind="snn"):
     return {
         "kind": kind,
-        "model": {"arch": "vgg11", "family": "vgg", "width": 0.5, "depths": [1, 1, 2, 2, 3],
-                  "channels": [32, 64, 128, 256, 256], "hidden": [2048, 2048], "num_classes": 2, "image_size": 64,
-                  "in_channels": 3, "dropout": 0.5, "units": {"group": 5, "count": 1}},
+        "model": with_units(make_spec("vgg11", 2, 32, 0.125, 0.5), 5, 1),
         "classes": ["a", "b"],
-        "input": {"image_size": 64, "mean": [0.5] * 3, "std": [0.25] * 3},
+        "input": {"image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3},
         "data": {"kind": "folder", "path": "/data/x", "fingerprint": "f" * 64, "num_files": 10},
         "split": {"train_ratio": 0.8, "val_ratio": 0.1, "seed": 3, "files": {"train": ["a/1"], "val": [], "test": ["b/2"]},
                   "sha256": "s"},
@@ -38,9 +39,15 @@ def sample_record(kind="snn"):
     }
 
 
+def sample_tensors(record: dict) -> dict[str, torch.Tensor]:
+    """Random tensors of the model the record describes (names and shapes from the layer plan)."""
+    shapes = tensor_shapes(build_plan(record["model"]), record["kind"], binary=False)
+    return {name: torch.tensor(3) if name.endswith("num_batches_tracked") else torch.randn(shape)
+            for name, shape in shapes.items()}
+
+
 def test_round_trip_keeps_every_field_and_tensor(tmp_path):
-    tensors = {"layers.0.conv.weight": torch.randn(4, 3, 3, 3), "layers.0.neuron.threshold": torch.tensor(0.7),
-               "labels": torch.arange(5)}
+    tensors = sample_tensors(sample_record())
     path = tmp_path / "c.safetensors"
     digest = save_checkpoint(Checkpoint(tensors, sample_record()), path)
     loaded = load_checkpoint(path)
@@ -61,7 +68,7 @@ def test_a_format_1_file_is_read_in_this_format_and_its_child_is_written_in_it(t
                              "created": "2026-01-01T00:00:00+00:00"}
     old["model"] = old["model"] | {"units": {"stage": 5, "count": 1}}
     path = tmp_path / "old.safetensors"
-    save_file({"w": torch.ones(2)}, str(path), metadata={"stp": json.dumps(old)})
+    save_file(sample_tensors(sample_record()), str(path), metadata={"stp": json.dumps(old)})
     digest = sha256_file(path)
     loaded = load_checkpoint(path)
     assert loaded.model_spec["units"] == {"group": 5, "count": 1} and loaded.record["format_version"] == 2
@@ -105,7 +112,7 @@ def test_refuses_foreign_corrupt_truncated_and_future_files(tmp_path):
     with pytest.raises(StpError, match="not an stp checkpoint"):
         load_checkpoint(foreign)
     good = tmp_path / "good.safetensors"
-    save_checkpoint(Checkpoint({"w": torch.zeros(100)}, sample_record()), good)
+    save_checkpoint(Checkpoint(sample_tensors(sample_record()), sample_record()), good)
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(good.read_bytes()[:-50])
     with pytest.raises(StpError, match="not a readable safetensors"):
@@ -116,7 +123,7 @@ def test_refuses_foreign_corrupt_truncated_and_future_files(tmp_path):
         load_checkpoint(text)
     future = tmp_path / "future.safetensors"
     record = sample_record() | {"format": "stp-checkpoint", "format_version": FORMAT_VERSION + 1}
-    save_file({"w": torch.zeros(2)}, str(future), metadata={"stp": json.dumps(record)})
+    save_file(sample_tensors(record), str(future), metadata={"stp": json.dumps(record)})
     with pytest.raises(StpError, match="newer than this stp"):
         load_checkpoint(future)
     with pytest.raises(StpError, match="does not exist"):

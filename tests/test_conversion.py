@@ -10,8 +10,9 @@ from torch import nn
 from stpcli.models.ann import ANN
 from stpcli.models.registry import make_spec
 from stpcli.spiking.convert import balance_thresholds, snn_from_ann
-from stpcli.spiking.network import SNN, SpikingSettings, drop_per_image
+from stpcli.spiking.network import SNN, drop_per_image
 from stpcli.spiking.neuron import LIF, lif_multistep
+from stpcli.spiking.settings import SpikingSettings
 
 
 def probe_spec(size=128, channels=16):

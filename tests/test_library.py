@@ -8,7 +8,7 @@ from stpcli.engine.recipe import SNN_MILESTONES, TrainConfig
 from stpcli.engine.runtime import setup_runtime
 from stpcli.report import evaluate
 from stpcli.run import DataOptions, Run
-from stpcli.spiking.network import SpikingSettings
+from stpcli.spiking.settings import SpikingSettings
 from stpcli.stages.ann import add_unit, train_ann
 from stpcli.stages.saving import StageIO
 from stpcli.stages.snn import convert, spatial_prune, temporal_prune

@@ -10,7 +10,8 @@ from stpcli.models.plan import build_plan
 from stpcli.models.registry import ARCHITECTURES, make_spec
 from stpcli.models.surgery import first_layer_index, index_mapping, insert_units, remove_units, with_units, without_layers
 from stpcli.spiking.convert import balance_thresholds, snn_from_ann
-from stpcli.spiking.network import SNN, SpikingSettings
+from stpcli.spiking.network import SNN
+from stpcli.spiking.settings import SpikingSettings
 
 ARCHS = sorted(ARCHITECTURES)
 

@@ -22,7 +22,7 @@ from stpcli.models.ann import ANN
 from stpcli.models.registry import make_spec
 from stpcli.restore import model_from_checkpoint
 from stpcli.spiking.convert import balance_thresholds, snn_from_ann
-from stpcli.spiking.network import SpikingSettings
+from stpcli.spiking.settings import SpikingSettings
 
 
 def as_json(result):

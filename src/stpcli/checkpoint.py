@@ -15,10 +15,9 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import torch
-from safetensors.torch import load as load_tensors
+import numpy as np
 
 from stpcli import __version__
 from stpcli.errors import StpError
@@ -26,25 +25,24 @@ from stpcli.files import atomic_save_tensors, first_line, now_iso, sha256_file
 from stpcli.schema import MAX_HEADER, Record, strict_json, validate
 from stpcli.spec import ModelSpec
 
+if TYPE_CHECKING:  # reading a checkpoint's record and tensor table needs no torch (stp info)
+    import torch
+
 FORMAT_NAME = "stp-checkpoint"
 FORMAT_VERSION = 2  # 2: a Unit's layer group is units.group (format 1 said units.stage)
 METADATA_KEY = "stp"
 KINDS = ("ann", "snn")
 
 
-@dataclass
-class Checkpoint:
-    """A model's tensors plus its JSON record.
+class RecordView:
+    """What a checkpoint's JSON record says, for ``Checkpoint`` and ``CheckpointFile``.
 
     ``record`` keys: format, format_version, kind, model, classes, input, data,
     split, timesteps (SNN), snn (neuron and conversion settings), history,
     tool_version, created.
     """
 
-    tensors: dict[str, torch.Tensor]
     record: dict[str, Any]
-    path: Path | None = None
-    sha256: str | None = None
 
     @property
     def kind(self) -> str:
@@ -65,6 +63,41 @@ class Checkpoint:
     @property
     def history(self) -> list[dict]:
         return self.record["history"]
+
+
+@dataclass
+class Checkpoint(RecordView):
+    """A model's tensors plus its JSON record."""
+
+    tensors: dict[str, torch.Tensor]
+    record: dict[str, Any]
+    path: Path | None = None
+    sha256: str | None = None
+
+
+# safetensors dtypes: numpy's for reading values without torch (bf16: its 16 bits, checked by exponent)
+_NUMPY_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I64": np.int64,
+                 "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+
+@dataclass
+class CheckpointFile(RecordView):
+    """A checkpoint as its file holds it, read without torch: the record, each tensor's dtype and
+    shape, and the bytes (``load_checkpoint`` turns them into tensors)."""
+
+    record: dict[str, Any]
+    path: Path
+    sha256: str
+    tensors: dict[str, tuple[str, tuple[int, ...], int, int]]  # name -> (dtype, shape, start, end) in ``data``
+    data: bytes = field(repr=False)
+
+    def array(self, name: str) -> np.ndarray:
+        dtype, shape, start, end = self.tensors[name]
+        return np.frombuffer(self.data, dtype=_NUMPY_DTYPES[dtype], count=(end - start) // np.dtype(
+            _NUMPY_DTYPES[dtype]).itemsize, offset=start).reshape(shape)
+
+    def scalar(self, name: str) -> float:
+        return float(self.array(name).reshape(-1)[0])
 
 
 @dataclass
@@ -115,34 +148,73 @@ def read_record(path: str | Path) -> dict[str, Any]:
             header = handle.read(int.from_bytes(prefix, "little")) if len(prefix) == 8 else b""
     except OSError as exc:
         raise StpError(f"cannot read {path}: {exc.strerror or first_line(exc)}") from exc
-    return _parse_record(_metadata(prefix + header, path), path)
+    return _parse_record(_metadata(_header(prefix + header, path), path), path)
 
 
-def load_checkpoint(path: str | Path, expect_kind: str | None = None) -> Checkpoint:
-    """Load a checkpoint, reading the file once (tensors, record and sha256 from the same bytes);
-    refuse other tools' files, future versions, duplicated names and bad tensors."""
+def read_checkpoint(path: str | Path, expect_kind: str | None = None) -> CheckpointFile:
+    """A checkpoint's record and tensor table from one read of the file (which also gives its
+    sha256), checked without torch: other tools' files, future versions, a name given twice, a
+    record that fails its schema, tensors that are not the recorded model's (names and shapes),
+    out of their file, or NaN/infinite."""
     path = _existing_file(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise StpError(f"cannot read {path}: {exc.strerror or first_line(exc)}") from exc
-    record = _parse_record(_metadata(data, path), path)
-    try:
-        tensors = load_tensors(data)
-    except Exception as exc:  # safetensors raises several types for bad payloads
-        raise StpError(f"{path} is not a readable safetensors file ({first_line(exc)})") from exc
-    check_finite(tensors, str(path))
+    header = _header(data, path)
+    record = _parse_record(_metadata(header, path), path)
+    base = 8 + int.from_bytes(data[:8], "little")  # where the tensors' bytes begin
+    tensors = _tensor_table(header, len(data) - base, base, path)
+    check_tensors_match_record(record, {name: entry[1] for name, entry in tensors.items()}, path)
+    file = CheckpointFile(record, path, hashlib.sha256(data).hexdigest(), tensors, data)
+    for name, (dtype, _, _, _) in tensors.items():
+        values = file.array(name)
+        finite = (values & 0x7F80) != 0x7F80 if dtype == "BF16" else np.isfinite(values) if values.dtype.kind == "f" else True
+        if not np.all(finite):
+            raise StpError(f"{path} holds NaN or infinite values in {name}")
     if expect_kind is not None and record["kind"] != expect_kind:
         raise StpError(
             f"{path} is an {record['kind'].upper()} checkpoint; this command needs an "
             f"{expect_kind.upper()} checkpoint"
         )
-    return Checkpoint(tensors=tensors, record=record, path=path, sha256=hashlib.sha256(data).hexdigest())
+    return file
 
 
-def _metadata(data: bytes, path: Path) -> dict[str, str]:
-    """The string metadata of a safetensors file from its first bytes (8-byte length, JSON header),
-    read as strict JSON: a tensor or key named twice is refused, not resolved by the library."""
+def load_checkpoint(path: str | Path, expect_kind: str | None = None) -> Checkpoint:
+    """A checkpoint with its tensors (``read_checkpoint``'s checks, then torch tensors)."""
+    from safetensors.torch import load as load_tensors
+
+    file = read_checkpoint(path, expect_kind)
+    try:
+        tensors = load_tensors(file.data)
+    except Exception as exc:  # safetensors raises several types for bad payloads
+        raise StpError(f"{file.path} is not a readable safetensors file ({first_line(exc)})") from exc
+    return Checkpoint(tensors=tensors, record=file.record, path=file.path, sha256=file.sha256)
+
+
+def check_tensors_match_record(record: dict, shapes: dict[str, tuple[int, ...]], source: str | Path) -> None:
+    """Compare a file's tensor names and shapes with the model its record describes, worked out
+    from the layer plan (``models.plan.tensor_shapes``): a record describing a huge model never
+    allocates it, and a file whose tensors are not its record's model is refused by name."""
+    from stpcli.models.plan import build_plan, tensor_shapes
+    from stpcli.spiking.settings import SpikingSettings
+
+    binary = record["kind"] == "snn" and SpikingSettings.from_record(record.get("snn")).binary
+    expected = tensor_shapes(build_plan(cast(ModelSpec, record["model"])), record["kind"], binary)
+    if expected == shapes:
+        return
+    missing, extra = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+    if missing or extra:
+        detail = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
+    else:
+        key = next(k for k in expected if expected[k] != shapes[k])
+        detail = f"{key} has shape {list(shapes[key])}, the model needs {list(expected[key])}"
+    raise StpError(f"{source}: tensors do not match the recorded model ({detail})")
+
+
+def _header(data: bytes, path: Path) -> dict:
+    """A safetensors header (8-byte length, then JSON) read as strict JSON: a tensor or key named
+    twice is refused, not resolved by the library."""
     size = int.from_bytes(data[:8], "little") if len(data) >= 8 else 0
     if not 2 <= size <= MAX_HEADER or len(data) < 8 + size:
         raise StpError(f"{path} is not a readable safetensors file (no valid header)")
@@ -150,7 +222,31 @@ def _metadata(data: bytes, path: Path) -> dict[str, str]:
         header = strict_json(data[8:8 + size])
     except ValueError as exc:  # JSONDecodeError included
         raise StpError(f"{path} is not a readable safetensors file (header: {first_line(exc)})") from None
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(header, dict):
+        raise StpError(f"{path} is not a readable safetensors file (its header is not an object)")
+    return header
+
+
+def _tensor_table(header: dict, payload: int, base: int, path: Path) -> dict[str, tuple[str, tuple[int, ...], int, int]]:
+    """name -> (dtype, shape, start, end) with the offsets made absolute; every entry checked."""
+    table = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (start, end) = entry["dtype"], tuple(int(v) for v in entry["shape"]), entry["data_offsets"]
+            size = np.dtype(_NUMPY_DTYPES[dtype]).itemsize * int(np.prod(shape, dtype=np.int64))
+            valid = type(start) is int and type(end) is int and 0 <= start <= end <= payload and end - start == size
+        except (KeyError, TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise StpError(f"{path} is not a readable safetensors file (tensor {str(name)[:60]!r} is malformed)")
+        table[name] = (dtype, shape, base + start, base + end)
+    return table
+
+
+def _metadata(header: dict, path: Path) -> dict[str, str]:
+    metadata = header.get("__metadata__")
     if metadata is None:
         metadata = {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
@@ -217,6 +313,8 @@ def validate_record(record: Any, source: str) -> None:
 
 def check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
     """Refuse NaN or infinite values: a model holding them can only produce noise."""
+    import torch
+
     for key, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise StpError(f"{source} holds NaN or infinite values in {key}")

@@ -1,19 +1,18 @@
-"""Reading checkpoints: evaluate one, compare several, describe one, verify its lineage."""
+"""Reading checkpoints with their data: evaluate one, compare several (``describe`` reads one
+without torch: its metadata, layers and lineage)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from stpcli.checkpoint import Checkpoint, load_checkpoint, read_record
+from stpcli.checkpoint import Checkpoint, load_checkpoint
 from stpcli.data.source import SplitData
 from stpcli.engine.evaluate import accuracy_report
 from stpcli.errors import StpError
-from stpcli.files import sha256_file
-from stpcli.models.plan import build_plan, describe, has_neuron, has_weights, synaptic_layers
-from stpcli.restore import check_tensors_match_model, check_timesteps, input_stats, model_from_checkpoint
+from stpcli.models.plan import build_plan, describe, has_weights
+from stpcli.restore import check_timesteps, input_stats, model_from_checkpoint
 from stpcli.run import DataOptions, Run, load_checkpoint_data
-from stpcli.spec import ModelSpec
 from stpcli.spiking.energy import ann_energy, counting_spikes, mean_spikes_per_neuron, snn_energy
 
 
@@ -82,72 +81,6 @@ def method_of(record: dict) -> str:
     if "add-unit" in stages:
         return "STP (Units kept)" if has_units else "STP"
     return "TP"
-
-
-def layer_table(spec: ModelSpec, image_size: int, kind: str) -> list[dict]:
-    plan = build_plan(spec)
-    macs: dict[int, int] = {}
-    for layer in synaptic_layers(plan, image_size):
-        macs[layer.index] = macs.get(layer.index, 0) + layer.macs
-    rows = []
-    for index, entry in enumerate(plan):
-        rows.append({
-            "index": index,
-            "group": entry.get("group"),
-            "layer": describe(entry),
-            "in": entry.get("in"),
-            "out": entry.get("out"),
-            "unit": bool(entry.get("unit", False)),
-            "neuron": ("LIF" if kind == "snn" else "ReLU") if has_neuron(entry) else None,
-            "macs": macs.get(index, 0),
-        })
-    return rows
-
-
-def info(ckpt: Checkpoint) -> dict:
-    check_tensors_match_model(ckpt)
-    record = ckpt.record
-    thresholds = {}
-    if ckpt.kind == "snn":
-        for key, tensor in ckpt.tensors.items():
-            if key.endswith(".threshold") or key.endswith(".leak"):
-                thresholds[key] = float(tensor)
-    return {
-        "path": str(ckpt.path),
-        "sha256": ckpt.sha256,
-        "record": {k: v for k, v in record.items() if k not in ("split", "history")},
-        "split": {k: v for k, v in record["split"].items() if k != "files"}
-        | {"counts": {p: len(f) for p, f in record["split"]["files"].items()}},
-        "layers": layer_table(record["model"], record["input"]["image_size"], ckpt.kind),
-        "neurons": thresholds,
-        "history": record["history"],
-        "parameters": int(sum(t.numel() for t in ckpt.tensors.values())),
-    }
-
-
-def verify_chain(path: Path) -> list[dict]:
-    """Follow each checkpoint's parent (by name beside the child, else by its recorded path); compare sha256.
-
-    A chain of files is usually moved as a folder, so a parent beside its child wins.
-    """
-    rows: list[dict] = []
-    current: Path | None = Path(path)
-    seen: set[str] = set()
-    while current is not None and str(current) not in seen:
-        seen.add(str(current))
-        record = read_record(current)
-        parent = record["history"][-1].get("parent") if record["history"] else None
-        if not parent:
-            break
-        candidates = [current.parent / Path(parent["path"]).name, Path(parent["path"])]
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
-            rows.append({"child": str(current), "parent": parent["path"], "status": "missing"})
-            break
-        status = "ok" if sha256_file(found) == parent["sha256"] else "changed"
-        rows.append({"child": str(current), "parent": str(found), "status": status})
-        current = found if status == "ok" else None
-    return rows
 
 
 def compare(run: Run, paths: list[Path], data: DataOptions) -> list[dict]:

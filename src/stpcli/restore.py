@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from stpcli.checkpoint import Checkpoint
+from stpcli.checkpoint import Checkpoint, check_tensors_match_record
 from stpcli.errors import StpError
 from stpcli.files import first_line
 from stpcli.models.ann import ANN
 from stpcli.schema import MAX_TIMESTEPS
-from stpcli.spiking.network import SNN, SpikingSettings
+from stpcli.spiking.network import SNN
+from stpcli.spiking.settings import SpikingSettings
 
 
 def model_from_checkpoint(ckpt: Checkpoint, timesteps: int | None = None):
@@ -33,20 +34,8 @@ def _build(ckpt: Checkpoint, timesteps: int | None = None):
 
 
 def check_tensors_match_model(ckpt: Checkpoint) -> None:
-    """Compare the file's tensor names and shapes with the recorded model, built without memory
-    (meta device), so a record describing a huge model never allocates it."""
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in _build(ckpt).state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in ckpt.tensors.items()}
-    if expected == found:
-        return
-    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-    if missing or extra:
-        detail = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
-    else:
-        key = next(k for k in expected if expected[k] != found[k])
-        detail = f"{key} has shape {list(found[key])}, the model needs {list(expected[key])}"
-    raise StpError(f"{ckpt.path}: tensors do not match the recorded model ({detail})")
+    """A checkpoint built in memory (not read from a file, which ``read_checkpoint`` checks) against its record."""
+    check_tensors_match_record(ckpt.record, {k: tuple(v.shape) for k, v in ckpt.tensors.items()}, ckpt.path or "the checkpoint")
 
 
 def input_stats(record: dict) -> tuple[torch.Tensor, torch.Tensor]:

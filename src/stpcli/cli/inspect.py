@@ -146,10 +146,10 @@ def info_command(
 
     Example: stp info sa_t1.safetensors --verify
     """
-    from stpcli.checkpoint import load_checkpoint
-    from stpcli.report import info, verify_chain
+    from stpcli.checkpoint import read_checkpoint
+    from stpcli.describe import info, verify_chain
 
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = read_checkpoint(checkpoint)
     if config:
         typer.echo(rerun_config(ctx, ckpt.history[-1]), nl=False)
         return

@@ -129,7 +129,7 @@ def convert_command(
 
 def spiking_settings(values: dict):
     """convert's neuron options (a SpikingSettings) from its resolved values."""
-    from stpcli.spiking.network import SpikingSettings
+    from stpcli.spiking.settings import SpikingSettings
 
     return SpikingSettings(dropout=values["dropout"], conv_dropout=values["conv_dropout"],
                            initial_membrane=values["initial_membrane"], spike_amplitude=values["spike_amplitude"])

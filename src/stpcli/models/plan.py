@@ -169,6 +169,57 @@ def synaptic_layers(plan: list[PlanEntry], image_size: int) -> list[SynapticLaye
     return layers
 
 
+def _bn(prefix: str, channels: int) -> dict[str, tuple[int, ...]]:
+    return {f"{prefix}.{k}": (channels,) for k in ("weight", "bias", "running_mean", "running_var")} | {
+        f"{prefix}.num_batches_tracked": ()}
+
+
+def tensor_shapes(plan: list[PlanEntry], kind: str, binary: bool = False) -> dict[str, tuple[int, ...]]:
+    """The names and shapes of the tensors an ANN (``kind="ann"``: convolutions without bias, then
+    BN) or an SNN (BN folded into biased convolutions, a threshold and a leak per neuron layer)
+    built from ``plan`` holds, worked out without building it (and without torch), so a file can
+    be checked against its record before anything is allocated. A test compares this with the
+    modules' own state dicts for every architecture."""
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def conv(name: str, cin: int, cout: int, kernel: int) -> None:
+        shapes[f"{name}.weight"] = (cout, cin, kernel, kernel)
+        if kind == "snn":
+            shapes[f"{name}.bias"] = (cout,)
+
+    def neuron(name: str) -> None:
+        if kind == "snn":
+            shapes[f"{name}.threshold"] = shapes[f"{name}.leak"] = ()
+
+    for i, entry in enumerate(plan):
+        at, layer = f"layers.{i}", entry["type"]
+        if layer == "conv":
+            conv(f"{at}.conv", entry["in"], entry["out"], entry["kernel"])
+            if kind == "ann":
+                shapes.update(_bn(f"{at}.bn", entry["out"]))
+            neuron(f"{at}.neuron")
+        elif layer == "block":
+            cin, cout = entry["in"], entry["out"]
+            projection = entry["stride"] != 1 or cin != cout
+            for name, a, b in (("1", cin, cout), ("2", cout, cout)):
+                conv(f"{at}.conv{name}", a, b, 3)
+                if kind == "ann":
+                    shapes.update(_bn(f"{at}.bn{name}", cout))
+                neuron(f"{at}.neuron{name}")
+            if projection and kind == "ann":
+                conv(f"{at}.shortcut.conv", cin, cout, 1)
+                shapes.update(_bn(f"{at}.shortcut.bn", cout))
+            elif projection:
+                conv(f"{at}.shortcut", cin, cout, 1)
+            elif kind == "snn" and binary:
+                shapes[f"{at}.shortcut_scale"] = ()
+        elif layer in ("fc", "output"):
+            shapes[f"{at}.fc.weight"], shapes[f"{at}.fc.bias"] = (entry["out"], entry["in"]), (entry["out"],)
+            if layer == "fc":
+                neuron(f"{at}.neuron")
+    return shapes
+
+
 def describe(entry: PlanEntry) -> str:
     kind = entry["type"]
     if kind == "conv":

@@ -17,8 +17,9 @@ from torch import nn
 
 from stpcli.models.ann import ANN
 from stpcli.models.plan import synaptic_layers
-from stpcli.spiking.network import SNN, SpikingSettings
+from stpcli.spiking.network import SNN
 from stpcli.spiking.neuron import LIF, CurrentCaptured
+from stpcli.spiking.settings import SpikingSettings
 
 SAMPLES_PER_STEP = 1 << 20  # input-current values kept per time step for the percentile estimate
 

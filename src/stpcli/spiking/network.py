@@ -12,41 +12,14 @@ Dropout (hidden FC layers: ``dropout``; after every convolutional neuron layer:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from stpcli.models.plan import PlanEntry, build_plan
 from stpcli.spec import ModelSpec
-from stpcli.spiking.neuron import INITIAL_MEMBRANE, LIF, SURROGATE_GAMMA
-
-
-@dataclass(frozen=True)
-class SpikingSettings:
-    """How an SNN's neurons behave; recorded in every SNN checkpoint under ``snn``."""
-
-    surrogate_gamma: float = SURROGATE_GAMMA  # slope of the triangle surrogate
-    dropout: float = 0.2  # hidden FC layers
-    conv_dropout: float = 0.0  # after convolutional neuron layers
-    initial_membrane: float = INITIAL_MEMBRANE  # fraction of the threshold
-    spike_amplitude: str = "binary"  # DIET-SNN/TP; or "threshold" (stp's choice before session 4; docs/results.md)
-
-    @property
-    def binary(self) -> bool:
-        return self.spike_amplitude == "binary"
-
-    @classmethod
-    def from_record(cls, snn: dict | None) -> SpikingSettings:
-        """The settings an SNN checkpoint records; fields it predates take their original values."""
-        snn = snn or {}
-        return cls(surrogate_gamma=snn.get("surrogate_gamma", SURROGATE_GAMMA), dropout=snn.get("dropout", 0.2),
-                   conv_dropout=snn.get("conv_dropout", 0.0), initial_membrane=snn.get("initial_membrane", 0.0),
-                   spike_amplitude=snn.get("spike_amplitude", "threshold"))
-
-    def as_record(self) -> dict:
-        return asdict(self)
+from stpcli.spiking.neuron import LIF
+from stpcli.spiking.settings import SpikingSettings
 
 
 def _unfold(x: torch.Tensor, timesteps: int) -> torch.Tensor:

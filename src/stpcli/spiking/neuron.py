@@ -43,8 +43,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-SURROGATE_GAMMA = 0.3
-INITIAL_MEMBRANE = 0.5
+from stpcli.defaults import INITIAL_MEMBRANE, SURROGATE_GAMMA
+
 MIN_THRESHOLD = 1e-4
 
 

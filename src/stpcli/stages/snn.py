@@ -17,7 +17,7 @@ from stpcli.names import timestep_path
 from stpcli.restore import check_timesteps, input_stats, model_from_checkpoint, require_kind
 from stpcli.run import DataOptions, Run, load_checkpoint_data
 from stpcli.spiking.convert import balance_thresholds, snn_from_ann
-from stpcli.spiking.network import SpikingSettings
+from stpcli.spiking.settings import SpikingSettings
 from stpcli.stages.saving import StageIO, child_record
 from stpcli.stages.teacher import resolve_teacher
 from stpcli.stages.training import split_accuracy, train_and_finish
