@@ -6,7 +6,7 @@ from torch import nn
 
 from stpcli.errors import StpError
 from stpcli.models.ann import ANN, fold_batchnorm
-from stpcli.models.plan import build_plan
+from stpcli.models.plan import build_plan, tensor_shapes
 from stpcli.models.registry import ARCHITECTURES, make_spec
 from stpcli.models.surgery import first_layer_index, index_mapping, insert_units, remove_units, with_units, without_layers
 from stpcli.spiking.convert import balance_thresholds, snn_from_ann
@@ -163,3 +163,19 @@ def test_every_layer_type_has_an_ann_and_an_snn_module_and_families_are_register
     assert {spec()["family"] for spec in ARCHITECTURES.values()} <= set(PLAN_BUILDERS)
     with pytest.raises(ValueError, match="no layer plan"):
         build_plan({**small_spec("vgg11"), "family": "mlp"})
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_the_plans_tensor_shapes_are_the_modules_own(arch):
+    """checkpoint.read_checkpoint checks a file against these shapes without building the model."""
+    for units in (None, (2, 1)):
+        spec = make_spec(arch, 5, 64, 0.25, 0.5)
+        if units:
+            spec = with_units(spec, *units)
+        plan = build_plan(spec)
+        with torch.device("meta"):
+            assert tensor_shapes(plan, "ann") == {k: tuple(v.shape) for k, v in ANN(spec).state_dict().items()}
+            for amplitude in ("binary", "threshold"):
+                snn = SNN(spec, 2, SpikingSettings(spike_amplitude=amplitude))
+                assert tensor_shapes(plan, "snn", amplitude == "binary") == {
+                    k: tuple(v.shape) for k, v in snn.state_dict().items()}
