@@ -16,10 +16,10 @@ from stpcli.checkpoint import (
     save_checkpoint,
 )
 from stpcli.errors import StpError
+from stpcli.files import check_output, finish_outputs, sha256_file
 from stpcli.models.plan import build_plan, tensor_shapes
 from stpcli.models.registry import make_spec
 from stpcli.models.surgery import with_units
-from stpcli.files import check_output, finish_outputs, sha256_file
 
 
 def sample_record(kind="snn"):
