@@ -77,7 +77,7 @@ def main() -> None:
             per_batch = median_seconds(lambda m=model, x=x64: m(x), max(5, options.repeats // 3))
         rows.append({"model": label, "runtime": "PyTorch fp32", "checkpoint": str(path),
                      "bytes": path.stat().st_size, "latency_ms": 1e3 * latency, "images_per_s": 64 / per_batch,
-                     "test_accuracy": report["accuracy"], "energy_uj": energy})
+                     "test_accuracy": report["overall_accuracy"], "energy_uj": energy})
         fp32 = onnx_bytes(ckpt)
         int8 = quantize_int8(fp32, ckpt, normalised(ckpt, train[:CALIBRATION_IMAGES]))
         for name, blob in (("onnxruntime fp32", fp32), ("onnxruntime int8", int8)):

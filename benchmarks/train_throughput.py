@@ -251,7 +251,12 @@ def main() -> None:
         warm = "-" if row["warmup_s"] is None else f"{row['warmup_s']:.1f}"
         print(f"{row['config']:20s} {ips:>10s} {mem:>10s} {warm:>10s}")
     ratios = compute_ratios({r["config"]: r for r in results})
-    print("ratios: " + " ".join(f"{k}={'nan' if v is None else f'{v:.2f}'}" for k, v in ratios.items()))
+    measured = {k: v for k, v in ratios.items() if v is not None}
+    print("ratios: " + (" ".join(f"{k}={v:.2f}" for k, v in measured.items()) or "none"))
+    for name in sorted(set(ratios) - set(measured)):  # a ratio is only printed when both sides ran
+        peer = name.split("_vs_")[1]
+        hint = " (install the peers: make bench)" if peer.startswith(("spikingjelly", "snntorch")) else ""
+        print(f"not printed: {name}, {peer} did not run{hint}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"settings": {k: v for k, v in vars(args).items() if k != "worker"}, "results": results,

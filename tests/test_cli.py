@@ -55,13 +55,13 @@ def test_add_unit_without_training_keeps_the_accuracy_of_na(pipeline, tmp_path):
     run_cli(["add-unit", pipeline["na"], "--as", "2", "--m", "2", "--epochs", "0", "--device", "cpu", "--out", nb0])
     before = as_json(run_cli(["evaluate", pipeline["na"], "--json", "--device", "cpu"]))
     after = as_json(run_cli(["evaluate", nb0, "--json", "--device", "cpu"]))
-    assert after["accuracy"] == before["accuracy"] and after["per_class"] == before["per_class"]
+    assert after["overall_accuracy"] == before["overall_accuracy"] and after["per_class"] == before["per_class"]
     assert after["macs"] > before["macs"]
 
 
 def test_evaluate_snn_reports_spikes_sops_and_energy(pipeline):
     result = as_json(run_cli(["evaluate", pipeline["sa_t1"], "--json", "--device", "cpu"]))
-    assert result["kind"] == "snn" and result["timesteps"] == 1 and 0 <= result["accuracy"] <= 100
+    assert result["kind"] == "snn" and result["timesteps"] == 1 and 0 <= result["overall_accuracy"] <= 100
     assert result["images"] == 6 and set(result["per_class"]) == {"fields", "lakes", "roads"}
     energy = result["energy"]
     first, *rest = energy["layers"]

@@ -47,10 +47,10 @@ def check_options(top_k: int, batch_size: int) -> None:
         raise StpError(f"--batch-size must be positive, got {batch_size}")
 
 
-def predict(run: Run, ckpt: Checkpoint, paths: list[Path], top_k: int = 3, batch_size: int = 64,
+def predict(run: Run, ckpt: Checkpoint, files: list[Path], top_k: int = 3, batch_size: int = 64,
             advance: Callable[[int], None] | None = None) -> dict:
+    """Top-k classes of each image file (``find_images`` lists the files under folders)."""
     check_options(top_k, batch_size)
-    files = find_images(paths)
     device = run.runtime.device
     model = model_from_checkpoint(ckpt).to(device).eval()
     size = ckpt.record["input"]["image_size"]

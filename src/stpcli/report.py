@@ -102,7 +102,7 @@ def compare(run: Run, paths: list[Path], data: DataOptions) -> list[dict]:
             "method": result["method"],
             "timesteps": ckpt.timesteps,
             "layers": sum(1 for e in build_plan(ckpt.model_spec) if has_weights(e)),
-            "accuracy": result["accuracy"],
+            "accuracy": result["overall_accuracy"],
             "average_accuracy": result["average_accuracy"],
             "kappa": result["kappa"],
             "spikes_per_neuron": result.get("mean_spikes_per_neuron"),

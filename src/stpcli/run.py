@@ -20,19 +20,25 @@ from stpcli.progress import progress_bar
 
 @dataclass
 class Run:
-    """A running command: runtime, console, and the name its lineage entry records."""
+    """A running command: runtime, console, and the stage its lineage entry records (``name``;
+    ``label`` is how its progress lines and training curves name it, e.g. "temporal-prune T=2")."""
 
     name: str
     runtime: Runtime
     console: Console = field(default_factory=Console)
+    label: str = ""
+
+    def __post_init__(self):
+        self.label = self.label or self.name
 
     def say(self, text: str) -> None:
         if self.runtime.is_main:
             self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
-    def named(self, name: str) -> Run:
-        """This run under a stage's own name: the lineage records what ran, whoever called it."""
-        return replace(self, name=name)
+    def named(self, name: str, label: str | None = None) -> Run:
+        """This run under a stage's own name (and display label): the lineage records what ran,
+        whoever called it."""
+        return replace(self, name=name, label=label or name)
 
     def progress(self, label: str):
         """A progress bar on the main rank's terminal; yields ``advance(count, total=None)``."""

@@ -349,7 +349,7 @@ def training_options(*, lr: float, optimizer: str, weight_decay: float, lr_sched
 
 RECORDED_DATA = [("data", Data, None), ("allow_data_change", AllowDataChange, False), ("on_bad_image", OnBadImage, "fail"),
                  ("cache_dir", CacheDir, None)]
-RUN_OPTIONS = [("device", Device, "auto"), ("precision", Precision, "fp32"), ("compile", Compile, False),
+COMMAND_OPTIONS = [("device", Device, "auto"), ("precision", Precision, "fp32"), ("compile", Compile, False),
                ("force", Force, False), ("resume", Resume, False), ("config", Config, None)]
 ANN_TRAINING = training_options(lr=0.01, optimizer="sgd", weight_decay=5e-4, lr_schedule="cosine")
 SNN_TRAINING = training_options(lr=1e-4, optimizer="adam", weight_decay=0.0, lr_schedule="step", distill=True)

@@ -12,8 +12,8 @@ import typer
 
 from stpcli.cli.common import (
     ANN_TRAINING,
+    COMMAND_OPTIONS,
     RECORDED_DATA,
-    RUN_OPTIONS,
     SNN_TRAINING,
     CacheDir,
     OnBadImage,
@@ -41,7 +41,7 @@ UnitCount = Annotated[int | None, typer.Option("--m", help="Number of Units (lay
 
 @stp_command(app, "train-ann")
 @with_options(training_options(lr=0.05, optimizer="sgd", weight_decay=5e-4, lr_schedule="cosine"),
-              [("on_bad_image", OnBadImage, "fail"), ("cache_dir", CacheDir, None)], RUN_OPTIONS)
+              [("on_bad_image", OnBadImage, "fail"), ("cache_dir", CacheDir, None)], COMMAND_OPTIONS)
 def train_ann_command(
     ctx: typer.Context,
     out: Out,
@@ -71,7 +71,7 @@ def train_ann_command(
 
 
 @stp_command(app, "add-unit")
-@with_options(ANN_TRAINING, RECORDED_DATA, RUN_OPTIONS)
+@with_options(ANN_TRAINING, RECORDED_DATA, COMMAND_OPTIONS)
 def add_unit_command(
     ctx: typer.Context,
     source: Source,
@@ -95,7 +95,7 @@ def add_unit_command(
 
 
 @stp_command(app, "convert")
-@with_options(SNN_TRAINING, RECORDED_DATA, RUN_OPTIONS)
+@with_options(SNN_TRAINING, RECORDED_DATA, COMMAND_OPTIONS)
 def convert_command(
     ctx: typer.Context,
     source: Source,
@@ -146,7 +146,7 @@ def timestep_recipes(values: dict) -> tuple[list[int], list]:
 
 
 @stp_command(app, "temporal-prune")
-@with_options([entry for entry in SNN_TRAINING if entry[0] != "lr_schedule"], RECORDED_DATA, RUN_OPTIONS)
+@with_options([entry for entry in SNN_TRAINING if entry[0] != "lr_schedule"], RECORDED_DATA, COMMAND_OPTIONS)
 def temporal_prune_command(
     ctx: typer.Context,
     source: Source,
@@ -173,7 +173,7 @@ def temporal_prune_command(
 
 
 @stp_command(app, "spatial-prune")
-@with_options(SNN_TRAINING, RECORDED_DATA, RUN_OPTIONS)
+@with_options(SNN_TRAINING, RECORDED_DATA, COMMAND_OPTIONS)
 def spatial_prune_command(
     ctx: typer.Context,
     source: Source,

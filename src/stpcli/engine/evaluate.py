@@ -78,7 +78,6 @@ def accuracy(model, images_u8, labels, num_classes, mean, std, runtime, batch_si
 def accuracy_report(model, images_u8, labels, classes, mean, std, runtime, batch_size=256) -> dict:
     scores = score(model, images_u8, labels, len(classes), mean, std, runtime, batch_size)
     return {
-        "accuracy": scores.overall_accuracy,
         "overall_accuracy": scores.overall_accuracy,
         "average_accuracy": scores.average_accuracy,
         "kappa": scores.kappa,

@@ -96,7 +96,7 @@ class _Loop:
 
 
 def fit(model, data: SplitData, config: TrainConfig, runtime: Runtime, *, mean: torch.Tensor,
-        std: torch.Tensor, state_path: Path, csv_path: Path | None, run_options: dict,
+        std: torch.Tensor, state_path: Path, csv_path: Path | None, resume_identity: dict,
         resume: bool, console: Console, label: str, teacher: torch.nn.Module | None = None) -> FitResult:
     """Train ``model`` in place; on return it holds the best-on-validation weights.
 
@@ -107,7 +107,7 @@ def fit(model, data: SplitData, config: TrainConfig, runtime: Runtime, *, mean: 
         raise ValueError("distillation needs a teacher model")
     started = time.time()
     loop = _prepare(model, data, config, runtime, mean, std, teacher, label, state_path)
-    start_epoch = _resume(loop, run_options, console) if resume else 0
+    start_epoch = _resume(loop, resume_identity, console) if resume else 0
     with _StopRequest() as stop:
         for epoch in range(start_epoch, config.epochs):
             epoch_start = time.time()
@@ -120,7 +120,7 @@ def fit(model, data: SplitData, config: TrainConfig, runtime: Runtime, *, mean: 
                    "val_acc": validation.overall_accuracy, "val_loss": validation.loss,
                    **({"spike_rate": spike_rate} if spike_rate is not None else {}),
                    "seconds": round(time.time() - epoch_start, 2)}
-            _end_of_epoch(loop, row, run_options, csv_path, console)
+            _end_of_epoch(loop, row, resume_identity, csv_path, console)
     if loop.best_state is not None:
         model.load_state_dict(loop.best_state)
     return FitResult(loop.best_val, loop.best_epoch, loop.history, time.time() - started)
@@ -152,11 +152,11 @@ def _prepare(model, data: SplitData, config: TrainConfig, runtime: Runtime, mean
                  len(data.dataset.classes), teacher, label, state_path)
 
 
-def _resume(loop: _Loop, run_options: dict, console: Console) -> int:
+def _resume(loop: _Loop, resume_identity: dict, console: Console) -> int:
     """Restore model, optimiser, history and best-so-far from the state file; the epoch to start at."""
     if not loop.state_path.exists():
         raise StpError(f"--resume: no training state {loop.state_path} to resume from")
-    changed = changed_options(read_state_record(loop.state_path).get("options", {}), run_options)
+    changed = changed_options(read_state_record(loop.state_path).get("options", {}), resume_identity)
     if changed:
         raise StpError(f"--resume: {', '.join(changed)} differ(s) from the interrupted run's; rerun with the "
                        "same values (only --lr may change), or drop --resume and pass --force to start over")
@@ -217,7 +217,7 @@ def train_one_epoch(loop: _Loop, epoch: int, stop: _StopRequest, console: Consol
     return float(totals[0] / totals[2]), float(100 * totals[1] / totals[2])
 
 
-def _end_of_epoch(loop: _Loop, row: dict, run_options: dict, csv_path: Path | None, console: Console) -> None:
+def _end_of_epoch(loop: _Loop, row: dict, resume_identity: dict, csv_path: Path | None, console: Console) -> None:
     """Keep the best weights so far; rank 0 prints the epoch, writes the state file and the CSV."""
     loop.history.append(row)
     if loop.best_val is None or row["val_acc"] > loop.best_val:
@@ -229,7 +229,7 @@ def _end_of_epoch(loop: _Loop, row: dict, run_options: dict, csv_path: Path | No
             f"train {row['train_acc']:.2f}%  val {row['val_acc']:.2f}%  lr {row['lr']:.3g}  {row['seconds']:.1f}s",
             markup=False, highlight=False, soft_wrap=True)
         record = {"epoch": row["epoch"], "history": loop.history, "best_val": loop.best_val,
-                  "best_epoch": loop.best_epoch, "options": run_options}
+                  "best_epoch": loop.best_epoch, "options": resume_identity}
         save_state(loop.state_path, loop.model, loop.optimizer, record, loop.best_state)
         if csv_path is not None:
             _write_csv(csv_path, loop.history)

@@ -18,7 +18,7 @@ its input exceeds V/2, not V). The value is recorded in every checkpoint.
 
 Spike amplitude, recorded per checkpoint (``spike_amplitude``):
 
-* ``threshold`` (stp's choice before session 4): s(t) = V * H(z). The forward pass equals
+* ``threshold`` (stp's default in earlier releases): s(t) = V * H(z). The forward pass equals
   binary spikes with V folded into the next layer's weights, but the backward
   does not: dL/dV gains sum(g * H) through the amplitude, and V and the next
   weights scale the same product.

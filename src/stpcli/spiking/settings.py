@@ -20,7 +20,7 @@ class SpikingSettings:
     dropout: float = 0.2  # hidden FC layers
     conv_dropout: float = 0.0  # after convolutional neuron layers
     initial_membrane: float = INITIAL_MEMBRANE  # fraction of the threshold
-    spike_amplitude: str = "binary"  # DIET-SNN/TP; or "threshold" (stp's choice before session 4; docs/results.md)
+    spike_amplitude: str = "binary"  # DIET-SNN/TP; or "threshold" (stp's default in earlier releases; docs/results.md)
 
     @property
     def binary(self) -> bool:

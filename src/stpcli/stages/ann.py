@@ -72,9 +72,9 @@ def train_ann(run: Run, *, arch: str, width: float, image_size: int, dropout: fl
                **config.recorded(), **data.recorded()}
     del options["allow-data-change"]  # train-ann defines the data a chain records
     return train_and_finish(run, model, split_parts, config, record, io,
-                            {"arch": arch, "width": width, "image_size": image_size, "dropout": dropout,
-                             "split_sha256": split["sha256"], "pretrained": pretrained},
-                            {}, options, parent=None)
+                            resume_identity={"arch": arch, "width": width, "image_size": image_size, "dropout": dropout,
+                                             "split_sha256": split["sha256"], "pretrained": pretrained},
+                            metrics={}, options=options, parent=None)
 
 
 def add_unit(run: Run, source: Checkpoint, *, unit_group: int, count: int, config: TrainConfig,
@@ -96,6 +96,6 @@ def add_unit(run: Run, source: Checkpoint, *, unit_group: int, count: int, confi
     run.say(f"[add-unit] {count} Unit(s) in layer group {unit_group} (layers {first}..{first + count - 1}); "
             f"test accuracy before fine-tuning {before:.2f}%")
     return train_and_finish(run, model, data_parts, config, record, io,
-                            {"as": unit_group, "m": count, "parent": source.sha256},
-                            {"test_accuracy_before_training": before},
-                            {"as": unit_group, "m": count, **config.recorded(), **data.recorded()}, parent=source)
+                            resume_identity={"as": unit_group, "m": count, "parent": source.sha256},
+                            metrics={"test_accuracy_before_training": before},
+                            options={"as": unit_group, "m": count, **config.recorded(), **data.recorded()}, parent=source)

@@ -57,11 +57,11 @@ def convert(run: Run, source: Checkpoint, *, timesteps: int, percentile: float, 
             f"accuracy right after conversion: val {converted_val:.2f}%, test {converted:.2f}%")
     torch.manual_seed(config.seed)  # the SNN's dropout masks: one seed, one run
     return train_and_finish(run, snn, parts, config, record, io,
-                            {"timesteps": timesteps, "percentile": percentile, "scale": scale,
-                             "calibration_images": count, "parent": source.sha256},
-                            {"test_accuracy_after_conversion": converted,
-                             "val_accuracy_after_conversion": converted_val},
-                            {"timesteps": timesteps, "percentile": percentile, "scale": scale,
+                            resume_identity={"timesteps": timesteps, "percentile": percentile, "scale": scale,
+                                             "calibration_images": count, "parent": source.sha256},
+                            metrics={"test_accuracy_after_conversion": converted,
+                                     "val_accuracy_after_conversion": converted_val},
+                            options={"timesteps": timesteps, "percentile": percentile, "scale": scale,
                              "calibration-images": calibration_images, "dropout": settings.dropout,
                              "conv-dropout": settings.conv_dropout, "initial-membrane": settings.initial_membrane,
                              "spike-amplitude": settings.spike_amplitude, **config.recorded(), **data.recorded()},
@@ -163,10 +163,11 @@ def temporal_prune(run: Run, source: Checkpoint, *, schedule: list[int], configs
         run.say(f"[temporal-prune] T={parent.timesteps} -> T={timesteps}: test accuracy before "
                 f"retraining {start:.2f}%")
         torch.manual_seed(config.seed)
-        parent = train_and_finish(run.named(f"temporal-prune T={timesteps}"), snn,
-                                  parts, config, record, t_io, {"timesteps": timesteps, "parent": parent.sha256},
-                                  {"test_accuracy_before_training": start},
-                                  {**options, "timesteps": timesteps}, parent=parent,
+        parent = train_and_finish(run.named("temporal-prune", f"temporal-prune T={timesteps}"), snn,
+                                  parts, config, record, t_io,
+                                  resume_identity={"timesteps": timesteps, "parent": parent.sha256},
+                                  metrics={"test_accuracy_before_training": start},
+                                  options={**options, "timesteps": timesteps}, parent=parent,
                                   teacher=distil_from)
         run.say(f"[temporal-prune] T={timesteps} -> {path}")
         outputs.append(parent)
@@ -233,8 +234,8 @@ def spatial_prune(run: Run, source: Checkpoint, *, unit_group: int | None, count
             f"T={source.timesteps}; test accuracy before fine-tuning {before:.2f}%")
     torch.manual_seed(config.seed)
     return train_and_finish(run, small, parts, config, record, io,
-                            {"as": unit_group, "m": count, "parent": source.sha256},
-                            {"test_accuracy_before_training": before,
-                             "removed_layers": list(range(first, first + count))},
-                            {"as": unit_group, "m": count, **config.recorded(), **data.recorded()}, parent=source,
+                            resume_identity={"as": unit_group, "m": count, "parent": source.sha256},
+                            metrics={"test_accuracy_before_training": before,
+                                     "removed_layers": list(range(first, first + count))},
+                            options={"as": unit_group, "m": count, **config.recorded(), **data.recorded()}, parent=source,
                             teacher=distil_from)

@@ -26,33 +26,36 @@ def train_stage(run: Run, model, data: SplitData, config: TrainConfig, record: d
     mean, std = input_stats(record)
     if config.milestones is None:  # the recipe of the model being trained
         config = replace(config, milestones=SNN_MILESTONES if isinstance(model, SNN) else ANN_MILESTONES)
-    run_options = {"stage": run.name, "train": asdict(config), **extra_options}
+    resume_identity = {"stage": run.label, "train": asdict(config), **extra_options}
     if teacher is not None:
-        run_options["teacher"] = teacher.sha256
+        resume_identity["teacher"] = teacher.sha256
     result = fit(model, data, config, run.runtime, mean=mean, std=std, state_path=io.state_path,
-                 csv_path=io.csv_path, run_options=run_options, resume=io.resume, console=run.console,
-                 label=run.name, teacher=teacher.model if teacher is not None else None)
+                 csv_path=io.csv_path, resume_identity=resume_identity, resume=io.resume, console=run.console,
+                 label=run.label, teacher=teacher.model if teacher is not None else None)
     if run.runtime.is_main and result.history:
-        plots.training_curves(result.history, f"{run.name}: {io.out.name}", io.plot_path)
+        plots.training_curves(result.history, f"{run.label}: {io.out.name}", io.plot_path)
     return result
 
 
-def train_and_finish(run: Run, model, data: SplitData, config: TrainConfig, record: dict, io: StageIO,
-                     run_options: dict, metrics: dict, options: dict,
-                     parent: Checkpoint | None, teacher: Teacher | None = None) -> Checkpoint:
-    """Train when ``config.epochs > 0``, measure the test split, record the lineage entry (``options``:
-    the stage's resolved options under their command-line names), write the file."""
+def train_and_finish(run: Run, model, data: SplitData, config: TrainConfig, record: dict, io: StageIO, *,
+                     resume_identity: dict, metrics: dict, options: dict, parent: Checkpoint | None,
+                     teacher: Teacher | None = None) -> Checkpoint:
+    """Train when ``config.epochs > 0``, measure the test split, record the lineage entry, write the file.
+
+    ``resume_identity``: what a resumed run must share with the interrupted one (besides the recipe);
+    ``metrics``: what the stage measured before training; ``options``: the stage's resolved options
+    under their command-line names, as the lineage records them."""
     if teacher is not None:
         options = {**options, "teacher": teacher.describe()}
     if config.epochs > 0:
-        result = train_stage(run, model, data, config, record, io, run_options, teacher)
+        result = train_stage(run, model, data, config, record, io, resume_identity, teacher)
         metrics.update({"val_accuracy": result.best_val, "best_epoch": result.best_epoch,
                         "seconds": round(result.seconds, 1)})
     metrics["test_accuracy"] = split_accuracy(model, data, "test", record, run.runtime)
-    run.say(f"[{run.name}] test accuracy {metrics['test_accuracy']:.2f}%"
+    run.say(f"[{run.label}] test accuracy {metrics['test_accuracy']:.2f}%"
             + (f" (best val {metrics['val_accuracy']:.2f}% at epoch {metrics['best_epoch']})"
                if metrics.get("val_accuracy") is not None else ""))
-    entry = StageEntry(run.name.split(" ")[0], io.command, options, metrics)
+    entry = StageEntry(run.name, io.command, options, metrics)
     return finish_stage(run, model, record, entry, io, parent=parent)
 
 
