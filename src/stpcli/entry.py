@@ -2,7 +2,9 @@
 
 SIGTERM and SIGINT are caught from the first instant, before the heavy imports, so that a run
 stopped while it starts exits with a message (status 130) instead of dying silently; the
-command wrapper reports them once the CLI is loaded. A signal that arrives after the command
+command wrapper reports them once the CLI is loaded. Every such signal is also kept in
+``PENDING_SIGNALS``: one that arrives while a module is being imported can be swallowed on its
+way up, and a training loop that starts later still sees it and stops at its first step. A signal that arrives after the command
 has finished is ignored: the command's own exit status and message stand.
 
 A stage started by ``stp pipeline`` or ``stp study`` is told its driver's pid
@@ -17,12 +19,12 @@ import signal
 import threading
 import time
 
-EARLY_SIGNALS: list[int] = []
+PENDING_SIGNALS: list[int] = []  # SIGTERM/SIGINT received and not yet acted on
 PARENT_VARIABLE = "STP_PARENT_PID"
 
 
 def _remember(signum, frame):
-    EARLY_SIGNALS.append(signum)
+    PENDING_SIGNALS.append(signum)
 
 
 def _watch_parent(parent: int) -> None:

@@ -18,7 +18,7 @@ from rich.console import Console
 
 from stpcli.cli.terminal import OutputError, flush_standard_output, shown
 from stpcli.engine.recipe import TRAIN_OPTIONS, TrainConfig
-from stpcli.entry import EARLY_SIGNALS
+from stpcli.entry import PENDING_SIGNALS
 from stpcli.errors import StpError
 from stpcli.files import finish_outputs, first_line
 
@@ -43,7 +43,7 @@ def stp_command(app: typer.Typer, name: str, **kwargs):
             previous = _stop_on_sigterm()
             succeeded = False
             try:
-                if EARLY_SIGNALS:
+                if PENDING_SIGNALS:
                     raise KeyboardInterrupt  # SIGTERM arrived while stp was starting
                 result = function(*args, **kw)
                 flush_standard_output()
@@ -77,18 +77,38 @@ def stp_command(app: typer.Typer, name: str, **kwargs):
                 if previous is not None:
                     signal.signal(signal.SIGTERM, previous)
                 finish_outputs(succeeded)
-                if "torch.distributed" in sys.modules:  # a command that never started torch has nothing to shut
-                    from stpcli.engine.runtime import shutdown_runtime
-
-                    shutdown_runtime()
+                _shutdown_distributed()
 
         return app.command(name, **kwargs)(run)
 
     return wrap
 
 
-def _sigterm(signum, frame):
-    raise KeyboardInterrupt  # outside a training loop: stop now, say so, exit 130
+def _shutdown_distributed() -> None:
+    """Leave a process group if this command joined one. A command that never started torch has
+    nothing to shut, and one stopped while importing it (a signal during ``import torch`` leaves
+    the module half made) must not import it again on its way out."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is None:
+        return
+    try:
+        if distributed.is_available() and distributed.is_initialized():
+            distributed.destroy_process_group()
+    except Exception:  # half-imported torch, or a group already gone: nothing left to release
+        pass
+
+
+def _interrupt(signum, frame):
+    """SIGINT/SIGTERM outside a training loop: stop now, say so, exit 130. Not in the middle of an
+    import, though (the commands import torch when they start): an exception there leaves a module
+    half made, so the signal is kept and acted on once the imports are done (``make_run``, or a
+    training loop's first step)."""
+    PENDING_SIGNALS.append(signum)
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return
+        frame = frame.f_back
+    raise KeyboardInterrupt
 
 
 def _stop_on_sigterm():
@@ -97,8 +117,8 @@ def _stop_on_sigterm():
     back from the entry point's early one, unless it was ignored (a background job)."""
     try:
         if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        return signal.signal(signal.SIGTERM, _sigterm)
+            signal.signal(signal.SIGINT, _interrupt)
+        return signal.signal(signal.SIGTERM, _interrupt)
     except ValueError:  # not the main thread
         return None
 
@@ -255,6 +275,9 @@ def command_line() -> str:
 def make_run(name: str, values: dict) -> Run:
     from stpcli.engine.runtime import setup_runtime
     from stpcli.run import Run
+
+    if PENDING_SIGNALS:  # a stop that arrived while the command's modules were being imported
+        raise KeyboardInterrupt
 
     runtime = setup_runtime(values.get("device", "auto"), values.get("precision", "fp32"),
                             values.get("compile", False))

@@ -26,6 +26,7 @@ from stpcli.engine.evaluate import Scores, score
 from stpcli.engine.recipe import TRAIN_OPTIONS, TrainConfig, distillation_loss, make_optimizer
 from stpcli.engine.runtime import Runtime
 from stpcli.engine.state import load_state, read_state_record, save_state
+from stpcli.entry import PENDING_SIGNALS
 from stpcli.errors import Interrupted, StpError
 from stpcli.files import atomic_write_text
 from stpcli.progress import progress_bar
@@ -50,6 +51,8 @@ class _StopRequest:
         self._previous = {}
 
     def __enter__(self):
+        if PENDING_SIGNALS:  # received before the loop started, and not acted on
+            self.signal_name = signal.Signals(PENDING_SIGNALS[-1]).name
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
