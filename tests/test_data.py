@@ -7,7 +7,7 @@ from conftest import CLASSES, make_imagefolder
 from PIL import Image
 
 from stpcli.data import synthetic
-from stpcli.data.loader import augment, epoch_generator, iterate_batches
+from stpcli.data.loader import InputStats, augment, epoch_generator, iterate_batches
 from stpcli.data.pack import read_pack, write_pack
 from stpcli.data.source import load_dataset
 from stpcli.data.split import check_split, stratified_split
@@ -144,9 +144,9 @@ def test_a_pure_90_degree_rotation_or_flip_is_exact():
 def test_batches_cover_the_data_once_and_shard_across_ranks():
     images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 3, 2, 2).contiguous()
     labels = torch.arange(10)
-    mean, std = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
-    seen = torch.cat([y for _, y in iterate_batches(images, labels, 4, mean, std)])
+    stats = InputStats(torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1))
+    seen = torch.cat([y for _, y in iterate_batches(images, labels, 4, stats)])
     assert seen.tolist() == list(range(10))
-    shards = [torch.cat([y for _, y in iterate_batches(images, labels, 4, mean, std, rank=r, world_size=2)])
+    shards = [torch.cat([y for _, y in iterate_batches(images, labels, 4, stats, rank=r, world_size=2)])
               for r in range(2)]
     assert sorted(torch.cat(shards).tolist()) == list(range(10)) and set(shards[0].tolist()).isdisjoint(shards[1].tolist())

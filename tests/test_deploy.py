@@ -17,6 +17,7 @@ from conftest import run_cli
 
 from stpcli.checkpoint import load_checkpoint
 from stpcli.data.imagefolder import decode_image
+from stpcli.data.loader import normalise
 from stpcli.restore import input_stats, model_from_checkpoint
 
 nir = pytest.importorskip("nir")
@@ -47,9 +48,8 @@ def networks(dataset_dir, tmp_path_factory):
 
 def _images(ckpt, dataset_dir, count=32):
     files = sorted(p for p in dataset_dir.rglob("*") if p.is_file())[:count]
-    mean, std = input_stats(ckpt.record)
     size = ckpt.record["input"]["image_size"]
-    return (torch.stack([decode_image(f, size)[0] for f in files]).float() / 255.0 - mean) / std
+    return normalise(torch.stack([decode_image(f, size)[0] for f in files]), input_stats(ckpt.record))
 
 
 def _exported(path, tmp_path, graph="portable"):

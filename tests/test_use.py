@@ -61,8 +61,7 @@ def test_predict_agrees_with_the_model_on_the_training_pipeline(pipeline, datase
     from stpcli.restore import input_stats
 
     model = model_from_checkpoint(ckpt).eval()
-    mean, std = input_stats(ckpt.record)
-    batch = normalise(torch.stack([decode_image(f, 32)[0] for f in files]), mean, std)
+    batch = normalise(torch.stack([decode_image(f, 32)[0] for f in files]), input_stats(ckpt.record))
     with torch.no_grad():
         expected = [ckpt.classes[i] for i in model(batch).argmax(1).tolist()]
     assert [row["top"][0]["class"] for row in result["predictions"]] == expected

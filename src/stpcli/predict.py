@@ -54,7 +54,7 @@ def predict(run: Run, ckpt: Checkpoint, files: list[Path], top_k: int = 3, batch
     device = run.runtime.device
     model = model_from_checkpoint(ckpt).to(device).eval()
     size = ckpt.record["input"]["image_size"]
-    mean, std = (t.to(device) for t in input_stats(ckpt.record))
+    stats = input_stats(ckpt.record).to(device)
     classes = ckpt.classes
     k = min(top_k, len(classes))
     predictions, unreadable = [], []
@@ -77,7 +77,7 @@ def predict(run: Run, ckpt: Checkpoint, files: list[Path], top_k: int = 3, batch
                     kept.append(path)
             if images:
                 with torch.no_grad(), run.runtime.autocast():
-                    logits = model(normalise(torch.stack(images).to(device), mean, std))
+                    logits = model(normalise(torch.stack(images).to(device), stats))
                 probabilities, indices = torch.softmax(logits.float(), dim=1).topk(k, dim=1)
                 for path, probs, idx in zip(kept, probabilities.tolist(), indices.tolist()):
                     predictions.append({"path": str(path),

@@ -31,9 +31,8 @@ def evaluate(run: Run, ckpt: Checkpoint, data: DataOptions, timesteps: int | Non
     images, labels = parts.part(part)
     if len(labels) == 0:
         raise StpError(f"the {part} split of {ckpt.path} has no images; there is nothing to evaluate")
-    mean, std = input_stats(ckpt.record)
     device = run.runtime.device
-    args = (images.to(device), labels.to(device), ckpt.classes, mean.to(device), std.to(device), run.runtime,
+    args = (images.to(device), labels.to(device), ckpt.classes, input_stats(ckpt.record).to(device), run.runtime,
             batch_size)
     plan, size = build_plan(ckpt.model_spec), ckpt.record["input"]["image_size"]
     result: dict[str, Any] = {"checkpoint": str(ckpt.path), "kind": ckpt.kind, "method": method_of(ckpt.record),

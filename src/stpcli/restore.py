@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from stpcli.checkpoint import Checkpoint, check_tensors_match_record
+from stpcli.data.loader import InputStats
 from stpcli.errors import StpError
 from stpcli.files import first_line
 from stpcli.models.ann import ANN
@@ -38,11 +39,12 @@ def check_tensors_match_model(ckpt: Checkpoint) -> None:
     check_tensors_match_record(ckpt.record, {k: tuple(v.shape) for k, v in ckpt.tensors.items()}, ckpt.path or "the checkpoint")
 
 
-def input_stats(record: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def input_stats(record: dict) -> InputStats:
     """The normalisation a checkpoint was trained with, shaped for a batch of images."""
-    mean = torch.tensor(record["input"]["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(record["input"]["std"]).view(1, 3, 1, 1)
-    return mean, std
+    spec = record["input"]
+    bands = len(spec["mean"])
+    return InputStats(torch.tensor(spec["mean"]).view(1, bands, 1, 1), torch.tensor(spec["std"]).view(1, bands, 1, 1),
+                      float(spec.get("divisor", 255.0)))
 
 
 def check_timesteps(timesteps: int) -> None:

@@ -30,6 +30,8 @@ MAX_LAYERS_PER_GROUP = 64
 MAX_CHANNELS = 8192
 MAX_HIDDEN = 65_536
 MAX_HISTORY = 1_000
+MAX_BANDS = 64  # input channels: RGB, or the bands of a multispectral image (Sentinel-2: 13)
+NORMALISATIONS = ("imagenet", "dataset", "scale", "stretch")
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -63,7 +65,7 @@ class ModelSpec(_Strict):
     hidden: Annotated[list[Annotated[int, Field(ge=1, le=MAX_HIDDEN)]], Field(max_length=4)]
     num_classes: Annotated[int, Field(ge=2, le=MAX_CLASSES)]
     image_size: Annotated[int, Field(ge=16, le=MAX_IMAGE_SIZE)]
-    in_channels: Literal[3]
+    in_channels: Annotated[int, Field(ge=1, le=MAX_BANDS)]
     dropout: Fraction
     units: Units | None = None
 
@@ -82,9 +84,27 @@ class ModelSpec(_Strict):
 
 
 class InputSpec(_Strict):
+    """How an image becomes the network's input: ``(x / divisor - mean) / std`` per band, for the
+    bands (1-based indices into the file's bands, their names) read the way ``decoding`` says."""
+
     image_size: Annotated[int, Field(ge=16, le=MAX_IMAGE_SIZE)]
-    mean: Annotated[list[float], Field(min_length=3, max_length=3)]
-    std: Annotated[list[float], Field(min_length=3, max_length=3)]
+    mean: Annotated[list[float], Field(min_length=1, max_length=MAX_BANDS)]
+    std: Annotated[list[float], Field(min_length=1, max_length=MAX_BANDS)]
+    divisor: Annotated[float, Field(gt=0.0, le=1e12)] = 255.0  # 8-bit: 255; Sentinel-2 reflectance: 10000
+    normalisation: Literal["imagenet", "dataset", "scale", "stretch"] = "imagenet"
+    decoding: Literal["rgb8", "bands"] = "rgb8"  # 8-bit RGB through PIL, or every band as stored
+    bands: Annotated[list[Annotated[int, Field(ge=1, le=10_000)]], Field(max_length=MAX_BANDS)] | None = None
+    band_names: Annotated[list[Name], Field(max_length=MAX_BANDS)] | None = None
+
+    @model_validator(mode="after")
+    def _one_value_per_band(self):
+        if len(self.mean) != len(self.std):
+            raise ValueError("mean and std must have one value per band")
+        for field_name in ("bands", "band_names"):
+            values = getattr(self, field_name)
+            if values is not None and len(values) != len(self.mean):
+                raise ValueError(f"{field_name} must have one entry per band")
+        return self
 
     @field_validator("mean")
     @classmethod
@@ -173,6 +193,8 @@ class Record(_Strict):
             raise ValueError(f"{len(self.classes)} classes for a model with {self.model.num_classes} outputs")
         if self.input.image_size != self.model.image_size:
             raise ValueError("input.image_size differs from model.image_size")
+        if len(self.input.mean) != self.model.in_channels:
+            raise ValueError(f"input has {len(self.input.mean)} bands for a model with {self.model.in_channels} input channels")
         if self.kind == "snn" and self.timesteps is None:
             raise ValueError("an SNN checkpoint needs timesteps")
         return self

@@ -1,7 +1,7 @@
-"""Batches from device-resident uint8 images, with augmentation done on tensors.
+"""Batches from device-resident images, with augmentation done on tensors (any number of bands).
 
-Images stay uint8 on the training device; each batch is gathered, converted,
-augmented with one ``grid_sample`` (random resized crop, horizontal/vertical
+Images stay in their stored type (uint8, or int16/int32/float32 radiometry) on the training
+device; each batch is gathered, converted, augmented with one ``grid_sample`` (random resized crop, horizontal/vertical
 flips and 90-degree rotations composed into a single affine map) and
 normalised. Shuffling and augmentation draw from a generator seeded by
 (seed, epoch), so a resumed run sees exactly the batches of an uninterrupted one.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +24,21 @@ def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Genera
     return torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
 
 
-def normalise(images_u8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    return (images_u8.float() / 255.0 - mean) / std
+@dataclass(frozen=True)
+class InputStats:
+    """How stored images become the network's input: ``(x / divisor - mean) / std`` per band
+    (8-bit RGB: divisor 255 and ImageNet's mean and std; other radiometry: the training split's)."""
+
+    mean: torch.Tensor  # [1, C, 1, 1]
+    std: torch.Tensor
+    divisor: float = 255.0
+
+    def to(self, device) -> InputStats:
+        return InputStats(self.mean.to(device), self.std.to(device), self.divisor)
+
+
+def normalise(images: torch.Tensor, stats: InputStats) -> torch.Tensor:
+    return (images.float() / stats.divisor - stats.mean) / stats.std
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, rank: int = 0, world_size: int = 1) -> torch.Tensor:
@@ -63,8 +77,7 @@ def iterate_batches(
     images_u8: torch.Tensor,
     labels: torch.Tensor,
     batch_size: int,
-    mean: torch.Tensor,
-    std: torch.Tensor,
+    stats: InputStats,
     *,
     generator: torch.Generator | None = None,
     train: bool = False,
@@ -91,7 +104,7 @@ def iterate_batches(
             index = index[rank::world_size]
             if index.numel() == 0:
                 continue
-        x = normalise(images_u8[index], mean, std)
+        x = normalise(images_u8[index], stats)
         if train:
             assert generator is not None, "training batches are drawn from a seeded generator"
             x = augment(x, generator, rank, world_size)

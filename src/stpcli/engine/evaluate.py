@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from stpcli.data.loader import iterate_batches
+from stpcli.data.loader import InputStats, iterate_batches
 from stpcli.engine.runtime import Runtime
 
 
@@ -51,14 +51,14 @@ class Scores:
 
 
 @torch.no_grad()
-def score(model, images_u8: torch.Tensor, labels: torch.Tensor, num_classes: int, mean: torch.Tensor,
-          std: torch.Tensor, runtime: Runtime, batch_size: int = 256) -> Scores:
+def score(model, images_u8: torch.Tensor, labels: torch.Tensor, num_classes: int, stats: InputStats,
+          runtime: Runtime, batch_size: int = 256) -> Scores:
     """Confusion matrix and mean loss over (images, labels), summed over ranks."""
     was_training = model.training
     model.eval()
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=runtime.device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
-    for x, y in iterate_batches(images_u8, labels, batch_size, mean, std,
+    for x, y in iterate_batches(images_u8, labels, batch_size, stats,
                                 rank=runtime.rank, world_size=runtime.world_size):
         with runtime.autocast():
             logits = model(x)
@@ -71,12 +71,12 @@ def score(model, images_u8: torch.Tensor, labels: torch.Tensor, num_classes: int
     return Scores(matrix, float(loss_sum) / max(1, int(matrix.sum())))
 
 
-def accuracy(model, images_u8, labels, num_classes, mean, std, runtime, batch_size=256) -> float:
-    return score(model, images_u8, labels, num_classes, mean, std, runtime, batch_size).overall_accuracy
+def accuracy(model, images_u8, labels, num_classes, stats, runtime, batch_size=256) -> float:
+    return score(model, images_u8, labels, num_classes, stats, runtime, batch_size).overall_accuracy
 
 
-def accuracy_report(model, images_u8, labels, classes, mean, std, runtime, batch_size=256) -> dict:
-    scores = score(model, images_u8, labels, len(classes), mean, std, runtime, batch_size)
+def accuracy_report(model, images_u8, labels, classes, stats, runtime, batch_size=256) -> dict:
+    scores = score(model, images_u8, labels, len(classes), stats, runtime, batch_size)
     return {
         "overall_accuracy": scores.overall_accuracy,
         "average_accuracy": scores.average_accuracy,

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from stpcli.data.loader import epoch_generator, iterate_batches
+from stpcli.data.loader import InputStats, epoch_generator, iterate_batches
 from stpcli.data.source import SplitData
 from stpcli.engine.evaluate import Scores, score
 from stpcli.engine.recipe import TRAIN_OPTIONS, TrainConfig, distillation_loss, make_optimizer
@@ -86,8 +86,7 @@ class _Loop:
     runtime: Runtime
     train: tuple[torch.Tensor, torch.Tensor]
     val: tuple[torch.Tensor, torch.Tensor]
-    mean: torch.Tensor
-    std: torch.Tensor
+    stats: InputStats
     num_classes: int
     teacher: torch.nn.Module | None
     label: str
@@ -98,8 +97,8 @@ class _Loop:
     best_state: dict | None = None
 
 
-def fit(model, data: SplitData, config: TrainConfig, runtime: Runtime, *, mean: torch.Tensor,
-        std: torch.Tensor, state_path: Path, csv_path: Path | None, resume_identity: dict,
+def fit(model, data: SplitData, config: TrainConfig, runtime: Runtime, *, stats: InputStats,
+        state_path: Path, csv_path: Path | None, resume_identity: dict,
         resume: bool, console: Console, label: str, teacher: torch.nn.Module | None = None) -> FitResult:
     """Train ``model`` in place; on return it holds the best-on-validation weights.
 
@@ -109,7 +108,7 @@ def fit(model, data: SplitData, config: TrainConfig, runtime: Runtime, *, mean: 
     if config.distill_weight > 0 and teacher is None:
         raise ValueError("distillation needs a teacher model")
     started = time.time()
-    loop = _prepare(model, data, config, runtime, mean, std, teacher, label, state_path)
+    loop = _prepare(model, data, config, runtime, stats, teacher, label, state_path)
     start_epoch = _resume(loop, resume_identity, console) if resume else 0
     with _StopRequest() as stop:
         for epoch in range(start_epoch, config.epochs):
@@ -118,7 +117,7 @@ def fit(model, data: SplitData, config: TrainConfig, runtime: Runtime, *, mean: 
             for group in loop.optimizer.param_groups:
                 group["lr"] = lr
             train_loss, train_acc = train_one_epoch(loop, epoch, stop, console)
-            validation, spike_rate = _validate(model, *loop.val, loop.num_classes, loop.mean, loop.std, runtime)
+            validation, spike_rate = _validate(model, *loop.val, loop.num_classes, loop.stats, runtime)
             row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
                    "val_acc": validation.overall_accuracy, "val_loss": validation.loss,
                    **({"spike_rate": spike_rate} if spike_rate is not None else {}),
@@ -129,7 +128,7 @@ def fit(model, data: SplitData, config: TrainConfig, runtime: Runtime, *, mean: 
     return FitResult(loop.best_val, loop.best_epoch, loop.history, time.time() - started)
 
 
-def _prepare(model, data: SplitData, config: TrainConfig, runtime: Runtime, mean, std, teacher, label,
+def _prepare(model, data: SplitData, config: TrainConfig, runtime: Runtime, stats, teacher, label,
              state_path) -> _Loop:
     """The data on the device, the model in its training layout, the optimiser, DDP and compilation."""
     device = runtime.device
@@ -151,7 +150,7 @@ def _prepare(model, data: SplitData, config: TrainConfig, runtime: Runtime, mean
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if runtime.compile:
         train_model = torch.compile(train_model)
-    return _Loop(model, train_model, optimizer, config, runtime, train, val, mean.to(device), std.to(device),
+    return _Loop(model, train_model, optimizer, config, runtime, train, val, stats.to(device),
                  len(data.dataset.classes), teacher, label, state_path)
 
 
@@ -183,7 +182,7 @@ def train_one_epoch(loop: _Loop, epoch: int, stop: _StopRequest, console: Consol
     bar = f"{loop.label} epoch {epoch + 1}/{config.epochs}"
     with progress_bar(console, bar, total=steps, show=runtime.is_main) as advance:
         for step, (x, y) in enumerate(iterate_batches(
-                train_x, train_y, config.batch_size, loop.mean, loop.std, generator=generator, train=True,
+                train_x, train_y, config.batch_size, loop.stats, generator=generator, train=True,
                 rank=runtime.rank, world_size=runtime.world_size)):
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -239,12 +238,12 @@ def _end_of_epoch(loop: _Loop, row: dict, resume_identity: dict, csv_path: Path 
     loop.runtime.barrier()
 
 
-def _validate(model, images, labels, num_classes, mean, std, runtime) -> tuple[Scores, float | None]:
+def _validate(model, images, labels, num_classes, stats, runtime) -> tuple[Scores, float | None]:
     """Scores on the validation part and, for an SNN, its mean spikes per neuron over the T steps."""
     if not hasattr(model, "neurons"):
-        return score(model, images, labels, num_classes, mean, std, runtime), None
+        return score(model, images, labels, num_classes, stats, runtime), None
     with counting_spikes(model) as counters:
-        scores = score(model, images, labels, num_classes, mean, std, runtime)
+        scores = score(model, images, labels, num_classes, stats, runtime)
     return scores, mean_spikes_per_neuron(counters)
 
 

@@ -24,6 +24,7 @@ import torch
 
 from stpcli import __version__
 from stpcli.checkpoint import Checkpoint
+from stpcli.data.loader import normalise
 from stpcli.errors import StpError
 from stpcli.restore import input_stats, model_from_checkpoint
 from stpcli.spiking.neuron import traceable
@@ -74,9 +75,8 @@ def with_metadata(model_bytes: bytes, ckpt: Checkpoint, extra: dict[str, str] | 
 
 
 def normalised(ckpt: Checkpoint, images: torch.Tensor) -> np.ndarray:
-    """uint8 images as the model's input: scaled to [0, 1] and normalised as the checkpoint records."""
-    mean, std = input_stats(ckpt.record)
-    return ((images.float() / 255.0 - mean) / std).numpy().astype(np.float32)
+    """Stored images as the model's input, normalised as the checkpoint records."""
+    return normalise(images, input_stats(ckpt.record)).numpy().astype(np.float32)
 
 
 def quantize_int8(model_bytes: bytes, ckpt: Checkpoint, calibration: np.ndarray) -> bytes:

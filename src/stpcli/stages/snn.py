@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from stpcli.checkpoint import Checkpoint, load_checkpoint
+from stpcli.data.loader import normalise
 from stpcli.defaults import SPIKE_AMPLITUDES
 from stpcli.engine.recipe import TrainConfig
 from stpcli.errors import StpError
@@ -44,8 +45,7 @@ def convert(run: Run, source: Checkpoint, *, timesteps: int, percentile: float, 
     images, _ = parts.part("train")
     count = min(calibration_images, images.shape[0])
     pick = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(config.seed))[:count]
-    mean, std = input_stats(source.record)
-    batch = ((images[pick].float() / 255.0 - mean) / std).to(device)
+    batch = normalise(images[pick], input_stats(source.record)).to(device)
     thresholds = balance_thresholds(snn, batch, percentile, scale, seed=config.seed)
     record = child_record(source, kind="snn", timesteps=timesteps,
                           snn={**settings.as_record(), "leak_init": 1.0,

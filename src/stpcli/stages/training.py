@@ -23,13 +23,13 @@ if TYPE_CHECKING:  # the teacher module builds its model with restore.model_from
 
 def train_stage(run: Run, model, data: SplitData, config: TrainConfig, record: dict,
                 io: StageIO, extra_options: dict, teacher: Teacher | None = None) -> FitResult:
-    mean, std = input_stats(record)
+    stats = input_stats(record)
     if config.milestones is None:  # the recipe of the model being trained
         config = replace(config, milestones=SNN_MILESTONES if isinstance(model, SNN) else ANN_MILESTONES)
     resume_identity = {"stage": run.label, "train": asdict(config), **extra_options}
     if teacher is not None:
         resume_identity["teacher"] = teacher.sha256
-    result = fit(model, data, config, run.runtime, mean=mean, std=std, state_path=io.state_path,
+    result = fit(model, data, config, run.runtime, stats=stats, state_path=io.state_path,
                  csv_path=io.csv_path, resume_identity=resume_identity, resume=io.resume, console=run.console,
                  label=run.label, teacher=teacher.model if teacher is not None else None)
     if run.runtime.is_main and result.history:
@@ -61,7 +61,6 @@ def train_and_finish(run: Run, model, data: SplitData, config: TrainConfig, reco
 
 def split_accuracy(model, data: SplitData, part: str, record: dict, runtime: Runtime) -> float:
     images, labels = data.part(part)
-    mean, std = input_stats(record)
     model.to(runtime.device)
     return accuracy(model, images.to(runtime.device), labels.to(runtime.device), len(record["classes"]),
-                    mean.to(runtime.device), std.to(runtime.device), runtime)
+                    input_stats(record).to(runtime.device), runtime)
