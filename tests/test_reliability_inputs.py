@@ -107,13 +107,17 @@ def test_changed_content_with_the_recorded_names_is_refused(dataset_dir, tmp_pat
     run_cli(["add-unit", na, "--epochs", "0", "--allow-data-change", "--out", out, *CPU])
 
 
-def test_16_bit_and_float_images_are_stretched_not_destroyed(tmp_path):
+def test_16_bit_and_float_images_are_stretched_not_destroyed_when_asked(tmp_path):
+    """--normalise stretch keeps stp's earlier path for mixed folders (8-bit RGB with some 16-bit,
+    32-bit and float images); without it such a folder is read as bands, and refused as mixed."""
     root = make_imagefolder(tmp_path / "d", per_class=3)
     ramp = np.tile(np.linspace(0, 1, 40), (40, 1))
     Image.fromarray((1000 + 2000 * ramp).astype(np.uint16)).save(root / "fields" / "deep.png")
     Image.fromarray((0.001 + 0.003 * ramp).astype(np.float32), mode="F").save(root / "lakes" / "float.tif")
     Image.fromarray((10**6 + 10**6 * ramp).astype(np.int32), mode="I").save(root / "roads" / "int32.tif")
-    data = load_dataset(str(root), 32, cache_dir=tmp_path / "c")
+    refused(["train-ann", *TINY, "--data", root, "--epochs", "1", "--out", tmp_path / "x.safetensors"],
+            "bands or bit depths differ between files")
+    data = load_dataset(str(root), 32, cache_dir=tmp_path / "c", normalisation="stretch")
     assert data.source["high_bit_depth"]["images"] == 3
     assert "percentile" in data.source["high_bit_depth"]["rule"]
     for name in ("fields/deep.png", "lakes/float.tif", "roads/int32.tif"):
@@ -122,7 +126,7 @@ def test_16_bit_and_float_images_are_stretched_not_destroyed(tmp_path):
         row = image[0, 16]
         assert torch.all(row[1:] >= row[:-1] - 1), name  # the ramp survives
     na = tmp_path / "na.safetensors"
-    run_cli(["train-ann", *TINY, "--data", root, "--epochs", "1", "--out", na])
+    run_cli(["train-ann", *TINY, "--data", root, "--epochs", "1", "--normalise", "stretch", "--out", na])
     assert load_checkpoint(na).record["data"]["high_bit_depth"]["images"] == 3
 
 
@@ -224,11 +228,12 @@ def test_a_failing_cache_write_warns_and_goes_on(tmp_path, monkeypatch, capsys):
         from safetensors import SafetensorError
         raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
 
-    monkeypatch.setattr(source, "atomic_save_tensors", full)
+    monkeypatch.setattr(source, "write_cache_file", full)
     root = make_imagefolder(tmp_path / "d", per_class=3)
     data = load_dataset(str(root), 32, cache_dir=tmp_path / "c")
     assert data.images.shape[0] == 9
     assert "not cached" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "c").iterdir()] == []  # no partial cache
 
 
 def test_a_full_disk_at_save_time_is_one_line_and_leaves_nothing(pipeline, tmp_path, monkeypatch):

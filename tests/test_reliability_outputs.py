@@ -172,6 +172,7 @@ def test_a_symlinked_class_folder_and_a_one_class_pack_are_refused(dataset_dir, 
 
 
 def test_cache_locations_expand_home_and_an_empty_variable_means_unset(monkeypatch, tmp_path):
+    from stpcli.data.bands import Decoding
     from stpcli.data.source import _cache_file, default_cache_dir
 
     class Listing:
@@ -182,7 +183,7 @@ def test_cache_locations_expand_home_and_an_empty_variable_means_unset(monkeypat
     assert default_cache_dir() == tmp_path / ".cache" / "stpcli"  # not the working directory
     monkeypatch.setenv("STP_CACHE_DIR", "~/cache")
     assert default_cache_dir() == tmp_path / "cache"
-    assert _cache_file(Path("~/x"), Listing, 32).parent == tmp_path / "x"  # not a literal ./~ folder
+    assert _cache_file(Path("~/x"), Listing, 32, Decoding()).parent == tmp_path / "x"  # not a literal ./~ folder
 
 
 # #24 items 4-5: drivers own their children, one driver per folder, nothing left behind ----------
@@ -286,7 +287,8 @@ def test_compare_of_different_datasets_says_so_and_names_same_named_files_by_fol
 
 def test_info_shows_normalisation_and_each_rows_t_and_config_keeps_numbers_numbers(pipeline):
     text = run_cli(["info", pipeline["sb_t1"]]).stdout
-    assert "normalisation: mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225)" in text
+    assert ("input: 8-bit RGB; normalisation imagenet: (x / 255 - mean) / std, mean (0.485, 0.456, 0.406), "
+            "std (0.229, 0.224, 0.225)") in text
     lineage = text[text.index("lineage"):]
     rows = {line.split("│")[2].strip(): line.split("│")[3].strip() for line in lineage.splitlines()
             if line.count("│") > 5 and line.split("│")[1].strip().isdigit()}

@@ -15,5 +15,6 @@ EXPORT_FORMATS = ("nir", "onnx")
 FIGURE_FORMATS = (".png", ".pdf", ".svg")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
+NORMALISATIONS = ("auto", "imagenet", "dataset", "scale", "stretch")  # train-ann's --normalise
 SURROGATE_GAMMA = 0.3  # slope of the triangle surrogate (docs/method.md)
 INITIAL_MEMBRANE = 0.5  # initial membrane as a fraction of the threshold (0: DIET-SNN/TP)

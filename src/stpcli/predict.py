@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 
 from stpcli.checkpoint import Checkpoint
-from stpcli.data.imagefolder import IMAGE_EXTENSIONS, decode_image
+from stpcli.data.imagefolder import IMAGE_EXTENSIONS
 from stpcli.data.loader import normalise
+from stpcli.data.source import image_decoder
 from stpcli.errors import StpError
 from stpcli.files import first_line
 from stpcli.report import method_of
@@ -53,15 +54,16 @@ def predict(run: Run, ckpt: Checkpoint, files: list[Path], top_k: int = 3, batch
     check_options(top_k, batch_size)
     device = run.runtime.device
     model = model_from_checkpoint(ckpt).to(device).eval()
-    size = ckpt.record["input"]["image_size"]
     stats = input_stats(ckpt.record).to(device)
     classes = ckpt.classes
     k = min(top_k, len(classes))
     predictions, unreadable = [], []
 
+    read = image_decoder(ckpt.record)
+
     def decode(path: Path):
         try:
-            return decode_image(path, size)[0], None
+            return read(path), None
         except Exception as exc:  # any decoder failure: report this file, keep going
             return None, first_line(exc, 160)
 

@@ -174,8 +174,12 @@ def _print_info(details: dict, chain) -> None:
                   + (f"{units['count']} Unit(s) in layer group {units['group']}" if units else "no Units")
                   + f"; {details['parameters']:,} tensor elements")
     console.print(f"classes ({len(record['classes'])}): {', '.join(record['classes'])}", markup=False)
-    mean, std = (", ".join(f"{v:.3f}" for v in record["input"][key]) for key in ("mean", "std"))
-    console.print(f"normalisation: mean ({mean}), std ({std}) per channel, on images scaled to [0, 1]", markup=False)
+    spec_in = record["input"]
+    mean, std = (", ".join(f"{v:.4g}" for v in spec_in[key]) for key in ("mean", "std"))
+    bands = spec_in.get("band_names") or spec_in.get("bands")
+    console.print(f"input: {'bands ' + ', '.join(map(str, bands)) if bands else '8-bit RGB'}; normalisation "
+                  f"{spec_in.get('normalisation', 'imagenet')}: (x / {spec_in.get('divisor', 255.0):g} - mean) / std, "
+                  f"mean ({mean}), std ({std})", markup=False)
     console.print(f"input {record['input']['image_size']} px; data {safe(record['data']['path'])} "
                   f"(fingerprint {record['data']['fingerprint'][:12]}); split seed {details['split']['seed']}, "
                   f"train ratio {details['split']['train_ratio']}, counts {details['split']['counts']}")

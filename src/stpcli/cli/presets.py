@@ -78,7 +78,8 @@ def _check_step(step: Step, values: dict, specs: dict[str, ModelSpec], timesteps
         specs[step.target] = check_train_ann(arch=values["arch"], width=values["width"],
                                              image_size=values["image_size"], dropout=values["dropout"],
                                              train_ratio=values["train_ratio"], val_ratio=values["val_ratio"],
-                                             config=config, pretrained=values["pretrained"])
+                                             config=config, pretrained=values["pretrained"],
+                                             normalisation=values["normalisation"], scale=values["scale"])
     elif step.command == "add-unit":
         config.check()
         specs[step.target] = with_units(specs[source], values["unit_group"], values["count"])

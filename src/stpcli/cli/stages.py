@@ -54,6 +54,9 @@ def train_ann_command(
     epochs: Annotated[int, typer.Option("--epochs")] = 30,
     dropout: Annotated[float, typer.Option("--dropout", help="Dropout in the classifier.")] = 0.5,
     pretrained: Annotated[str | None, typer.Option("--pretrained", help="Local torchvision ImageNet weights.")] = None,
+    bands: Annotated[str | None, typer.Option("--bands", help="Read these bands of each file, in this order: 1-based numbers (4,3,2) or the names the files give (B04,B03,B02). Default: all bands of files that are not 8-bit RGB.")] = None,
+    normalisation: Annotated[str, typer.Option("--normalise", help="auto (ImageNet's for 8-bit RGB, else dataset) | imagenet | dataset (per-band mean and std of the training split) | scale (--scale only) | stretch (per-image 2-98 % stretch to 8-bit grey, stp's earlier behaviour).")] = "auto",
+    scale: Annotated[float | None, typer.Option("--scale", help="A fixed factor applied to stored values first (e.g. 1e-4 for Sentinel-2 reflectance). Default: 1/255 for 8-bit, 1 otherwise.")] = None,
     **options,
 ):
     """Train the base ANN (Na).
@@ -67,7 +70,8 @@ def train_ann_command(
     train_ann(run, arch=values["arch"], width=values["width"], image_size=values["image_size"],
               dropout=values["dropout"], data=make_data(values), train_ratio=values["train_ratio"],
               val_ratio=values["val_ratio"], config=make_train_config(values), io=make_io(values),
-              pretrained=values["pretrained"])
+              pretrained=values["pretrained"], bands=values["bands"], normalisation=values["normalisation"],
+              scale=values["scale"])
 
 
 @stp_command(app, "add-unit")

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from stpcli.data.bands import Decoding, decode_bands, probe
 from stpcli.errors import StpError
 from stpcli.files import sha256_file
 
@@ -140,36 +141,64 @@ def decode_image(path: Path, image_size: int) -> tuple[torch.Tensor, bool]:
     return data.view(image_size, image_size, 3).permute(2, 0, 1).contiguous(), stretched
 
 
-def decode_all(listing: FolderListing, image_size: int, on_bad_image: str, progress=None):
-    """Decode every listed file. Returns (images, labels, names, skipped_names, stretched_names)."""
+def decode_all(listing: FolderListing, image_size: int, on_bad_image: str, progress=None,
+               decoding: Decoding | None = None):
+    """Decode every listed file (8-bit RGB, or their bands: ``decoding``). Returns (images, labels,
+    names, skipped_names, stretched_names). In band mode every file must have the first one's band
+    count and type; a file that differs, or a band that is all NaN, is refused by name."""
+    decoding = decoding or Decoding()
+    expect = None
+    if decoding.mode == "bands":
+        for name in listing.names:  # the first file that decodes sets the band count and type
+            try:
+                expect = probe(listing.root / name)
+                break
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+                continue
 
     def work(name: str):
         try:
+            if decoding.mode == "bands":
+                return decode_bands(listing.root / name, image_size, decoding.bands, expect), False
             return decode_image(listing.root / name, image_size)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             return None
 
-    images, labels, names, skipped, stretched = [], [], [], [], []
+    if decoding.mode == "bands":  # tifffile holds the GIL: threads only add contention
+        return _collect(listing, on_bad_image, progress, map(work, listing.names))
     with ThreadPoolExecutor(max_workers=4) as pool:
+        return _collect(listing, on_bad_image, progress, pool.map(work, listing.names))
+
+
+def _collect(listing: FolderListing, on_bad_image: str, progress, decoded_files):
+    """The decoded files (``(image, stretched)`` or None, in listing order) gathered into one
+    preallocated tensor: no list of images, no copy at the end."""
+    if progress is not None:
+        progress(0, total=len(listing.names))
+    images: torch.Tensor | None = None
+    labels: list[int] = []
+    names: list[str] = []
+    skipped: list[str] = []
+    stretched: list[str] = []
+    for name, label, decoded in zip(listing.names, listing.labels, decoded_files):
         if progress is not None:
-            progress(0, total=len(listing.names))
-        for name, label, decoded in zip(listing.names, listing.labels, pool.map(work, listing.names)):
-            if progress is not None:
-                progress(1)
-            if decoded is None:
-                if on_bad_image == "fail":
-                    raise StpError(f"image {listing.root / name} does not decode (use --on-bad-image skip to skip such files)")
-                skipped.append(name)
-                continue
-            images.append(decoded[0])
-            labels.append(label)
-            names.append(name)
-            if decoded[1]:
-                stretched.append(name)
-    if not images:
+            progress(1)
+        if decoded is None:
+            if on_bad_image == "fail":
+                raise StpError(f"image {listing.root / name} does not decode (use --on-bad-image skip to skip such files)")
+            skipped.append(name)
+            continue
+        if images is None:
+            images = torch.empty((len(listing.names), *decoded[0].shape), dtype=decoded[0].dtype)
+        images[len(names)] = decoded[0]
+        labels.append(label)
+        names.append(name)
+        if decoded[1]:
+            stretched.append(name)
+    if images is None:
         raise StpError(f"no image in {listing.root} decodes")
     present = set(labels)
     for label, cls in enumerate(listing.classes):
         if label not in present:
             raise StpError(f"class {cls} has no decodable image")
-    return torch.stack(images), torch.tensor(labels, dtype=torch.int64), names, skipped, stretched
+    return images[:len(names)], torch.tensor(labels, dtype=torch.int64), names, skipped, stretched

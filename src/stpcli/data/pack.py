@@ -22,7 +22,7 @@ from stpcli.files import atomic_save_tensors, first_line, now_iso
 from stpcli.schema import PackRecord, validate
 
 PACK_FORMAT = "stp-data-pack"
-PACK_VERSION = 2  # 2: content hash (packs of version 1 have none and are checked structurally)
+PACK_VERSION = 3  # 2: content hash (version 1 has none); 3: raw (lossless) packs of bands
 
 
 def payload_sha256(data: torch.Tensor, offsets: torch.Tensor, labels: torch.Tensor, names: list[str]) -> str:
@@ -35,7 +35,11 @@ def payload_sha256(data: torch.Tensor, offsets: torch.Tensor, labels: torch.Tens
 
 
 def write_pack(images: torch.Tensor, labels: torch.Tensor, names: list[str], classes: list[str],
-               source: dict, out: Path, quality: int = 90, progress=None) -> int:
+               source: dict, out: Path, quality: int = 90, progress=None, bands: dict | None = None) -> int:
+    """8-bit RGB images as JPEG (``quality``); any other images (bands, 16-bit, floats) as they are,
+    losslessly (``bands``: the decoding and band names the pack records)."""
+    if images.dtype != torch.uint8 or images.shape[1] != 3 or bands is not None:
+        return _write_raw_pack(images, labels, names, classes, source, out, bands or {})
     blobs, offsets = [], [0]
     for img in images:
         buffer = io.BytesIO()
@@ -62,6 +66,42 @@ def write_pack(images: torch.Tensor, labels: torch.Tensor, names: list[str], cla
     return out.stat().st_size
 
 
+def _write_raw_pack(images: torch.Tensor, labels: torch.Tensor, names: list[str], classes: list[str],
+                    source: dict, out: Path, bands: dict) -> int:
+    images = images.contiguous()
+    record = {"format": PACK_FORMAT, "format_version": PACK_VERSION, "classes": classes, "names": names,
+              "image_size": int(images.shape[-1]), "encoding": "raw", "bands": bands, "source": source,
+              "content_sha256": raw_sha256(images, labels, names), "created": now_iso()}
+    atomic_save_tensors({"images": images, "labels": labels}, {"stp-data": json.dumps(record)}, out)
+    return out.stat().st_size
+
+
+def raw_sha256(images: torch.Tensor, labels: torch.Tensor, names: list[str]) -> str:
+    """A raw pack's content hash: the images' values and type, labels and names."""
+    digest = hashlib.sha256(str(images.dtype).encode() + str(tuple(images.shape)).encode())
+    digest.update(images.contiguous().view(torch.uint8).numpy().tobytes())
+    digest.update(labels.to(torch.int64).numpy().tobytes())
+    digest.update(json.dumps(names).encode())
+    return digest.hexdigest()
+
+
+def _read_raw_pack(handle, record: dict, path: Path, image_size: int):
+    images, labels = handle.get_tensor("images"), handle.get_tensor("labels")
+    count = len(record["names"])
+    if images.dim() != 4 or images.shape[0] != count or images.shape[2] != images.shape[3] \
+            or labels.dtype != torch.int64 or labels.shape != (count,):
+        raise StpError(f"{path} is a damaged data pack (its tensors do not match its {count} image names)")
+    if count and (int(labels.min()) < 0 or int(labels.max()) >= len(record["classes"])):
+        raise StpError(f"{path} is a damaged data pack (a label names no class)")
+    if record.get("content_sha256") != raw_sha256(images, labels, record["names"]):
+        raise StpError(f"{path} is damaged or was edited: its content does not match its content hash")
+    if image_size != images.shape[-1]:
+        resized = torch.nn.functional.interpolate(images.double(), size=(image_size, image_size), mode="bilinear",
+                                                  align_corners=False, antialias=image_size < images.shape[-1])
+        images = (resized if images.is_floating_point() else resized.round()).to(images.dtype)
+    return images, labels
+
+
 def is_pack(path: Path) -> bool:
     if not path.is_file():
         return False
@@ -83,9 +123,18 @@ def read_pack(path: Path, image_size: int):
     try:
         with safe_open(str(path), framework="pt") as handle:
             record = json.loads(handle.metadata()["stp-data"])
+            if isinstance(record, dict) and record.get("encoding") == "raw":
+                validate(PackRecord, record, str(path), "data pack record")
+                if image_size > record["image_size"]:
+                    raise StpError(f"{path} was packed at {record['image_size']} px; training at {image_size} px "
+                                   f"needs a pack made with --image-size {image_size} or more")
+                images, labels = _read_raw_pack(handle, record, path, image_size)
+                return images, labels, record["names"], record["classes"], record["source"] | {"bands": record["bands"]}
             data = handle.get_tensor("jpeg")
             offsets_tensor = handle.get_tensor("offsets")
             labels = handle.get_tensor("labels")
+    except StpError:
+        raise
     except Exception as exc:
         raise StpError(f"{path} is not a readable stp data pack ({first_line(exc, 160)})") from exc
     if not isinstance(record, dict) or record.get("format") != PACK_FORMAT:

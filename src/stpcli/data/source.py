@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,9 +18,10 @@ import torch
 from safetensors import safe_open
 
 from stpcli.data import imagefolder, pack, synthetic
+from stpcli.data.bands import Decoding, band_names, decode_bands, probe, resolve_bands
 from stpcli.data.split import PARTS, check_split
 from stpcli.errors import StpError
-from stpcli.files import atomic_save_tensors, first_line
+from stpcli.files import first_line
 from stpcli.schema import MAX_IMAGE_SIZE
 
 BUILTIN = "builtin:synthetic"
@@ -31,12 +33,14 @@ CACHE_VERSION = 3  # 3: EXIF orientation applied
 
 @dataclass
 class Dataset:
-    images: torch.Tensor  # uint8 [N, 3, S, S]
+    images: torch.Tensor  # [N, C, S, S]: uint8 RGB, or the chosen bands in their storage type
     labels: torch.Tensor  # int64 [N]
     names: list[str]
     classes: list[str]
     source: dict  # kind, path, fingerprint, num_files
     skipped: list[str] = field(default_factory=list)
+    decoding: Decoding = field(default_factory=Decoding)
+    band_names: list[str] | None = None  # of the chosen bands, where the files (or a preset) name them
 
     def indices_of(self, names: list[str], part: str) -> torch.Tensor:
         position = {name: i for i, name in enumerate(self.names)}
@@ -64,9 +68,34 @@ def default_cache_dir() -> Path:
     return Path(value).expanduser() if value else Path.home() / ".cache" / "stpcli"
 
 
+def choose_decoding(listing, bands: str | None, normalisation: str) -> tuple[Decoding, list[str] | None]:
+    """How a folder's files are read: their bands (``--bands``, or files that are not plain 8-bit
+    images: more than 4 bands, or 16/32-bit, or floats) or 8-bit RGB; and the chosen bands' names."""
+    for name in listing.names:  # the first file that decodes speaks for the dataset (bad ones are counted later)
+        first = listing.root / name
+        try:
+            count, kind = probe(first)
+            names = band_names(first)
+            break
+        except (OSError, ValueError, SyntaxError):
+            continue
+    else:
+        raise StpError(f"no image in {listing.root} decodes")
+    if bands is not None:
+        chosen = resolve_bands(bands, count, names, str(first))
+        return Decoding("bands", chosen), [names[i - 1] for i in chosen] if names else None
+    plain = kind == "uint8" and count <= 4
+    if normalisation in ("imagenet", "stretch") or plain:
+        return Decoding(), None
+    return Decoding("bands"), names
+
+
 def load_dataset(data: str | None, image_size: int, on_bad_image: str = "fail",
-                 cache_dir: Path | None = None, progress=None) -> Dataset:
-    """``progress(count, total=None)``, if given, is told how many images have been decoded."""
+                 cache_dir: Path | None = None, progress=None, bands: str | None = None,
+                 normalisation: str = "auto", decoding: Decoding | None = None) -> Dataset:
+    """``progress(count, total=None)``, if given, is told how many images have been decoded.
+    ``decoding`` (a later stage: the recorded one) or else ``bands`` and ``normalisation`` (train-ann)
+    say how a folder's files are read (``choose_decoding``)."""
     if not 16 <= image_size <= MAX_IMAGE_SIZE:
         raise StpError(f"--image-size must lie in 16..{MAX_IMAGE_SIZE}, got {image_size}")
     if on_bad_image not in BAD_IMAGE_POLICIES:
@@ -82,19 +111,30 @@ def load_dataset(data: str | None, image_size: int, on_bad_image: str = "fail",
     if path.is_file():
         if not pack.is_pack(path):
             raise StpError(f"--data {data} is a file but not an stp data pack (see 'stp data pack')")
+        if bands is not None:
+            raise StpError(f"--bands: the bands of a pack are chosen when it is made (stp data pack --bands); {data} "
+                           "is a pack")
         images, labels, names, classes, origin = pack.read_pack(path, image_size)
         source = {"kind": "pack", "path": str(path.resolve()), **{k: origin[k] for k in _RECORDED if k in origin}}
         if origin.get("skipped") and on_bad_image == "fail":
             raise StpError(f"pack {path} was made without {len(origin['skipped'])} undecodable image(s); "
                            "pass --on-bad-image skip to accept it")
-        return Dataset(images, labels, names, classes, source, list(origin.get("skipped", [])))
+        packed = origin.get("bands") or {}
+        packed_decoding = (Decoding("bands", tuple(packed["bands"])) if packed.get("decoding") == "bands" and packed.get("bands")
+                           else Decoding())
+        return Dataset(images, labels, names, classes, source, list(origin.get("skipped", [])), packed_decoding,
+                       packed.get("band_names"))
     listing = imagefolder.scan(path)
     source = {"kind": "folder", "path": str(path.resolve()), "fingerprint": listing.fingerprint,
               "num_files": len(listing.names), "content_sha256": listing.content_sha256}
-    cached = _read_cache(cache_dir, listing, image_size)
+    names_of_bands = None
+    if decoding is None:
+        decoding, names_of_bands = choose_decoding(listing, bands, normalisation)
+    cached = _read_cache(cache_dir, listing, image_size, decoding)
     if cached is None:
-        images, labels, names, skipped, stretched = imagefolder.decode_all(listing, image_size, on_bad_image, progress)
-        _write_cache(cache_dir, listing, image_size, images, labels, names, skipped, stretched)
+        images, labels, names, skipped, stretched = imagefolder.decode_all(listing, image_size, on_bad_image, progress,
+                                                                           decoding)
+        _write_cache(cache_dir, listing, image_size, decoding, images, labels, names, skipped, stretched)
     else:
         images, labels, names, skipped, stretched = cached
         if skipped and on_bad_image == "fail":
@@ -105,20 +145,20 @@ def load_dataset(data: str | None, image_size: int, on_bad_image: str = "fail",
         source["skipped"] = skipped
     if stretched:
         source["high_bit_depth"] = {"rule": imagefolder.HIGH_BIT_DEPTH_RULE, "images": len(stretched)}
-    return Dataset(images, labels, names, listing.classes, source, skipped)
+    return Dataset(images, labels, names, listing.classes, source, skipped, decoding, names_of_bands)
 
 
 # what a data source records about itself (checkpoints and packs carry these)
 _RECORDED = ("fingerprint", "num_files", "content_sha256", "skipped", "high_bit_depth")
 
 
-def _cache_file(cache_dir: Path | None, listing, image_size: int) -> Path:
+def _cache_file(cache_dir: Path | None, listing, image_size: int, decoding: Decoding) -> Path:
     base = Path(cache_dir).expanduser() if cache_dir is not None and str(cache_dir).strip() else default_cache_dir()
-    return base / f"decoded-v{CACHE_VERSION}-{listing.content_sha256[:32]}-{image_size}px.safetensors"
+    return base / f"decoded-v{CACHE_VERSION}-{listing.content_sha256[:32]}-{image_size}px{decoding.tag}.safetensors"
 
 
-def _read_cache(cache_dir, listing, image_size):
-    path = _cache_file(cache_dir, listing, image_size)
+def _read_cache(cache_dir, listing, image_size, decoding: Decoding):
+    path = _cache_file(cache_dir, listing, image_size, decoding)
     if not path.is_file():
         return None
     try:
@@ -132,21 +172,46 @@ def _read_cache(cache_dir, listing, image_size):
         return None  # a damaged cache is rebuilt, never trusted
 
 
-def _write_cache(cache_dir, listing, image_size, images, labels, names, skipped, stretched):
-    path = _cache_file(cache_dir, listing, image_size)
+def _write_cache(cache_dir, listing, image_size, decoding: Decoding, images, labels, names, skipped, stretched):
+    path = _cache_file(cache_dir, listing, image_size, decoding)
     meta = {"content_sha256": listing.content_sha256, "image_size": image_size, "names": names,
             "skipped": skipped, "stretched": stretched}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save_tensors({"images": images, "labels": labels}, {"stp-cache": json.dumps(meta)}, path)
+        write_cache_file({"images": images, "labels": labels}, {"stp-cache": json.dumps(meta)}, path)
     except Exception as exc:  # the cache is an optimisation: a full or read-only disk must not stop training
         print(f"warning: decoded images not cached in {path.parent} ({first_line(exc)}); continuing without the cache",
               file=sys.stderr)
 
 
+def write_cache_file(tensors: dict, metadata: dict, path: Path) -> None:
+    """A decode cache, written by safetensors' own writer to a temporary and renamed into place:
+    no copy of a gigabyte in memory and no fsync, since a cache that is damaged or torn is rebuilt,
+    never trusted (``_read_cache``)."""
+    from safetensors.torch import save_file
+
+    with tempfile.NamedTemporaryFile(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent, delete=False) as handle:
+        temporary = Path(handle.name)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(temporary), metadata=metadata)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def data_record(dataset: Dataset) -> dict:
     return {"kind": dataset.source["kind"], "path": dataset.source["path"],
             **{k: dataset.source[k] for k in _RECORDED if k in dataset.source and k != "skipped"}}
+
+
+def image_decoder(record: dict):
+    """``decode(path) -> tensor [C, S, S]``: one new image read as the checkpoint's training images were."""
+    spec = record["input"]
+    size = spec["image_size"]
+    if spec.get("decoding", "rgb8") == "bands":
+        bands = tuple(spec["bands"])
+        return lambda path: decode_bands(Path(path), size, bands)
+    return lambda path: imagefolder.decode_image(Path(path), size)[0]
 
 
 def split_data(dataset: Dataset, split: dict) -> SplitData:
@@ -162,7 +227,9 @@ def load_recorded_data(record: dict, data: str | None, allow_data_change: bool,
     if data is None and location is not None and not Path(location).exists():
         raise StpError(f"the recorded data {location} does not exist here; pass --data to read it from "
                        "another place")
-    dataset = load_dataset(location, record["input"]["image_size"], on_bad_image, cache_dir, progress)
+    spec = record["input"]
+    recorded_decoding = Decoding(spec.get("decoding", "rgb8"), tuple(spec["bands"]) if spec.get("bands") else None)
+    dataset = load_dataset(location, spec["image_size"], on_bad_image, cache_dir, progress, decoding=recorded_decoding)
     if dataset.source["fingerprint"] != recorded["fingerprint"] and not allow_data_change:
         raise StpError(
             f"the data at {dataset.source['path']} differs from the data this checkpoint was trained on "

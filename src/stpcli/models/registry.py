@@ -49,7 +49,8 @@ def scaled(count: int, width: float, floor: int) -> int:
     return max(floor, int(round(count * width)))
 
 
-def make_spec(arch: str, num_classes: int, image_size: int, width: float = 1.0, dropout: float = 0.5) -> ModelSpec:
+def make_spec(arch: str, num_classes: int, image_size: int, width: float = 1.0, dropout: float = 0.5,
+              in_channels: int = 3) -> ModelSpec:
     if arch not in ARCHITECTURES:
         raise StpError(f"unknown architecture {arch!r}; choose one of {', '.join(sorted(ARCHITECTURES))}")
     if not 0 < width <= MAX_WIDTH:
@@ -74,7 +75,7 @@ def make_spec(arch: str, num_classes: int, image_size: int, width: float = 1.0, 
         "hidden": [scaled(h, width, 16) for h in base["hidden"]],
         "num_classes": num_classes,
         "image_size": image_size,
-        "in_channels": 3,
+        "in_channels": in_channels,
         "dropout": dropout,
         "units": None,
     }

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 
 from stpcli.checkpoint import Checkpoint
+from stpcli.data.bands import band_statistics
 from stpcli.data.source import IMAGENET_MEAN, IMAGENET_STD, data_record, load_dataset, split_data
 from stpcli.data.split import check_split_ratios, stratified_split
+from stpcli.defaults import NORMALISATIONS
 from stpcli.engine.recipe import TrainConfig
 from stpcli.errors import StpError
 from stpcli.models.ann import ANN
@@ -22,10 +25,17 @@ from stpcli.stages.training import split_accuracy, train_and_finish
 
 
 def check_train_ann(*, arch: str, width: float, image_size: int, dropout: float, train_ratio: float,
-                    val_ratio: float, config: TrainConfig, pretrained: str | None = None):
+                    val_ratio: float, config: TrainConfig, pretrained: str | None = None,
+                    normalisation: str = "auto", scale: float | None = None):
     """train-ann's options, checked before the data is read (the stage, and a preset's plan);
     returns the model spec they make (for 2 classes: the class count comes with the data)."""
     config.check(training_required=True)
+    if normalisation not in NORMALISATIONS:
+        raise StpError(f"--normalise must be one of {', '.join(NORMALISATIONS)}, got {normalisation!r}")
+    if scale is not None and not (math.isfinite(scale) and 0 < scale <= 1e6):
+        raise StpError(f"--scale must be a positive factor such as 1e-4, got {scale}")
+    if scale is not None and normalisation in ("imagenet", "stretch"):
+        raise StpError(f"--scale applies to --normalise dataset or scale, not {normalisation}")
     spec = make_spec(arch, 2, image_size, width, dropout)
     check_split_ratios(train_ratio, val_ratio)
     if pretrained and not Path(pretrained).expanduser().is_file():
@@ -35,20 +45,27 @@ def check_train_ann(*, arch: str, width: float, image_size: int, dropout: float,
 
 def train_ann(run: Run, *, arch: str, width: float, image_size: int, dropout: float,
               data: DataOptions, train_ratio: float, val_ratio: float, config: TrainConfig,
-              io: StageIO, pretrained: str | None = None) -> Checkpoint:
-    """Na: the base ANN, trained on a stratified split (drawn from ``config.seed``) of the data."""
+              io: StageIO, pretrained: str | None = None, bands: str | None = None,
+              normalisation: str = "auto", scale: float | None = None) -> Checkpoint:
+    """Na: the base ANN, trained on a stratified split (drawn from ``config.seed``) of the data.
+
+    ``bands`` ("4,3,2" or band names) reads the files' bands instead of 8-bit RGB; ``normalisation``
+    (``auto``: ImageNet's for 8-bit RGB, the training split's per-band statistics otherwise) and
+    ``scale`` (a fixed factor applied first, e.g. 1e-4 for Sentinel-2 reflectance) say how."""
     run = run.named("train-ann")
     check_train_ann(arch=arch, width=width, image_size=image_size, dropout=dropout, train_ratio=train_ratio,
-                    val_ratio=val_ratio, config=config, pretrained=pretrained)
+                    val_ratio=val_ratio, config=config, pretrained=pretrained, normalisation=normalisation,
+                    scale=scale)
     io.check(will_train=True, inputs=(Path(pretrained) if pretrained else None,))
     with run.progress("decoding images") as advance:
-        dataset = load_dataset(data.location, image_size, data.on_bad_image, data.cache_dir, progress=advance)
+        dataset = load_dataset(data.location, image_size, data.on_bad_image, data.cache_dir, progress=advance,
+                               bands=bands, normalisation=normalisation)
     if dataset.skipped:
         run.say(f"skipped {len(dataset.skipped)} image(s) that do not decode")
     split = stratified_split(dataset.names, dataset.labels.tolist(), dataset.classes, train_ratio,
                              val_ratio, config.seed)
     split_parts = split_data(dataset, split)
-    spec = make_spec(arch, len(dataset.classes), image_size, width, dropout)
+    spec = make_spec(arch, len(dataset.classes), image_size, width, dropout, in_channels=dataset.images.shape[1])
     torch.manual_seed(config.seed)
     model = ANN(spec)
     if pretrained:
@@ -58,7 +75,7 @@ def train_ann(run: Run, *, arch: str, width: float, image_size: int, dropout: fl
         "kind": "ann",
         "model": spec,
         "classes": dataset.classes,
-        "input": {"image_size": image_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "input": input_record(dataset, split_parts, image_size, normalisation, scale),
         "data": data_record(dataset),
         "split": split,
         "timesteps": None,
@@ -68,13 +85,39 @@ def train_ann(run: Run, *, arch: str, width: float, image_size: int, dropout: fl
     run.say(f"[train-ann] {arch} x{width} on {dataset.source['path']}: {len(dataset.classes)} classes, "
             f"{counts['train']} train / {counts['val']} val / {counts['test']} test images at {image_size}px")
     options = {"arch": arch, "width": width, "image-size": image_size, "dropout": dropout,
-               "train-ratio": train_ratio, "val-ratio": val_ratio, "pretrained": pretrained,
+               "train-ratio": train_ratio, "val-ratio": val_ratio, "pretrained": pretrained, "bands": bands,
+               "normalise": normalisation, "scale": scale,
                **config.recorded(), **data.recorded()}
     del options["allow-data-change"]  # train-ann defines the data a chain records
     return train_and_finish(run, model, split_parts, config, record, io,
                             resume_identity={"arch": arch, "width": width, "image_size": image_size, "dropout": dropout,
                                              "split_sha256": split["sha256"], "pretrained": pretrained},
                             metrics={}, options=options, parent=None)
+
+
+def input_record(dataset, parts, image_size: int, normalisation: str, scale: float | None) -> dict:
+    """The record's ``input``: how stored images become the network's input, with the per-band
+    statistics computed on the training split only (never validation or test images)."""
+    count = dataset.images.shape[1]
+    divisor = 1.0 / scale if scale is not None else (255.0 if dataset.images.dtype == torch.uint8 else 1.0)
+    if normalisation == "auto":
+        normalisation = "imagenet" if dataset.decoding.mode == "rgb8" else "dataset"
+    if normalisation in ("imagenet", "stretch"):
+        if count != 3:
+            raise StpError(f"--normalise {normalisation} needs 3 bands (RGB); the data has {count}: use "
+                           "--normalise dataset, or --bands to choose 3")
+        mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+    elif normalisation == "dataset":
+        mean, std = band_statistics(parts.part("train")[0], divisor)
+    else:
+        mean, std = [0.0] * count, [1.0] * count
+    record: dict = {"image_size": image_size, "mean": mean, "std": std, "divisor": divisor,
+                    "normalisation": normalisation, "decoding": dataset.decoding.mode}
+    if dataset.decoding.mode == "bands":
+        record["bands"] = list(dataset.decoding.bands or range(1, count + 1))
+        if dataset.band_names:
+            record["band_names"] = list(dataset.band_names)
+    return record
 
 
 def add_unit(run: Run, source: Checkpoint, *, unit_group: int, count: int, config: TrainConfig,
