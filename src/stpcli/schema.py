@@ -142,12 +142,29 @@ class SplitFiles(_Strict):
         return self
 
 
+class SplitLists(_Strict):
+    """Where a split read with --split-file came from (the lists' paths and their content's hash)."""
+    train: Annotated[str, Field(max_length=4096)]
+    val: Annotated[str, Field(max_length=4096)] | None
+    test: Annotated[str, Field(max_length=4096)]
+    sha256: Digest
+
+
 class Split(_Strict):
-    train_ratio: Annotated[float, Field(gt=0.0, lt=1.0)]
-    val_ratio: Fraction
-    seed: int
+    """Drawn by stp (ratios and seed) or read from split lists (``lists``)."""
+    train_ratio: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+    val_ratio: Fraction | None = None
+    seed: int | None = None
+    lists: SplitLists | None = None
     files: SplitFiles
     sha256: Digest
+
+    @model_validator(mode="after")
+    def _drawn_or_listed(self):
+        drawn = self.train_ratio is not None and self.val_ratio is not None and self.seed is not None
+        if drawn == (self.lists is not None):
+            raise ValueError("a split is either drawn (train_ratio, val_ratio, seed) or read from lists")
+        return self
 
 
 class Parent(_Strict):

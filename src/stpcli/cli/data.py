@@ -89,3 +89,67 @@ def multispectral_example_command(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     console.print(f"wrote {target}: 4 classes x {per_class} images, 13 bands (B01..B12, B8A), 64 x 64, int16", markup=False)
+
+
+@stp_command(app, "split")
+def split_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Prefix of the lists: PREFIX-train.txt, PREFIX-val.txt, PREFIX-test.txt.")],
+    source: Annotated[str | None, typer.Argument(help="A checkpoint (writes the split it records), an ImageFolder root or a data pack (draws stp's seeded split); default: the embedded dataset.")] = None,
+    train_ratio: Annotated[float, typer.Option("--train-ratio", help="Training share of each class (as train-ann).")] = 0.8,
+    val_ratio: Annotated[float, typer.Option("--val-ratio", help="Share of the training part kept for validation.")] = 0.1,
+    seed: Annotated[int, typer.Option("--seed", help="The seed train-ann draws its split from.")] = 0,
+    basenames: Annotated[bool, typer.Option("--basenames", help="Write file names only, as TorchGeo's lists do (refused when two images share one); default: class/file.")] = False,
+    force: Force = False,
+):
+    """Write a split as three text lists, one image per line, that train-ann --split-file and other
+    tools (TorchGeo's format) read: a checkpoint's recorded split, or the split train-ann draws with
+    --seed and the ratios from a dataset.
+
+    Example: stp data split na.safetensors --out ucm16 && stp train-ann --data ucm16/ --split-file ucm16-train.txt ...
+    """
+    import contextlib
+
+    from stpcli.data.split import PARTS, list_files, split_list_lines, stratified_split
+    from stpcli.files import atomic_write
+
+    location = Path(source).expanduser() if source not in (None, "builtin") else None
+    if location is not None and location.is_file() and not _is_pack(location):
+        from stpcli.checkpoint import read_checkpoint
+
+        split = read_checkpoint(location).record["split"]
+        inputs: tuple[Path, ...] = (location,)
+    else:
+        names, labels, classes = _listing(location)
+        split = stratified_split(names, labels, classes, train_ratio, val_ratio, seed)
+        inputs = (location,) if location is not None else ()
+    paths = list_files(out.with_name(out.name + "-train.txt"))
+    lines = {part: split_list_lines(split, part, basenames) for part in PARTS}
+    for part in PARTS:
+        check_output(paths[part], force, inputs, option="--out")
+        lock_output(paths[part])
+    with contextlib.ExitStack() as stack:  # all three temporaries are written before any replaces its list
+        for part in PARTS:
+            temporary = stack.enter_context(atomic_write(paths[part]))
+            temporary.write_text("".join(f"{line}\n" for line in lines[part]), encoding="utf-8")
+    counts = ", ".join(f"{len(lines[part])} {part}" for part in PARTS)
+    console.print(f"wrote {paths['train']}, {paths['val'].name}, {paths['test'].name}: {counts}", markup=False)
+
+
+def _is_pack(path: Path) -> bool:
+    from stpcli.data.pack import is_pack
+
+    return is_pack(path)
+
+
+def _listing(location: Path | None) -> tuple[list[str], list[int], list[str]]:
+    """The image names, labels and classes of a data source, without decoding a folder's images
+    (a split drawn from them equals train-ann's when every image decodes)."""
+    if location is not None and location.is_dir():
+        from stpcli.data.imagefolder import scan
+
+        listing = scan(location)
+        return listing.names, listing.labels, listing.classes
+    from stpcli.data.source import load_dataset
+
+    dataset = load_dataset(str(location) if location is not None else None, 16)
+    return dataset.names, dataset.labels.tolist(), dataset.classes

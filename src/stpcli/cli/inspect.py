@@ -181,8 +181,8 @@ def _print_info(details: dict, chain) -> None:
                   f"{spec_in.get('normalisation', 'imagenet')}: (x / {spec_in.get('divisor', 255.0):g} - mean) / std, "
                   f"mean ({mean}), std ({std})", markup=False)
     console.print(f"input {record['input']['image_size']} px; data {safe(record['data']['path'])} "
-                  f"(fingerprint {record['data']['fingerprint'][:12]}); split seed {details['split']['seed']}, "
-                  f"train ratio {details['split']['train_ratio']}, counts {details['split']['counts']}")
+                  f"(fingerprint {record['data']['fingerprint'][:12]}); {split_origin(details['split'])}, "
+                  f"counts {details['split']['counts']}", markup=False)
     table = Table("#", "group", "layer", "in", "out", "unit", "neuron", "MACs", title="layers")
     neurons = details["neurons"]
     for row in details["layers"]:
@@ -302,3 +302,10 @@ def schema_command():
     from stpcli.schema import json_schema
 
     _print_json(json_schema())
+
+
+def split_origin(split: dict) -> str:
+    """'split seed 0, train ratio 0.8', or the lists a split was read from."""
+    if split.get("lists"):
+        return f"split from {safe(split['lists']['train'])} (and its val/test lists)"
+    return f"split seed {split['seed']}, train ratio {split['train_ratio']}"

@@ -79,7 +79,8 @@ def _check_step(step: Step, values: dict, specs: dict[str, ModelSpec], timesteps
                                              image_size=values["image_size"], dropout=values["dropout"],
                                              train_ratio=values["train_ratio"], val_ratio=values["val_ratio"],
                                              config=config, pretrained=values["pretrained"],
-                                             normalisation=values["normalisation"], scale=values["scale"])
+                                             normalisation=values["normalisation"], scale=values["scale"],
+                                             split_file=values["split_file"])
     elif step.command == "add-unit":
         config.check()
         specs[step.target] = with_units(specs[source], values["unit_group"], values["count"])

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
+from pathlib import Path
 
 import torch
 
@@ -73,3 +75,108 @@ def check_split(split: dict) -> None:
         raise StpError(f"the recorded split puts {len(overlap)} training image(s) into the test set, e.g. {sorted(overlap)[0]}")
     if train & val:
         raise StpError("the recorded split shares images between train and val")
+
+
+# Split lists: the text format TorchGeo ships for UC Merced, EuroSAT and RESISC45 (uc_merced-train.txt,
+# uc_merced-val.txt, uc_merced-test.txt): one image per line, one file per part.
+
+def list_files(train_list: Path) -> dict[str, Path]:
+    """The three lists of a split named by its training list: 'train' in the file name replaced by
+    'val' and 'test' (uc_merced-train.txt -> uc_merced-val.txt, uc_merced-test.txt)."""
+    name = train_list.name
+    at = name.rfind("train")
+    if at < 0:
+        raise StpError(f"--split-file {train_list}: name the training list, whose file name contains 'train' "
+                       "(e.g. uc_merced-train.txt); its val and test lists lie beside it")
+    return {part: train_list.with_name(name[:at] + part + name[at + len("train"):]) for part in PARTS}
+
+
+def _read_lines(path: Path) -> list[tuple[int, str]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise StpError(f"split list {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise StpError(f"cannot read split list {path}: {exc.strerror or exc}") from None
+    entries = []
+    for number, line in enumerate(text.splitlines(), 1):
+        entry = line.strip().replace("\\", "/")
+        if entry and not entry.startswith("#"):
+            entries.append((number, entry[2:] if entry.startswith("./") else entry))
+    return entries
+
+
+def _entry_keys(name: str) -> tuple[str, str, str, str]:
+    """How a list may name the image ``class/file.ext``: the relative path, without its extension,
+    the file name, and the file name without extension (a list written for .tif originals also
+    names their .jpg or .png copies)."""
+    base = name.rsplit("/", 1)[-1]
+    return name, name.rsplit(".", 1)[0] if "." in base else name, base, base.rsplit(".", 1)[0]
+
+
+def read_split_lists(train_list: Path, names: list[str], labels: list[int], classes: list[str],
+                     skipped: list[str] | None = None) -> dict:
+    """The split a set of lists names, as a recorded split. Each line names one image of the
+    dataset, by relative path or (as TorchGeo's lists do) by file name, with or without extension;
+    an entry that names no image, or more than one, or an image listed twice, is an error naming
+    the list and line. Images in no list are not used, nor listed ones that ``skipped`` names
+    (--on-bad-image skip: files that do not decode)."""
+    paths = list_files(train_list.expanduser())
+    for part in ("train", "test"):
+        if not paths[part].is_file():
+            raise StpError(f"--split-file: the {part} list {paths[part]} does not exist")
+    lookup: list[dict[str, list[str]]] = [{}, {}, {}, {}]
+    for name in names:
+        for table, key in zip(lookup, _entry_keys(name)):
+            table.setdefault(key, []).append(name)
+    dropped = {key for name in skipped or () for key in _entry_keys(name)}
+    files: dict[str, list[str]] = {part: [] for part in PARTS}
+    where: dict[str, str] = {}
+    digest = hashlib.sha256()
+    for part in PARTS:
+        path = paths[part]
+        if part == "val" and not path.is_file():
+            continue  # no validation list: no validation part, as with --val-ratio 0
+        digest.update(f"{part}\0".encode() + path.read_bytes())
+        for number, entry in _read_lines(path):
+            stem = entry.rsplit(".", 1)[0] if "." in entry.rsplit("/", 1)[-1] else entry
+            tries = [(table, entry) for table in lookup] + [(lookup[1], stem), (lookup[3], stem)]
+            found = next((table[key] for table, key in tries if key in table), None)
+            if found is None and (entry in dropped or stem in dropped):
+                continue  # skipped as undecodable, as the user asked
+            if found is None:
+                raise StpError(f"{path}:{number}: {entry!r} is not an image of the dataset")
+            if len(found) > 1:
+                raise StpError(f"{path}:{number}: {entry!r} names {len(found)} images ({found[0]}, {found[1]}); "
+                               "write class/file")
+            name = found[0]
+            if name in where:
+                raise StpError(f"{path}:{number}: {name} is listed twice (also {where[name]})")
+            where[name] = f"{path.name}:{number}"
+            files[part].append(name)
+    if not files["test"]:
+        raise StpError(f"--split-file: the test list {paths['test']} names no image")
+    label_of = dict(zip(names, labels))
+    trained = {label_of[name] for name in files["train"]}
+    missing = [classes[label] for label in range(len(classes)) if label not in trained]
+    if missing:
+        raise StpError(f"--split-file: the train list {paths['train']} has no image of class {missing[0]}"
+                       + (f" (nor of {len(missing) - 1} other(s))" if len(missing) > 1 else ""))
+    for part in PARTS:
+        files[part].sort()
+    lists = {part: str(paths[part].resolve()) if paths[part].is_file() else None for part in PARTS}
+    return {"lists": lists | {"sha256": digest.hexdigest()}, "files": files, "sha256": split_hash(files)}
+
+
+def split_list_lines(split: dict, part: str, basenames: bool) -> list[str]:
+    """One part of a recorded split as the lines of its list: relative paths, or file names
+    (TorchGeo's spelling, refused when two images share a file name)."""
+    names = split["files"][part]
+    if not basenames:
+        return list(names)
+    every = [n for p in PARTS for n in split["files"][p]]
+    twice = sorted(b for b, n in Counter(n.rsplit("/", 1)[-1] for n in every).items() if n > 1)
+    if twice:
+        twice = twice[0]
+        raise StpError(f"--basenames: two images are named {twice}; write relative paths (the default)")
+    return [n.rsplit("/", 1)[-1] for n in names]

@@ -10,7 +10,7 @@ import torch
 from stpcli.checkpoint import Checkpoint
 from stpcli.data.bands import band_statistics
 from stpcli.data.source import IMAGENET_MEAN, IMAGENET_STD, data_record, load_dataset, split_data
-from stpcli.data.split import check_split_ratios, stratified_split
+from stpcli.data.split import check_split_ratios, list_files, read_split_lists, stratified_split
 from stpcli.defaults import NORMALISATIONS
 from stpcli.engine.recipe import TrainConfig
 from stpcli.errors import StpError
@@ -26,7 +26,7 @@ from stpcli.stages.training import split_accuracy, train_and_finish
 
 def check_train_ann(*, arch: str, width: float, image_size: int, dropout: float, train_ratio: float,
                     val_ratio: float, config: TrainConfig, pretrained: str | None = None,
-                    normalisation: str = "auto", scale: float | None = None):
+                    normalisation: str = "auto", scale: float | None = None, split_file: str | None = None):
     """train-ann's options, checked before the data is read (the stage, and a preset's plan);
     returns the model spec they make (for 2 classes: the class count comes with the data)."""
     config.check(training_required=True)
@@ -38,6 +38,10 @@ def check_train_ann(*, arch: str, width: float, image_size: int, dropout: float,
         raise StpError(f"--scale applies to --normalise dataset or scale, not {normalisation}")
     spec = make_spec(arch, 2, image_size, width, dropout)
     check_split_ratios(train_ratio, val_ratio)
+    if split_file is not None:
+        list_files(Path(split_file).expanduser())  # a name without 'train' is refused before any work
+        if not Path(split_file).expanduser().is_file():
+            raise StpError(f"--split-file {split_file} does not exist")
     if pretrained and not Path(pretrained).expanduser().is_file():
         raise StpError(f"--pretrained {pretrained} does not exist")
     return spec
@@ -46,24 +50,34 @@ def check_train_ann(*, arch: str, width: float, image_size: int, dropout: float,
 def train_ann(run: Run, *, arch: str, width: float, image_size: int, dropout: float,
               data: DataOptions, train_ratio: float, val_ratio: float, config: TrainConfig,
               io: StageIO, pretrained: str | None = None, bands: str | None = None,
-              normalisation: str = "auto", scale: float | None = None) -> Checkpoint:
+              normalisation: str = "auto", scale: float | None = None, split_file: str | None = None) -> Checkpoint:
     """Na: the base ANN, trained on a stratified split (drawn from ``config.seed``) of the data.
 
     ``bands`` ("4,3,2" or band names) reads the files' bands instead of 8-bit RGB; ``normalisation``
     (``auto``: ImageNet's for 8-bit RGB, the training split's per-band statistics otherwise) and
-    ``scale`` (a fixed factor applied first, e.g. 1e-4 for Sentinel-2 reflectance) say how."""
+    ``scale`` (a fixed factor applied first, e.g. 1e-4 for Sentinel-2 reflectance) say how.
+    ``split_file`` (a training list such as uc_merced-train.txt, beside its val and test lists)
+    gives a published split instead of the seeded one (the ratios are then not used)."""
     run = run.named("train-ann")
     check_train_ann(arch=arch, width=width, image_size=image_size, dropout=dropout, train_ratio=train_ratio,
                     val_ratio=val_ratio, config=config, pretrained=pretrained, normalisation=normalisation,
-                    scale=scale)
-    io.check(will_train=True, inputs=(Path(pretrained) if pretrained else None,))
+                    scale=scale, split_file=split_file)
+    io.check(will_train=True, inputs=(Path(pretrained) if pretrained else None,
+                                     *(list_files(Path(split_file)).values() if split_file else ())))
     with run.progress("decoding images") as advance:
         dataset = load_dataset(data.location, image_size, data.on_bad_image, data.cache_dir, progress=advance,
                                bands=bands, normalisation=normalisation)
     if dataset.skipped:
         run.say(f"skipped {len(dataset.skipped)} image(s) that do not decode")
-    split = stratified_split(dataset.names, dataset.labels.tolist(), dataset.classes, train_ratio,
-                             val_ratio, config.seed)
+    if split_file is not None:
+        split = read_split_lists(Path(split_file), dataset.names, dataset.labels.tolist(), dataset.classes,
+                                 dataset.skipped)
+        unused = len(dataset.names) - sum(len(files) for files in split["files"].values())
+        run.say(f"split read from {split_file} and its val/test lists" + (f"; {unused} image(s) of the data are in "
+                                                                            "no list and not used" if unused else ""))
+    else:
+        split = stratified_split(dataset.names, dataset.labels.tolist(), dataset.classes, train_ratio,
+                                 val_ratio, config.seed)
     split_parts = split_data(dataset, split)
     spec = make_spec(arch, len(dataset.classes), image_size, width, dropout, in_channels=dataset.images.shape[1])
     torch.manual_seed(config.seed)
@@ -86,7 +100,7 @@ def train_ann(run: Run, *, arch: str, width: float, image_size: int, dropout: fl
             f"{counts['train']} train / {counts['val']} val / {counts['test']} test images at {image_size}px")
     options = {"arch": arch, "width": width, "image-size": image_size, "dropout": dropout,
                "train-ratio": train_ratio, "val-ratio": val_ratio, "pretrained": pretrained, "bands": bands,
-               "normalise": normalisation, "scale": scale,
+               "normalise": normalisation, "scale": scale, "split-file": split_file,
                **config.recorded(), **data.recorded()}
     del options["allow-data-change"]  # train-ann defines the data a chain records
     return train_and_finish(run, model, split_parts, config, record, io,

@@ -1,0 +1,113 @@
+"""Standard splits: `stp data split` writes a split as TorchGeo-style text lists (one image per
+line, one file per part), `train-ann --split-file` reads such lists and records them, and the lists
+are read by torchvision's ImageFolder the way TorchGeo's scene datasets filter it."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from conftest import TINY, run_cli, write_image
+from test_reliability import refused
+from torchvision.datasets import ImageFolder
+
+from stpcli.checkpoint import read_checkpoint
+from stpcli.data.split import PARTS
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory, dataset_dir):
+    out = tmp_path_factory.mktemp("seeded") / "na.safetensors"
+    run_cli(["train-ann", *TINY, "--data", dataset_dir, "--epochs", "1", "--seed", "3", "--out", out])
+    return out
+
+
+def _lines(path):
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def test_a_checkpoints_split_written_as_lists_is_read_back_by_train_ann_and_by_torchvision(seeded, dataset_dir,
+                                                                                          tmp_path):
+    recorded = read_checkpoint(seeded).record["split"]
+    run_cli(["data", "split", seeded, "--out", tmp_path / "lists" / "scenes"])
+    lists = {part: tmp_path / "lists" / f"scenes-{part}.txt" for part in PARTS}
+    for part in PARTS:
+        assert _lines(lists[part]) == recorded["files"][part]
+        # what a user of another tool does with the lists: filter torchvision's ImageFolder by them
+        wanted = set(_lines(lists[part]))
+        folder = ImageFolder(str(dataset_dir), is_valid_file=lambda p, w=wanted: os.path.relpath(p, dataset_dir) in w)
+        read = sorted(os.path.relpath(p, dataset_dir) for p, _ in folder.samples)
+        assert read == recorded["files"][part]
+        assert [folder.classes[label] for _, label in folder.samples] == [n.split("/")[0] for n in read]
+    child = tmp_path / "listed.safetensors"
+    run_cli(["train-ann", *TINY, "--data", dataset_dir, "--epochs", "1", "--split-file", lists["train"], "--out", child])
+    split = read_checkpoint(child).record["split"]
+    assert split["files"] == recorded["files"] and split["sha256"] == recorded["sha256"]
+    assert split["lists"]["train"] == str(lists["train"].resolve()) and "seed" not in split
+    entry = read_checkpoint(child).record["history"][-1]
+    assert entry["options"]["split-file"] == str(lists["train"])
+    # the seeded split drawn from the data directly is the same one train-ann drew
+    run_cli(["data", "split", dataset_dir, "--seed", "3", "--out", tmp_path / "drawn"])
+    assert _lines(tmp_path / "drawn-test.txt") == recorded["files"]["test"]
+    refused(["data", "split", dataset_dir, "--seed", "3", "--out", tmp_path / "drawn"], "exists; pass --force")
+    refused(["data", "split", dataset_dir, "--basenames", "--out", tmp_path / "base"], "two images are named",
+            out=tmp_path / "base-train.txt")
+
+
+@pytest.fixture(scope="module")
+def uc_merced_like(tmp_path_factory):
+    """A folder named as UC Merced is (agricultural00.jpg), re-encoded as JPEG while TorchGeo's lists
+    name the original .tif files."""
+    root = tmp_path_factory.mktemp("ucm") / "Images"
+    rng = np.random.default_rng(1)
+    for label, cls in enumerate(("agricultural", "beach", "river")):
+        (root / cls).mkdir(parents=True)
+        for i in range(6):
+            write_image(root / cls / f"{cls}{i:02d}.jpg", rng, label, (40, 40))
+    return root
+
+
+def _write_lists(folder, parts):
+    folder.mkdir(exist_ok=True)
+    for part, entries in parts.items():
+        (folder / f"uc_merced-{part}.txt").write_text("".join(f"{e}\n" for e in entries))
+    return folder / "uc_merced-train.txt"
+
+
+def test_torchgeo_lists_name_files_by_basename_and_their_original_extension(uc_merced_like, tmp_path):
+    train = [f"{c}{i:02d}.tif" for c in ("agricultural", "beach", "river") for i in range(4)]
+    test = [f"{c}{i:02d}.tif" for c in ("agricultural", "beach", "river") for i in (4, 5)]
+    lists = _write_lists(tmp_path / "splits", {"train": train, "test": test})  # no val list: no val part
+    out = tmp_path / "na.safetensors"
+    result = run_cli(["train-ann", *TINY, "--data", uc_merced_like, "--epochs", "1", "--split-file", lists, "--out", out])
+    split = read_checkpoint(out).record["split"]
+    assert split["files"]["test"] == sorted(f"{n[:-6]}/{n[:-4]}.jpg" for n in test)
+    assert len(split["files"]["train"]) == 12 and split["files"]["val"] == [] and split["lists"]["val"] is None
+    assert "12 train / 0 val / 6 test" in result.output
+
+
+def test_bad_split_lists_are_refused_in_one_line_naming_the_list_and_line(uc_merced_like, tmp_path):
+    out = tmp_path / "na.safetensors"
+    every = [f"{c}{i:02d}.jpg" for c in ("agricultural", "beach", "river") for i in range(6)]
+
+    def refuse(parts, message, name="case"):
+        lists = _write_lists(tmp_path / name, parts)
+        refused(["train-ann", *TINY, "--data", uc_merced_like, "--epochs", "1", "--split-file", lists, "--out", out],
+                message, out=out)
+
+    refuse({"train": every[:10] + ["airplane00.tif"], "test": every[10:]}, "uc_merced-train.txt:11: 'airplane00.tif' "
+           "is not an image of the dataset", "missing")
+    refuse({"train": every[:10], "test": every[9:]}, "uc_merced-test.txt:1: beach/beach03.jpg is listed twice "
+           "(also uc_merced-train.txt:10)", "twice")
+    refuse({"train": every[:12], "val": [every[12], every[12]], "test": every[13:]}, "uc_merced-val.txt:2", "repeat")
+    refuse({"train": every[:12], "test": every[12:]}, "has no image of class river", "class")
+    refuse({"train": every}, "the test list", "notest")
+    shutil.copy(uc_merced_like / "beach" / "beach00.jpg", uc_merced_like / "river" / "beach00.jpg")
+    try:
+        refuse({"train": every[:12], "test": every[12:]}, "'beach00.jpg' names 2 images", "ambiguous")
+    finally:
+        (uc_merced_like / "river" / "beach00.jpg").unlink()
+    refused(["train-ann", *TINY, "--data", uc_merced_like, "--split-file", tmp_path / "missing" / "uc_merced-test.txt",
+             "--out", out], "name the training list", out=out)
+    refused(["train-ann", *TINY, "--data", uc_merced_like, "--split-file", tmp_path / "nowhere-train.txt",
+             "--out", out], "does not exist", out=out)
