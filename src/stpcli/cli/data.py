@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from stpcli.cli.common import CacheDir, Force, OnBadImage, console, stp_command
+from stpcli.data.catalogue import KNOWN_DATASETS
 from stpcli.errors import StpError
 from stpcli.files import check_output, lock_output
 from stpcli.progress import progress_bar
@@ -153,3 +154,40 @@ def _listing(location: Path | None) -> tuple[list[str], list[int], list[str]]:
 
     dataset = load_dataset(str(location) if location is not None else None, 16)
     return dataset.names, dataset.labels.tolist(), dataset.classes
+
+
+@stp_command(app, "check")
+def check_command(
+    data: Annotated[Path, typer.Argument(help="ImageFolder root or data pack.")],
+    known: Annotated[str, typer.Option("--dataset", help=" | ".join(KNOWN_DATASETS) + ".")],
+    strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero when the data differs from the published set.")] = False,
+):
+    """Compare a dataset with the published one it should be: class names (ignoring case and
+    punctuation) and images per class, and say what differs.
+
+    Example: stp data check ucm16/ --dataset ucm21
+    """
+    from stpcli.data.catalogue import check_dataset, known_dataset
+
+    spec = known_dataset(known)
+    location = data.expanduser()
+    if location.is_dir():
+        from stpcli.data.imagefolder import scan
+
+        listing = scan(location)
+        classes, labels = listing.classes, listing.labels
+    elif _is_pack(location):
+        from stpcli.data.source import load_dataset
+
+        dataset = load_dataset(str(location), 16)
+        classes, labels = dataset.classes, dataset.labels.tolist()
+    else:
+        raise StpError(f"{data} is neither a dataset folder nor an stp data pack")
+    check = check_dataset(known, classes, labels)
+    console.print(check.summary, markup=False)
+    for difference in check.differences:
+        console.print(f"  {difference}", markup=False)
+    if spec.band_names:
+        console.print(f"  bands of its files: {', '.join(spec.band_names)}", markup=False)
+    if strict and check.differences:
+        raise StpError(f"{data} differs from {spec.title} in {len(check.differences)} way(s)")

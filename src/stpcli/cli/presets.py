@@ -80,7 +80,7 @@ def _check_step(step: Step, values: dict, specs: dict[str, ModelSpec], timesteps
                                              train_ratio=values["train_ratio"], val_ratio=values["val_ratio"],
                                              config=config, pretrained=values["pretrained"],
                                              normalisation=values["normalisation"], scale=values["scale"],
-                                             split_file=values["split_file"])
+                                             split_file=values["split_file"], known=values["known"])
     elif step.command == "add-unit":
         config.check()
         specs[step.target] = with_units(specs[source], values["unit_group"], values["count"])

@@ -28,6 +28,7 @@ from stpcli.cli.common import (
     training_options,
     with_options,
 )
+from stpcli.data.catalogue import KNOWN_DATASETS
 from stpcli.defaults import DEFAULT_SCHEDULE, DEFAULT_TIMESTEPS, DEFAULT_UNITS
 from stpcli.models.registry import ARCHITECTURES
 
@@ -51,6 +52,7 @@ def train_ann_command(
     image_size: Annotated[int, typer.Option("--image-size", help="Training resolution (pixels).")] = 64,
     train_ratio: Annotated[float, typer.Option("--train-ratio", help="Training share of each class.")] = 0.8,
     val_ratio: Annotated[float, typer.Option("--val-ratio", help="Share of the training part kept for validation.")] = 0.1,
+    known: Annotated[str | None, typer.Option("--dataset", help="The published dataset the data should be (" + ", ".join(KNOWN_DATASETS) + "): its classes and counts are compared and what differs is said; its band names name unnamed bands.")] = None,
     split_file: Annotated[str | None, typer.Option("--split-file", help="A published split instead of the seeded one: its training list (e.g. TorchGeo's uc_merced-train.txt), with the val and test lists beside it; one image per line.")] = None,
     epochs: Annotated[int, typer.Option("--epochs")] = 30,
     dropout: Annotated[float, typer.Option("--dropout", help="Dropout in the classifier.")] = 0.5,
@@ -72,7 +74,7 @@ def train_ann_command(
               dropout=values["dropout"], data=make_data(values), train_ratio=values["train_ratio"],
               val_ratio=values["val_ratio"], config=make_train_config(values), io=make_io(values),
               pretrained=values["pretrained"], bands=values["bands"], normalisation=values["normalisation"],
-              scale=values["scale"], split_file=values["split_file"])
+              scale=values["scale"], split_file=values["split_file"], known=values["known"])
 
 
 @stp_command(app, "add-unit")

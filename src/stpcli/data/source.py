@@ -19,6 +19,7 @@ from safetensors import safe_open
 
 from stpcli.data import imagefolder, pack, synthetic
 from stpcli.data.bands import Decoding, band_names, decode_bands, probe, resolve_bands
+from stpcli.data.catalogue import DatasetCheck, check_dataset, known_dataset
 from stpcli.data.split import PARTS, check_split
 from stpcli.errors import StpError
 from stpcli.files import first_line
@@ -41,6 +42,7 @@ class Dataset:
     skipped: list[str] = field(default_factory=list)
     decoding: Decoding = field(default_factory=Decoding)
     band_names: list[str] | None = None  # of the chosen bands, where the files (or a preset) name them
+    check: DatasetCheck | None = None  # how the data compares with the published dataset it was said to be
 
     def indices_of(self, names: list[str], part: str) -> torch.Tensor:
         position = {name: i for i, name in enumerate(self.names)}
@@ -68,9 +70,11 @@ def default_cache_dir() -> Path:
     return Path(value).expanduser() if value else Path.home() / ".cache" / "stpcli"
 
 
-def choose_decoding(listing, bands: str | None, normalisation: str) -> tuple[Decoding, list[str] | None]:
+def choose_decoding(listing, bands: str | None, normalisation: str,
+                    known: str | None = None) -> tuple[Decoding, list[str] | None]:
     """How a folder's files are read: their bands (``--bands``, or files that are not plain 8-bit
-    images: more than 4 bands, or 16/32-bit, or floats) or 8-bit RGB; and the chosen bands' names."""
+    images: more than 4 bands, or 16/32-bit, or floats) or 8-bit RGB; and the chosen bands' names
+    (the files', else those of the ``known`` dataset, whose band count the files must have)."""
     for name in listing.names:  # the first file that decodes speaks for the dataset (bad ones are counted later)
         first = listing.root / name
         try:
@@ -81,6 +85,12 @@ def choose_decoding(listing, bands: str | None, normalisation: str) -> tuple[Dec
             continue
     else:
         raise StpError(f"no image in {listing.root} decodes")
+    published = known_dataset(known) if known else None
+    if published is not None and published.band_names is not None:
+        if count != len(published.band_names):
+            raise StpError(f"--dataset {known}: {first} has {count} band(s); {published.title} files have "
+                           f"{len(published.band_names)}")
+        names = names or list(published.band_names)
     if bands is not None:
         chosen = resolve_bands(bands, count, names, str(first))
         return Decoding("bands", chosen), [names[i - 1] for i in chosen] if names else None
@@ -92,16 +102,20 @@ def choose_decoding(listing, bands: str | None, normalisation: str) -> tuple[Dec
 
 def load_dataset(data: str | None, image_size: int, on_bad_image: str = "fail",
                  cache_dir: Path | None = None, progress=None, bands: str | None = None,
-                 normalisation: str = "auto", decoding: Decoding | None = None) -> Dataset:
+                 normalisation: str = "auto", decoding: Decoding | None = None,
+                 known: str | None = None) -> Dataset:
     """``progress(count, total=None)``, if given, is told how many images have been decoded.
     ``decoding`` (a later stage: the recorded one) or else ``bands`` and ``normalisation`` (train-ann)
-    say how a folder's files are read (``choose_decoding``)."""
+    say how a folder's files are read (``choose_decoding``). ``known`` names the published dataset
+    the data should be (``catalogue.KNOWN_DATASETS``): it is compared before any image is decoded, and a
+    class folder that is none of its classes is refused."""
     if not 16 <= image_size <= MAX_IMAGE_SIZE:
         raise StpError(f"--image-size must lie in 16..{MAX_IMAGE_SIZE}, got {image_size}")
     if on_bad_image not in BAD_IMAGE_POLICIES:
         raise StpError(f"--on-bad-image must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {on_bad_image!r}")
     if data is None or data in ("builtin", BUILTIN):
         images, labels, names, classes = synthetic.generate(image_size)
+        compare_with_known(known, classes, labels.tolist())
         source = {"kind": "builtin", "path": BUILTIN, "fingerprint": synthetic.fingerprint(), "num_files": len(names),
                   "content_sha256": synthetic.fingerprint()}
         return Dataset(images, labels, names, classes, source)
@@ -119,17 +133,19 @@ def load_dataset(data: str | None, image_size: int, on_bad_image: str = "fail",
         if origin.get("skipped") and on_bad_image == "fail":
             raise StpError(f"pack {path} was made without {len(origin['skipped'])} undecodable image(s); "
                            "pass --on-bad-image skip to accept it")
+        check = compare_with_known(known, classes, labels.tolist())
         packed = origin.get("bands") or {}
         packed_decoding = (Decoding("bands", tuple(packed["bands"])) if packed.get("decoding") == "bands" and packed.get("bands")
                            else Decoding())
         return Dataset(images, labels, names, classes, source, list(origin.get("skipped", [])), packed_decoding,
-                       packed.get("band_names"))
+                       packed.get("band_names"), check)
     listing = imagefolder.scan(path)
+    check = compare_with_known(known, listing.classes, listing.labels)
     source = {"kind": "folder", "path": str(path.resolve()), "fingerprint": listing.fingerprint,
               "num_files": len(listing.names), "content_sha256": listing.content_sha256}
     names_of_bands = None
     if decoding is None:
-        decoding, names_of_bands = choose_decoding(listing, bands, normalisation)
+        decoding, names_of_bands = choose_decoding(listing, bands, normalisation, known)
     cached = _read_cache(cache_dir, listing, image_size, decoding)
     if cached is None:
         images, labels, names, skipped, stretched = imagefolder.decode_all(listing, image_size, on_bad_image, progress,
@@ -145,7 +161,19 @@ def load_dataset(data: str | None, image_size: int, on_bad_image: str = "fail",
         source["skipped"] = skipped
     if stretched:
         source["high_bit_depth"] = {"rule": imagefolder.HIGH_BIT_DEPTH_RULE, "images": len(stretched)}
-    return Dataset(images, labels, names, listing.classes, source, skipped, decoding, names_of_bands)
+    return Dataset(images, labels, names, listing.classes, source, skipped, decoding, names_of_bands, check)
+
+
+def compare_with_known(known: str | None, classes: list[str], labels: list[int]) -> DatasetCheck | None:
+    """``check_dataset`` for --dataset, refusing folders that are not its classes (the wrong dataset)."""
+    if known is None:
+        return None
+    check = check_dataset(known, classes, labels)
+    if check.unknown:
+        title = known_dataset(known).title
+        raise StpError(f"--dataset {known}: {len(check.unknown)} class folder(s) are no {title} class, e.g. "
+                       f"{check.unknown[0]!r}; is this {title}? ('stp data check' lists what differs)")
+    return check
 
 
 # what a data source records about itself (checkpoints and packs carry these)

@@ -9,6 +9,7 @@ import torch
 
 from stpcli.checkpoint import Checkpoint
 from stpcli.data.bands import band_statistics
+from stpcli.data.catalogue import known_dataset
 from stpcli.data.source import IMAGENET_MEAN, IMAGENET_STD, data_record, load_dataset, split_data
 from stpcli.data.split import check_split_ratios, list_files, read_split_lists, stratified_split
 from stpcli.defaults import NORMALISATIONS
@@ -26,7 +27,8 @@ from stpcli.stages.training import split_accuracy, train_and_finish
 
 def check_train_ann(*, arch: str, width: float, image_size: int, dropout: float, train_ratio: float,
                     val_ratio: float, config: TrainConfig, pretrained: str | None = None,
-                    normalisation: str = "auto", scale: float | None = None, split_file: str | None = None):
+                    normalisation: str = "auto", scale: float | None = None, split_file: str | None = None,
+                    known: str | None = None):
     """train-ann's options, checked before the data is read (the stage, and a preset's plan);
     returns the model spec they make (for 2 classes: the class count comes with the data)."""
     config.check(training_required=True)
@@ -44,29 +46,38 @@ def check_train_ann(*, arch: str, width: float, image_size: int, dropout: float,
             raise StpError(f"--split-file {split_file} does not exist")
     if pretrained and not Path(pretrained).expanduser().is_file():
         raise StpError(f"--pretrained {pretrained} does not exist")
+    if known is not None:
+        known_dataset(known)
     return spec
 
 
 def train_ann(run: Run, *, arch: str, width: float, image_size: int, dropout: float,
               data: DataOptions, train_ratio: float, val_ratio: float, config: TrainConfig,
               io: StageIO, pretrained: str | None = None, bands: str | None = None,
-              normalisation: str = "auto", scale: float | None = None, split_file: str | None = None) -> Checkpoint:
+              normalisation: str = "auto", scale: float | None = None, split_file: str | None = None,
+              known: str | None = None) -> Checkpoint:
     """Na: the base ANN, trained on a stratified split (drawn from ``config.seed``) of the data.
 
     ``bands`` ("4,3,2" or band names) reads the files' bands instead of 8-bit RGB; ``normalisation``
     (``auto``: ImageNet's for 8-bit RGB, the training split's per-band statistics otherwise) and
     ``scale`` (a fixed factor applied first, e.g. 1e-4 for Sentinel-2 reflectance) say how.
     ``split_file`` (a training list such as uc_merced-train.txt, beside its val and test lists)
-    gives a published split instead of the seeded one (the ratios are then not used)."""
+    gives a published split instead of the seeded one (the ratios are then not used). ``known``
+    (``catalogue.KNOWN_DATASETS``: ucm21, eurosat-ms, ...) compares the data with the published set, says
+    what differs and names the bands its files leave unnamed."""
     run = run.named("train-ann")
     check_train_ann(arch=arch, width=width, image_size=image_size, dropout=dropout, train_ratio=train_ratio,
                     val_ratio=val_ratio, config=config, pretrained=pretrained, normalisation=normalisation,
-                    scale=scale, split_file=split_file)
+                    scale=scale, split_file=split_file, known=known)
     io.check(will_train=True, inputs=(Path(pretrained) if pretrained else None,
                                      *(list_files(Path(split_file)).values() if split_file else ())))
     with run.progress("decoding images") as advance:
         dataset = load_dataset(data.location, image_size, data.on_bad_image, data.cache_dir, progress=advance,
-                               bands=bands, normalisation=normalisation)
+                               bands=bands, normalisation=normalisation, known=known)
+    if dataset.check is not None:
+        run.say(f"[train-ann] {dataset.check.summary}")
+        for difference in dataset.check.differences:
+            run.say(f"  {difference}")
     if dataset.skipped:
         run.say(f"skipped {len(dataset.skipped)} image(s) that do not decode")
     if split_file is not None:
@@ -101,6 +112,7 @@ def train_ann(run: Run, *, arch: str, width: float, image_size: int, dropout: fl
     options = {"arch": arch, "width": width, "image-size": image_size, "dropout": dropout,
                "train-ratio": train_ratio, "val-ratio": val_ratio, "pretrained": pretrained, "bands": bands,
                "normalise": normalisation, "scale": scale, "split-file": split_file,
+               "dataset": known,
                **config.recorded(), **data.recorded()}
     del options["allow-data-change"]  # train-ann defines the data a chain records
     return train_and_finish(run, model, split_parts, config, record, io,

@@ -1,12 +1,16 @@
-"""Standard splits: `stp data split` writes a split as TorchGeo-style text lists (one image per
-line, one file per part), `train-ann --split-file` reads such lists and records them, and the lists
-are read by torchvision's ImageFolder the way TorchGeo's scene datasets filter it."""
+"""The field's datasets and splits. Standard splits: `stp data split` writes a split as TorchGeo-style
+text lists (one image per line, one file per part), `train-ann --split-file` reads such lists and
+records them, and the lists are read by torchvision's ImageFolder the way TorchGeo's scene datasets
+filter it. Known datasets: `stp data check` and `train-ann --dataset` compare a folder with the
+published set and name the bands of EuroSAT MS files."""
 
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from conftest import TINY, run_cli, write_image
 from test_reliability import refused
 from torchvision.datasets import ImageFolder
@@ -111,3 +115,65 @@ def test_bad_split_lists_are_refused_in_one_line_naming_the_list_and_line(uc_mer
              "--out", out], "name the training list", out=out)
     refused(["train-ann", *TINY, "--data", uc_merced_like, "--split-file", tmp_path / "nowhere-train.txt",
              "--out", out], "does not exist", out=out)
+
+
+def test_a_folder_is_compared_with_the_published_dataset_it_should_be(uc_merced_like, tmp_path):
+    result = run_cli(["data", "check", uc_merced_like, "--dataset", "ucm21"])
+    assert "UC Merced Land Use: 3 of the 21 classes present, 18 of its 2,100 images" in result.output
+    assert "missing 18 class(es): airplane, baseballdiamond" in result.output
+    assert "3 class(es) have fewer images than published: agricultural 6 of 100" in result.output
+    refused(["data", "check", uc_merced_like, "--dataset", "ucm21", "--strict"], "differs from UC Merced Land Use")
+    refused(["data", "check", uc_merced_like, "--dataset", "ucm22"], "--dataset must be one of ucm21, aid30")
+    out = tmp_path / "na.safetensors"
+    result = run_cli(["train-ann", *TINY, "--data", uc_merced_like, "--epochs", "1", "--dataset", "ucm21", "--out", out])
+    assert "3 of the 21 classes present" in result.output
+    assert read_checkpoint(out).record["history"][-1]["options"]["dataset"] == "ucm21"
+    refused(["train-ann", *TINY, "--data", uc_merced_like, "--dataset", "eurosat-rgb", "--out", tmp_path / "x.safetensors"],
+            "2 class folder(s) are no EuroSAT RGB class, e.g. 'agricultural'", out=tmp_path / "x.safetensors")
+
+
+def _eurosat_ms(root, bands=13):
+    """EuroSAT MS as distributed: 13-band uint16 GeoTIFFs whose bands carry no names."""
+    rng = np.random.default_rng(2)
+    for label, cls in enumerate(("AnnualCrop", "Forest", "SeaLake")):
+        (root / cls).mkdir(parents=True)
+        for i in range(5):
+            pixels = rng.integers(0, 3000, (bands, 64, 64)).astype(np.uint16)
+            pixels[label] += 2000
+            tifffile.imwrite(root / cls / f"{cls}_{i + 1}.tif", pixels, photometric="minisblack", planarconfig="separate")
+    return root
+
+
+def test_eurosat_ms_bands_are_chosen_by_their_sentinel_2_names(tmp_path):
+    root = _eurosat_ms(tmp_path / "EuroSAT_MS")
+    out = tmp_path / "na.safetensors"
+    run_cli(["train-ann", *TINY, "--data", root, "--epochs", "1", "--dataset", "eurosat-ms", "--bands", "B04,B03,B02",
+             "--out", out])
+    spec = read_checkpoint(out).record["input"]
+    assert spec["bands"] == [4, 3, 2] and spec["band_names"] == ["B04", "B03", "B02"]
+    refused(["train-ann", *TINY, "--data", root, "--bands", "B04,B03,B02", "--out", tmp_path / "y.safetensors"],
+            "give 1-based band numbers")  # without --dataset the files name no band
+    twelve = _eurosat_ms(tmp_path / "twelve", bands=12)
+    refused(["train-ann", *TINY, "--data", twelve, "--dataset", "eurosat-ms", "--out", tmp_path / "z.safetensors"],
+            "has 12 band(s); EuroSAT MS (13 Sentinel-2 bands) files have 13", out=tmp_path / "z.safetensors")
+
+
+def test_every_known_dataset_has_its_published_class_count_and_size():
+    from stpcli.data.catalogue import KNOWN_DATASETS
+
+    published = {"ucm21": (21, 2100), "aid30": (30, 10_000), "nwpu45": (45, 31_500), "whurs19": (19, 1005),
+                 "rsscn7": (7, 2800), "eurosat-rgb": (10, 27_000), "eurosat-ms": (10, 27_000)}
+    assert {name: (len(d.classes), d.total) for name, d in KNOWN_DATASETS.items()} == published
+    assert len(KNOWN_DATASETS["eurosat-ms"].band_names) == 13
+
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "datasets"  # the real subsets beside the project
+
+
+@pytest.mark.skipif(not (REAL / "aid150").is_dir(), reason="the real dataset subsets are not on this machine")
+def test_the_real_subsets_are_recognised_for_what_they_are():
+    aid = run_cli(["data", "check", REAL / "aid150", "--dataset", "aid30", "--strict"]).output
+    assert "AID: 30 of the 30 classes present, 10,000 of its 10,000 images; as published" in aid
+    ucm = run_cli(["data", "check", REAL / "ucm16", "--dataset", "ucm21"]).output
+    assert "16 of the 21 classes present, 1,600 of its 2,100 images; each present class has its published count" in ucm
+    assert "chaparral, denseresidential, forest, freeway, golfcourse" in ucm
