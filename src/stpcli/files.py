@@ -59,12 +59,13 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | Path) -> Iterator[Path]:
+def atomic_write(path: str | Path, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
 
     The file gets the permissions a plain ``open`` would give (the user's umask),
     not mkstemp's 0600. An OSError (read-only folder, full disk) becomes one
-    clear StpError; the temporary file never survives.
+    clear StpError; the temporary file never survives. ``durable=False`` skips the fsync, for
+    files that are rebuilt when torn (the decode cache).
     """
     path = Path(path)
     try:
@@ -75,8 +76,9 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
+        if durable:
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as exc:
         raise write_error(path, exc) from exc

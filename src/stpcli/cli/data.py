@@ -89,7 +89,7 @@ def multispectral_example_command(
         raise StpError(f"cannot write {target}: {exc.strerror or exc}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    console.print(f"wrote {target}: 4 classes x {per_class} images, 13 bands (B01..B12, B8A), 64 x 64, int16", markup=False)
+    console.print(f"wrote {target}: 4 classes x {per_class} images, 13 bands (B01..B08, B08A, B09..B12), 64 x 64, int16", markup=False)
 
 
 @stp_command(app, "split")
@@ -110,7 +110,7 @@ def split_command(
     """
     import contextlib
 
-    from stpcli.data.split import PARTS, list_files, split_list_lines, stratified_split
+    from stpcli.data.split import PARTS, split_list_lines, stratified_split
     from stpcli.files import atomic_write
 
     location = Path(source).expanduser() if source not in (None, "builtin") else None
@@ -123,7 +123,7 @@ def split_command(
         names, labels, classes = _listing(location)
         split = stratified_split(names, labels, classes, train_ratio, val_ratio, seed)
         inputs = (location,) if location is not None else ()
-    paths = list_files(out.with_name(out.name + "-train.txt"))
+    paths = {part: out.with_name(f"{out.name}-{part}.txt") for part in PARTS}
     lines = {part: split_list_lines(split, part, basenames) for part in PARTS}
     for part in PARTS:
         check_output(paths[part], force, inputs, option="--out")

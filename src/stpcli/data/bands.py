@@ -27,7 +27,8 @@ from stpcli.errors import StpError
 from stpcli.schema import MAX_BANDS
 
 TIFF_SUFFIXES = (".tif", ".tiff")
-# how each stored type is held in memory: integers widened to hold every value, floats as float32
+# how each stored type is held in memory: integers widened to hold every value (uint32 as float32,
+# exact up to 2**24), floats as float32
 STORAGE = {"uint8": torch.uint8, "int8": torch.int16, "uint16": torch.int32, "int16": torch.int16,
            "uint32": torch.float32, "int32": torch.int32, "float16": torch.float32, "float32": torch.float32,
            "float64": torch.float32}
@@ -40,6 +41,12 @@ class Decoding:
 
     mode: str = "rgb8"
     bands: tuple[int, ...] | None = None
+
+    @classmethod
+    def from_record(cls, spec: dict) -> Decoding:
+        """The decoding a record states (a checkpoint's ``input``, a pack's ``bands``); 8-bit RGB if none."""
+        bands = spec.get("bands")
+        return cls(spec.get("decoding", "rgb8"), tuple(bands) if bands else None)
 
     @property
     def tag(self) -> str:
@@ -128,18 +135,22 @@ def decode_bands(path: Path, image_size: int, bands: tuple[int, ...] | None, exp
             raise StpError(f"{path}: band {empty[0] + 1} holds no finite value (NaN-filled)")
         if not np.isfinite(array).all():
             raise StpError(f"{path} holds NaN or infinite values; fill them before training")
-    storage = STORAGE[kind]
-    tensor = torch.from_numpy(np.require(array, requirements=["C", "W"]))
-    height, width = tensor.shape[1:]
-    if (height, width) != (image_size, image_size):
-        scale = image_size / min(height, width)
-        size = (max(image_size, round(height * scale)), max(image_size, round(width * scale)))
-        values = F.interpolate(tensor[None].double(), size=size, mode="bilinear", align_corners=False,
-                               antialias=scale < 1)[0]
-        top, left = (size[0] - image_size) // 2, (size[1] - image_size) // 2
-        values = values[:, top:top + image_size, left:left + image_size]
-        tensor = values.round() if not storage.is_floating_point else values
-    return tensor.to(storage).contiguous()
+    tensor = torch.from_numpy(np.require(array, requirements=["C", "W"])).to(STORAGE[kind])
+    return resize_values(tensor[None], image_size)[0].contiguous()
+
+
+def resize_values(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """[N, C, H, W] values, shorter side to ``image_size`` and centre-cropped square: bilinear in
+    float64, antialiased when shrinking, integers rounded back to their type."""
+    height, width = images.shape[2:]
+    if (height, width) == (image_size, image_size):
+        return images
+    scale = image_size / min(height, width)
+    size = (max(image_size, round(height * scale)), max(image_size, round(width * scale)))
+    values = F.interpolate(images.double(), size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+    top, left = (size[0] - image_size) // 2, (size[1] - image_size) // 2
+    values = values[:, :, top:top + image_size, left:left + image_size]
+    return (values if images.is_floating_point() else values.round()).to(images.dtype)
 
 
 @torch.no_grad()

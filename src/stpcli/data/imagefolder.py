@@ -141,20 +141,24 @@ def decode_image(path: Path, image_size: int) -> tuple[torch.Tensor, bool]:
     return data.view(image_size, image_size, 3).permute(2, 0, 1).contiguous(), stretched
 
 
+def first_readable(listing: FolderListing) -> tuple[Path, tuple[int, str]]:
+    """The first file whose bands read, and its (band count, stored type): it speaks for the
+    dataset (files that do not decode are counted by ``decode_all``)."""
+    for name in listing.names:
+        try:
+            return listing.root / name, probe(listing.root / name)
+        except (OSError, ValueError, SyntaxError):
+            continue
+    raise StpError(f"no image in {listing.root} decodes")
+
+
 def decode_all(listing: FolderListing, image_size: int, on_bad_image: str, progress=None,
                decoding: Decoding | None = None):
     """Decode every listed file (8-bit RGB, or their bands: ``decoding``). Returns (images, labels,
     names, skipped_names, stretched_names). In band mode every file must have the first one's band
     count and type; a file that differs, or a band that is all NaN, is refused by name."""
     decoding = decoding or Decoding()
-    expect = None
-    if decoding.mode == "bands":
-        for name in listing.names:  # the first file that decodes sets the band count and type
-            try:
-                expect = probe(listing.root / name)
-                break
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-                continue
+    expect = first_readable(listing)[1] if decoding.mode == "bands" else None
 
     def work(name: str):
         try:

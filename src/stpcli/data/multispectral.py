@@ -3,7 +3,7 @@
 Four classes of 64 x 64 scenes with a reflectance spectrum each (``SPECTRA``, x 10000 as
 Sentinel-2 L2A stores it) over a random texture, with per-image illumination and sensor noise.
 ``vegetation`` and ``stressed_vegetation`` have the same visible spectrum (B02, B03, B04: the
-RGB bands) and differ only in the red edge and near infrared (B05-B08, B8A), as water-stressed
+RGB bands) and differ only in the red edge and near infrared (B05-B08, B08A), as water-stressed
 crops do: an RGB projection cannot tell them apart, the bands can. The files name their bands
 (GDAL's DESCRIPTION metadata), so ``--bands B04,B03,B02`` works on them.
 
@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
+from stpcli.data.catalogue import SENTINEL2_BANDS
+
+BANDS = list(SENTINEL2_BANDS)  # in file order, as EuroSAT MS stores them
 RGB = (4, 3, 2)  # 1-based: B04, B03, B02
 # surface reflectance per band (0..1)
 SPECTRA = {

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from stpcli.data.bands import resize_values
 from stpcli.errors import StpError
 from stpcli.files import atomic_save_tensors, first_line, now_iso
 from stpcli.schema import PackRecord, validate
@@ -95,11 +96,7 @@ def _read_raw_pack(handle, record: dict, path: Path, image_size: int):
         raise StpError(f"{path} is a damaged data pack (a label names no class)")
     if record.get("content_sha256") != raw_sha256(images, labels, record["names"]):
         raise StpError(f"{path} is damaged or was edited: its content does not match its content hash")
-    if image_size != images.shape[-1]:
-        resized = torch.nn.functional.interpolate(images.double(), size=(image_size, image_size), mode="bilinear",
-                                                  align_corners=False, antialias=image_size < images.shape[-1])
-        images = (resized if images.is_floating_point() else resized.round()).to(images.dtype)
-    return images, labels
+    return resize_values(images, image_size), labels
 
 
 def is_pack(path: Path) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,11 +17,11 @@ import torch
 from safetensors import safe_open
 
 from stpcli.data import imagefolder, pack, synthetic
-from stpcli.data.bands import Decoding, band_names, decode_bands, probe, resolve_bands
+from stpcli.data.bands import Decoding, band_names, decode_bands, resolve_bands
 from stpcli.data.catalogue import DatasetCheck, check_dataset, known_dataset
 from stpcli.data.split import PARTS, check_split
 from stpcli.errors import StpError
-from stpcli.files import first_line
+from stpcli.files import atomic_write, first_line
 from stpcli.schema import MAX_IMAGE_SIZE
 
 BUILTIN = "builtin:synthetic"
@@ -75,16 +74,8 @@ def choose_decoding(listing, bands: str | None, normalisation: str,
     """How a folder's files are read: their bands (``--bands``, or files that are not plain 8-bit
     images: more than 4 bands, or 16/32-bit, or floats) or 8-bit RGB; and the chosen bands' names
     (the files', else those of the ``known`` dataset, whose band count the files must have)."""
-    for name in listing.names:  # the first file that decodes speaks for the dataset (bad ones are counted later)
-        first = listing.root / name
-        try:
-            count, kind = probe(first)
-            names = band_names(first)
-            break
-        except (OSError, ValueError, SyntaxError):
-            continue
-    else:
-        raise StpError(f"no image in {listing.root} decodes")
+    first, (count, kind) = imagefolder.first_readable(listing)
+    names = band_names(first)
     published = known_dataset(known) if known else None
     if published is not None and published.band_names is not None:
         if count != len(published.band_names):
@@ -97,7 +88,7 @@ def choose_decoding(listing, bands: str | None, normalisation: str,
     plain = kind == "uint8" and count <= 4
     if normalisation in ("imagenet", "stretch") or plain:
         return Decoding(), None
-    return Decoding("bands"), names
+    return Decoding("bands", tuple(range(1, count + 1))), names  # as the record states it: one cache for every stage
 
 
 def load_dataset(data: str | None, image_size: int, on_bad_image: str = "fail",
@@ -135,10 +126,8 @@ def load_dataset(data: str | None, image_size: int, on_bad_image: str = "fail",
                            "pass --on-bad-image skip to accept it")
         check = compare_with_known(known, classes, labels.tolist())
         packed = origin.get("bands") or {}
-        packed_decoding = (Decoding("bands", tuple(packed["bands"])) if packed.get("decoding") == "bands" and packed.get("bands")
-                           else Decoding())
-        return Dataset(images, labels, names, classes, source, list(origin.get("skipped", [])), packed_decoding,
-                       packed.get("band_names"), check)
+        return Dataset(images, labels, names, classes, source, list(origin.get("skipped", [])),
+                       Decoding.from_record(packed), packed.get("band_names"), check)
     listing = imagefolder.scan(path)
     check = compare_with_known(known, listing.classes, listing.labels)
     source = {"kind": "folder", "path": str(path.resolve()), "fingerprint": listing.fingerprint,
@@ -213,18 +202,12 @@ def _write_cache(cache_dir, listing, image_size, decoding: Decoding, images, lab
 
 
 def write_cache_file(tensors: dict, metadata: dict, path: Path) -> None:
-    """A decode cache, written by safetensors' own writer to a temporary and renamed into place:
-    no copy of a gigabyte in memory and no fsync, since a cache that is damaged or torn is rebuilt,
-    never trusted (``_read_cache``)."""
+    """A decode cache, written by safetensors' own writer (no copy of a gigabyte in memory) through
+    ``atomic_write`` without fsync: a cache that is damaged or torn is rebuilt, never trusted."""
     from safetensors.torch import save_file
 
-    with tempfile.NamedTemporaryFile(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent, delete=False) as handle:
-        temporary = Path(handle.name)
-    try:
+    with atomic_write(path, durable=False) as temporary:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(temporary), metadata=metadata)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def data_record(dataset: Dataset) -> dict:
@@ -234,11 +217,9 @@ def data_record(dataset: Dataset) -> dict:
 
 def image_decoder(record: dict):
     """``decode(path) -> tensor [C, S, S]``: one new image read as the checkpoint's training images were."""
-    spec = record["input"]
-    size = spec["image_size"]
-    if spec.get("decoding", "rgb8") == "bands":
-        bands = tuple(spec["bands"])
-        return lambda path: decode_bands(Path(path), size, bands)
+    size, decoding = record["input"]["image_size"], Decoding.from_record(record["input"])
+    if decoding.mode == "bands":
+        return lambda path: decode_bands(Path(path), size, decoding.bands)
     return lambda path: imagefolder.decode_image(Path(path), size)[0]
 
 
@@ -255,9 +236,8 @@ def load_recorded_data(record: dict, data: str | None, allow_data_change: bool,
     if data is None and location is not None and not Path(location).exists():
         raise StpError(f"the recorded data {location} does not exist here; pass --data to read it from "
                        "another place")
-    spec = record["input"]
-    recorded_decoding = Decoding(spec.get("decoding", "rgb8"), tuple(spec["bands"]) if spec.get("bands") else None)
-    dataset = load_dataset(location, spec["image_size"], on_bad_image, cache_dir, progress, decoding=recorded_decoding)
+    dataset = load_dataset(location, record["input"]["image_size"], on_bad_image, cache_dir, progress,
+                           decoding=Decoding.from_record(record["input"]))
     if dataset.source["fingerprint"] != recorded["fingerprint"] and not allow_data_change:
         raise StpError(
             f"the data at {dataset.source['path']} differs from the data this checkpoint was trained on "
