@@ -10,7 +10,8 @@ import pytest
 from conftest import run_cli
 
 from stpcli.chain import pipeline_steps
-from stpcli.study import interval, summarise, unit_settings
+from stpcli.errors import StpError
+from stpcli.study import interval, plan, summarise, unit_settings
 
 PRESET = """device: cpu
 batch-size: 16
@@ -96,3 +97,47 @@ def test_the_makefile_runs_the_chain_stp_pipeline_runs():
         else:
             assert source == step.source and names == list(step.outputs)
 
+
+
+def test_a_recipe_sweep_converts_the_same_anns_with_each_recipe():
+    preset = {"convert": {"timesteps": 3}, "temporal-prune": {"schedule": "2,1"},
+              "study": {"recipe": ["stp", "reference"], "as": [5]}}
+    anns, chains = plan(preset, [0])
+    assert [(s.command, s.target) for s in anns[0].steps] == [("train-ann", "na"), ("add-unit", "as5-m1/nb")]
+    by_label = {chain.label: chain for chain in chains}
+    tp = by_label["TP (reference recipe)"]
+    assert [(s.command, s.source, s.target, s.args) for s in tp.steps] == [
+        ("convert", "na", "reference/s_t3", ("--recipe", "reference")),
+        ("temporal-prune", "reference/s_t3", "reference/s_t1", ())]
+    stp = by_label["STP AS5 M1 (stp recipe)"]
+    assert stp.steps[0].source == "as5-m1/nb" and stp.steps[0].args == ("--recipe", "stp")
+    assert [s.target for s in stp.steps] == ["as5-m1/stp/sb_t3", "as5-m1/stp/sb_t1", "as5-m1/stp/sa_t2",
+                                             "as5-m1/stp/sa_t1"]
+    assert (stp.units, stp.recipe) == ("AS5 M1", "stp")
+    with pytest.raises(StpError, match="recipe"):
+        plan({"study": {"recipe": ["stp", "diet"]}}, [0])
+    # no sweep: the files where a study has always put them
+    _, legacy = plan({"convert": {"timesteps": 3}, "temporal-prune": {"schedule": "2,1"}}, [0])
+    assert [s.target for s in legacy[0].steps] == ["s_t3", "s_t1"] and legacy[0].steps[0].args == ()
+
+
+def test_paired_differences_between_recipes_against_hand_computations():
+    runs = []
+    for seed, (tp_stp, tp_ref, sa_stp, sa_ref) in enumerate([(85.0, 83.0, 86.0, 85.0), (86.0, 86.5, 87.0, 84.0),
+                                                              (84.0, 82.0, 88.0, 86.0)]):
+        runs.append({"seed": seed, "method": "ANN", "units": "", "recipe": "", "timesteps": None, "accuracy": 90.0,
+                     "energy_uj": 10.0, "spikes_per_neuron": None})
+        for method, units, recipe, accuracy in (("TP", "", "stp", tp_stp), ("TP", "", "reference", tp_ref),
+                                                ("STP", "AS5 M1", "stp", sa_stp), ("STP", "AS5 M1", "reference", sa_ref)):
+            runs.append({"seed": seed, "method": method, "units": units, "recipe": recipe, "timesteps": 1,
+                         "accuracy": accuracy, "energy_uj": 1.0, "spikes_per_neuron": 0.1})
+    table, paired = summarise(runs)
+    assert {(r["method"], r["recipe"]) for r in table} == {("ANN", ""), ("TP", "stp"), ("TP", "reference"),
+                                                           ("STP", "stp"), ("STP", "reference")}
+    found = {(r["comparison"], r["method"], r["recipe"]): r for r in paired}
+    recipes_tp = found[("stp - reference", "TP", "")]
+    assert recipes_tp["mean"] == pytest.approx((2.0 - 0.5 + 2.0) / 3) and recipes_tp["n"] == 3
+    assert found[("stp - reference", "STP", "")]["mean"] == pytest.approx((1.0 + 3.0 + 2.0) / 3)
+    # STP - TP within each recipe, never across
+    assert found[("STP - TP", "STP", "reference")]["mean"] == pytest.approx((2.0 - 2.5 + 4.0) / 3)
+    assert found[("STP - TP", "STP", "stp")]["mean"] == pytest.approx((1.0 + 1.0 + 4.0) / 3)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from stpcli.defaults import DEFAULT_SCHEDULE, DEFAULT_TIMESTEPS, DEFAULT_UNITS
+from stpcli.defaults import DEFAULT_SCHEDULE, DEFAULT_TIMESTEPS, DEFAULT_UNITS, RECIPES
 from stpcli.errors import StpError
 from stpcli.schema import MAX_LAYERS_PER_GROUP, MAX_TIMESTEPS
 
@@ -79,23 +79,37 @@ def preset_units(preset: dict) -> tuple[int, int]:
             preset_integer(section.get("m", DEFAULT_UNITS[1]), "add-unit: m", 1, MAX_LAYERS_PER_GROUP))
 
 
-def tp_steps(preset: dict) -> list[Step]:
+def tp_steps(preset: dict, recipe: str | None = None) -> list[Step]:
+    """The TP chain; ``recipe`` converts with that recipe, its files in a folder of its name."""
     t0, schedule = preset_timesteps(preset)
-    return [Step("convert", "na", f"s_t{t0}"),
-            Step("temporal-prune", f"s_t{t0}", "s_t1", also_writes=tuple(f"s_t{t}" for t in schedule[:-1]))]
+    at, recipe_args = _recipe_folder(recipe)
+    return [Step("convert", "na", f"{at}s_t{t0}", recipe_args),
+            Step("temporal-prune", f"{at}s_t{t0}", f"{at}s_t1", also_writes=tuple(f"{at}s_t{t}" for t in schedule[:-1]))]
 
 
-def stp_steps(preset: dict, units: tuple[int, int] | None = None, folder: str = "") -> list[Step]:
-    """The STP chain; ``units`` (AS, M) overrides the preset's, ``folder`` prefixes its files (not Na's)."""
+def stp_steps(preset: dict, units: tuple[int, int] | None = None, folder: str = "", recipe: str | None = None) -> list[Step]:
+    """The STP chain; ``units`` (AS, M) overrides the preset's, ``folder`` prefixes its files (not Na's),
+    ``recipe`` converts with that recipe, the SNN files in a folder of its name (under ``folder``)."""
     t0, schedule = preset_timesteps(preset)
     unit_args = () if units is None else ("--as", str(units[0]), "--m", str(units[1]))
     at = (folder + "/") if folder else ""
+    snn, recipe_args = _recipe_folder(recipe)
+    snn = at + snn
     steps = [Step("add-unit", "na", f"{at}nb", unit_args),
-             Step("convert", f"{at}nb", f"{at}sb_t{t0}"),
-             Step("temporal-prune", f"{at}sb_t{t0}", f"{at}sb_t1",
-                  also_writes=tuple(f"{at}sb_t{t}" for t in schedule[:-1]))]
-    steps += [Step("spatial-prune", f"{at}sb_t{t}", f"{at}sa_t{t}") for t in sorted(schedule, reverse=True) if t <= 2]
+             Step("convert", f"{at}nb", f"{snn}sb_t{t0}", recipe_args),
+             Step("temporal-prune", f"{snn}sb_t{t0}", f"{snn}sb_t1",
+                  also_writes=tuple(f"{snn}sb_t{t}" for t in schedule[:-1]))]
+    steps += [Step("spatial-prune", f"{snn}sb_t{t}", f"{snn}sa_t{t}") for t in sorted(schedule, reverse=True) if t <= 2]
     return steps
+
+
+def _recipe_folder(recipe: str | None) -> tuple[str, tuple[str, ...]]:
+    """Where a chain's SNN files go and the convert arguments for ``recipe`` (None: the preset's own)."""
+    if recipe is None:
+        return "", ()
+    if recipe not in RECIPES:
+        raise StpError(f"unknown recipe {recipe!r}; the recipes are {', '.join(RECIPES)}")
+    return f"{recipe}/", ("--recipe", recipe)
 
 
 def pipeline_steps(preset: dict) -> list[Step]:

@@ -7,6 +7,8 @@ read the same values from here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 DEFAULT_UNITS = (5, 1)  # add-unit's --as and --m: one Unit at the end of layer group 5 (the paper's AS5)
 DEFAULT_TIMESTEPS = 5  # convert's T
 DEFAULT_SCHEDULE = (3, 2, 1)  # temporal-prune's --schedule
@@ -17,4 +19,35 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 NORMALISATIONS = ("auto", "imagenet", "dataset", "scale", "stretch")  # train-ann's --normalise
 SURROGATE_GAMMA = 0.3  # slope of the triangle surrogate (docs/method.md)
-INITIAL_MEMBRANE = 0.5  # initial membrane as a fraction of the threshold (0: DIET-SNN/TP)
+BALANCINGS = ("stp", "reference")  # convert's --balancing
+CONV_DROPOUT_PLACEMENTS = ("all", "unpooled")  # convert's --conv-dropout-placement
+MAX_BALANCE_STEPS = 10_000
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The defaults a conversion recipe gives the options of the SNN stages (each option, given
+    on the command line or in a preset, wins over its recipe's value)."""
+
+    initial_membrane: float  # fraction of the threshold
+    fold_thresholds: bool  # binary spikes: each threshold folded into the weights that read its spikes
+    balancing: str  # "stp": scale applied layer by layer, sampled percentile; "reference": see spiking/convert.py
+    balance_steps: int | None  # time steps simulated while balancing (None: the conversion's T)
+    percentile: float
+    scale: float  # threshold = scale x percentile
+    conv_dropout: float
+    conv_dropout_placement: str
+    amsgrad: bool  # Adam's AMSGrad variant in every SNN stage
+
+
+RECIPES = {
+    # stp's defaults, each chosen by a measurement in docs/results.md
+    "stp": Recipe(initial_membrane=0.5, fold_thresholds=True, balancing="stp", balance_steps=None, percentile=99.7,
+                  scale=0.6, conv_dropout=0.0, conv_dropout_placement="all", amsgrad=False),
+    # what TP's reference code computes (SayeedChowdhury/IIR-SNN, built on DIET-SNN; docs/method.md section 7);
+    # DIET-SNN's own balancing: --percentile 99.7 --scale 0.3 --balance-steps 100
+    "reference": Recipe(initial_membrane=0.0, fold_thresholds=False, balancing="reference", balance_steps=500,
+                        percentile=90.0, scale=1.0, conv_dropout=0.2, conv_dropout_placement="unpooled", amsgrad=True),
+}
+DEFAULT_RECIPE = "stp"
+INITIAL_MEMBRANE = RECIPES[DEFAULT_RECIPE].initial_membrane  # the neuron's default (0: DIET-SNN/TP)

@@ -187,6 +187,8 @@ class NeuronRecord(_Strict):
     conv_dropout: Fraction = 0.0
     initial_membrane: Fraction = 0.0
     spike_amplitude: Literal["threshold", "binary"] = "threshold"  # absent in records before it existed
+    conv_dropout_placement: Literal["all", "unpooled"] = "all"
+    recipe: Literal["stp", "reference"] = "stp"
 
 
 class Record(_Strict):

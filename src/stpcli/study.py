@@ -8,8 +8,11 @@ interrupted one (its state file exists) is resumed, chains run side by side
 their state) so that running the study again continues it.
 
 Layout: ``DIR/seed<S>/na``, ``s_t<T>`` (TP), and ``DIR/seed<S>/as<A>-m<M>/nb``,
-``sb_t<T>``, ``sa_t<T>`` (STP) per Unit setting. Summary: ``study.json``,
-``study.csv``, ``study.md`` and two PNGs.
+``sb_t<T>``, ``sa_t<T>`` (STP) per Unit setting; a study that sweeps recipes
+(``study: {recipe: [stp, reference]}``) puts each recipe's SNN files in a folder of
+its name (``seed<S>/reference/s_t<T>``, ``seed<S>/as<A>-m<M>/reference/sb_t<T>``), all
+from the same ``na`` and ``nb``. Summary: ``study.json``, ``study.csv``, ``study.md``
+and two PNGs.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 from stpcli import plots
 from stpcli.chain import Step, preset_integer, preset_units, stp_steps, tp_steps
 from stpcli.checkpoint import read_record
+from stpcli.defaults import RECIPES
 from stpcli.errors import StpError
 from stpcli.files import atomic_write_text
 from stpcli.names import log_path
@@ -45,11 +49,13 @@ STOPPED = 124  # exit status when the time limit stopped the study (as timeout(1
 @dataclass(frozen=True)
 class Chain:
     seed: int
-    label: str  # "TP" or "STP AS<A> M<M>"
+    label: str  # "ANN", "TP" or "STP AS<A> M<M>", and the recipe when the study sweeps recipes
     steps: tuple[Step, ...]
+    units: str = ""  # "AS<A> M<M>" for an STP chain
+    recipe: str = ""  # the recipe a recipe sweep converts with
 
 
-STUDY_KEYS = ("as", "m")
+STUDY_KEYS = ("as", "m", "recipe")
 
 
 def unit_settings(preset: dict) -> list[tuple[int, int]]:
@@ -63,9 +69,9 @@ def unit_settings(preset: dict) -> list[tuple[int, int]]:
     if unknown:
         close = difflib.get_close_matches(str(unknown[0]), STUDY_KEYS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise StpError(f"study has an unknown key {unknown[0]!r} (it sweeps 'as' and 'm'){hint}")
+        raise StpError(f"study has an unknown key {unknown[0]!r} (it sweeps 'as', 'm' and 'recipe'){hint}")
     default_as, default_m = preset_units(preset)
-    grid = {}
+    grid: dict[str, list[int]] = {}
     for key, default in (("as", default_as), ("m", default_m)):
         values = study.get(key, [default])
         if not isinstance(values, list) or not values:
@@ -77,15 +83,36 @@ def unit_settings(preset: dict) -> list[tuple[int, int]]:
     return [(a, m) for a in grid["as"] for m in grid["m"]]
 
 
+def study_recipes(preset: dict) -> list[str | None]:
+    """The recipes a preset's ``study:`` section sweeps (``recipe: [stp, reference]``), or [None]: the
+    preset's own, its files where a study without the sweep puts them."""
+    study = preset.get("study") or {}
+    if "recipe" not in study:
+        return [None]
+    values = study["recipe"]
+    if not isinstance(values, list) or not values or any(v not in RECIPES for v in values):
+        raise StpError(f"study: recipe must be a list of {', '.join(RECIPES)}, got {values!r}")
+    if len(set(values)) != len(values):
+        raise StpError(f"study lists a recipe twice ({values}); list each once")
+    return list(values)
+
+
 def plan(preset: dict, seeds: list[int]) -> tuple[list[Chain], list[Chain]]:
-    """(the ANN of each seed, every TP and STP chain after it)."""
-    anns = [Chain(seed, "ANN", (Step("train-ann", None, "na"),)) for seed in seeds]
+    """(the ANNs of each seed: Na and each Unit setting's Nb; every TP and STP chain after them)."""
+    settings, recipes = unit_settings(preset), study_recipes(preset)
+    folders = {units: f"as{units[0]}-m{units[1]}" for units in settings}
+    anns = [Chain(seed, "ANN", (Step("train-ann", None, "na"),
+                                *(stp_steps(preset, units, folders[units])[0] for units in settings)))
+            for seed in seeds]
     chains = []
     for seed in seeds:
-        chains.append(Chain(seed, "TP", tuple(tp_steps(preset))))
-        for units in unit_settings(preset):
-            folder = f"as{units[0]}-m{units[1]}"
-            chains.append(Chain(seed, f"STP AS{units[0]} M{units[1]}", tuple(stp_steps(preset, units, folder))))
+        for recipe in recipes:
+            named = f" ({recipe} recipe)" if recipe else ""
+            chains.append(Chain(seed, "TP" + named, tuple(tp_steps(preset, recipe)), recipe=recipe or ""))
+            for units in settings:
+                label = f"AS{units[0]} M{units[1]}"
+                chains.append(Chain(seed, f"STP {label}{named}", tuple(stp_steps(preset, units, folders[units], recipe)[1:]),
+                                    units=label, recipe=recipe or ""))
     return anns, chains
 
 
@@ -171,56 +198,61 @@ def interval(values: list[float]) -> tuple[float, float, float | None, float | N
     return mean, std, mean - half, mean + half
 
 
-def collect(run: Run, out_dir: Path, preset: dict, seeds: list[int], data: str | None) -> list[dict]:
-    """One row per finished checkpoint: seed, method, Unit setting, T, accuracy, energy."""
-    paths = []
-    for seed in seeds:
-        folder = out_dir / f"seed{seed}"
-        candidates = [folder / "na.safetensors", *sorted(folder.glob("s_t*.safetensors"))]
-        for units in unit_settings(preset):
-            sub = folder / f"as{units[0]}-m{units[1]}"
-            candidates += sorted(sub.glob("sb_t*.safetensors")) + sorted(sub.glob("sa_t*.safetensors"))
-        paths += [(seed, p) for p in candidates if p.is_file() and not p.name.endswith(".state.safetensors")]
-    if not paths:
+def collect(run: Run, out_dir: Path, chains: list[Chain], data: str | None) -> list[dict]:
+    """One row per finished checkpoint of ``chains`` (Nb left out): seed, method, Unit setting, recipe,
+    T, accuracy, energy."""
+    found = [(chain, out_dir / f"seed{chain.seed}" / f"{name}.safetensors")
+             for chain in chains for step in chain.steps if step.command != "add-unit" for name in step.outputs]
+    found = [(chain, path) for chain, path in found if path.is_file()]
+    if not found:
         return []
-    rows = compare(run, [p for _, p in paths], DataOptions(location=data))
-    for (seed, path), row in zip(paths, rows):
-        row["seed"] = seed
-        row["units"] = path.parent.name.upper().replace("-", " ") if path.parent.name.startswith("as") else ""
+    rows = compare(run, [path for _, path in found], DataOptions(location=data))
+    for (chain, _), row in zip(found, rows):
+        row.update(seed=chain.seed, units=chain.units, recipe=chain.recipe)
     return rows
 
 
 def summarise(runs: list[dict]) -> tuple[list[dict], list[dict]]:
-    """Per (method, Unit setting, T): mean +- std over seeds; and the paired STP - TP difference per T."""
+    """Per (method, Unit setting, recipe, T): mean +- std over seeds; the paired STP - TP difference per
+    T (same recipe); and, in a recipe sweep, the paired stp - reference difference per method and T."""
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
-        groups.setdefault((run["method"], run["units"], run["timesteps"]), []).append(run)
+        groups.setdefault((run["method"], run["units"], run.get("recipe", ""), run["timesteps"]), []).append(run)
     anns = {run["seed"]: run["accuracy"] for run in runs if run["method"] == "ANN"}
     table = []
-    for (method, units, timesteps), members in sorted(groups.items(), key=lambda kv: (
-            METHODS.index(kv[0][0]), kv[0][1], -(kv[0][2] or 0))):
+    for (method, units, recipe, timesteps), members in sorted(groups.items(), key=lambda kv: (
+            METHODS.index(kv[0][0]), kv[0][1], kv[0][2], -(kv[0][3] or 0))):
         mean, std = mean_std([m["accuracy"] for m in members])
         energy = [m["energy_uj"] for m in members]
         gaps = [anns[m["seed"]] - m["accuracy"] for m in members if m["seed"] in anns and method != "ANN"]
-        table.append({"method": method, "units": units, "timesteps": timesteps, "mean": mean, "std": std,
-                      "n": len(members), "seeds": sorted(m["seed"] for m in members),
+        table.append({"method": method, "units": units, "recipe": recipe, "timesteps": timesteps, "mean": mean,
+                      "std": std, "n": len(members), "seeds": sorted(m["seed"] for m in members),
                       "ann_mean": mean_std([anns[m["seed"]] for m in members if m["seed"] in anns])[0]
                       if any(m["seed"] in anns for m in members) else None,
                       "gap_to_ann": mean_std(gaps)[0] if gaps else None,
                       "energy_uj": sum(energy) / len(energy), "energy_std": mean_std(energy)[1],
                       "spikes_per_neuron": (sum(m["spikes_per_neuron"] for m in members) / len(members)
                                             if members[0]["spikes_per_neuron"] is not None else None)})
-    paired = []
-    tp = {(r["seed"], r["timesteps"]): r["accuracy"] for r in runs if r["method"] == "TP"}
-    for units in sorted({r["units"] for r in runs if r["method"] == "STP"}):
-        for timesteps in sorted({r["timesteps"] for r in runs if r["method"] == "STP" and r["units"] == units}):
-            diffs = [r["accuracy"] - tp[(r["seed"], timesteps)] for r in runs
-                     if r["method"] == "STP" and r["units"] == units and r["timesteps"] == timesteps
-                     and (r["seed"], timesteps) in tp]
-            if diffs:
-                mean, std, low, high = interval(diffs)
-                paired.append({"comparison": "STP - TP", "units": units, "timesteps": timesteps, "mean": mean,
-                               "std": std, "n": len(diffs), "ci95_low": low, "ci95_high": high})
+    accuracy = {(r["seed"], r["method"], r["units"], r.get("recipe", ""), r["timesteps"]): r["accuracy"] for r in runs}
+    paired: list[dict] = []
+
+    def pair(comparison: str, method: str, units: str, recipe: str, timesteps: int, diffs: list[float]) -> None:
+        if diffs:
+            mean, std, low, high = interval(diffs)
+            paired.append({"comparison": comparison, "method": method, "units": units, "recipe": recipe,
+                           "timesteps": timesteps, "mean": mean, "std": std, "n": len(diffs), "ci95_low": low,
+                           "ci95_high": high})
+
+    for (method, units, recipe, timesteps), members in groups.items():
+        if method == "STP":
+            pair("STP - TP", method, units, recipe, timesteps,
+                 [m["accuracy"] - accuracy[(m["seed"], "TP", "", recipe, timesteps)] for m in members
+                  if (m["seed"], "TP", "", recipe, timesteps) in accuracy])
+        if recipe == "stp" and method != "ANN":
+            pair("stp - reference", method, units, "", timesteps,
+                 [m["accuracy"] - accuracy[(m["seed"], method, units, "reference", timesteps)] for m in members
+                  if (m["seed"], method, units, "reference", timesteps) in accuracy])
+    paired.sort(key=lambda r: (r["comparison"], METHODS.index(r["method"]), r["units"], r["recipe"], -r["timesteps"]))
     return table, paired
 
 
@@ -244,31 +276,41 @@ def write_reports(out_dir: Path, preset_path: Path, seeds: list[int], runs: list
 
     def write_csv(handle):
         writer = csv.writer(handle)
-        writer.writerow(["method", "units", "timesteps", "mean", "std", "n", "ann_mean", "gap_to_ann", "energy_uj",
-                         "spikes_per_neuron"])
+        writer.writerow(["method", "units", "recipe", "timesteps", "mean", "std", "n", "ann_mean", "gap_to_ann",
+                         "energy_uj", "spikes_per_neuron"])
         for row in table:
-            writer.writerow([row["method"], row["units"], row["timesteps"] or "", row["mean"], row["std"] or "",
-                             row["n"], row["ann_mean"] or "", row["gap_to_ann"] or "", row["energy_uj"],
-                             row["spikes_per_neuron"] or ""])
+            writer.writerow([row["method"], row["units"], row["recipe"], row["timesteps"] or "", row["mean"],
+                             row["std"] or "", row["n"], row["ann_mean"] or "", row["gap_to_ann"] or "",
+                             row["energy_uj"], row["spikes_per_neuron"] or ""])
 
     atomic_write_text(out_dir / "study.csv", write_csv)
+    recipes = any(row["recipe"] for row in table)
+    recipe_header = ("| recipe ", "|---") if recipes else ("", "")
     lines = [f"# Study: {preset_path.name}, seeds {', '.join(map(str, seeds))}"
              + ("" if complete else " (incomplete: rerun to continue)"), "",
              *([scale_line(runs), ""] if runs else []),
              "Test accuracy in %, mean ± standard deviation over seeds; gap = own ANN − SNN (paired by seed).", "",
-             "| method | Units | T | accuracy | n | ANN | gap to ANN | energy µJ | spikes/neuron |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"| method | Units {recipe_header[0]}| T | accuracy | n | ANN | gap to ANN | energy µJ | spikes/neuron |",
+             f"|---|---{recipe_header[1]}|---|---|---|---|---|---|---|"]
     for row in table:
         numbers = [format_number(row[key]) for key in ("mean", "std", "ann_mean", "gap_to_ann", "energy_uj")]
-        lines.append(f"| {row['method']} | {row['units'] or '-'} | {row['timesteps'] or '-'} | "
+        recipe = f"| {row['recipe'] or '-'} " if recipes else ""
+        lines.append(f"| {row['method']} | {row['units'] or '-'} {recipe}| {row['timesteps'] or '-'} | "
                      f"{numbers[0]} ± {numbers[1]} | {row['n']} | {numbers[2]} | {numbers[3]} | {numbers[4]} | "
                      f"{format_number(row['spikes_per_neuron'], 3)} |")
+    for comparison, title in (("STP - TP", "Paired difference STP − TP (same seed, same ANN)"),
+                              ("stp - reference", "Paired difference between the recipes, stp − reference (same seed, "
+                                                  "same ANN, same method)")):
+        rows = [row for row in paired if row["comparison"] == comparison]
+        if not rows:
+            continue
+        lines += ["", f"{title}, with the 95 % t-interval of its mean:", "",
+                  "| method | Units | recipe | T | mean | std | n | 95 % interval |", "|---|---|---|---|---|---|---|---|"]
+        for row in rows:
+            lines.append(f"| {row['method']} | {row['units'] or '-'} | {row['recipe'] or '-'} | {row['timesteps']} | "
+                         f"{row['mean']:+.2f} | {format_number(row['std'])} | {row['n']} | "
+                         f"{format_number(row['ci95_low'])} … {format_number(row['ci95_high'])} |")
     if paired:
-        lines += ["", "Paired difference STP − TP (same seed, same ANN), with the 95 % t-interval of its mean:", "",
-                  "| Units | T | mean | std | n | 95 % interval |", "|---|---|---|---|---|---|"]
-        for row in paired:
-            lines.append(f"| {row['units']} | {row['timesteps']} | {row['mean']:+.2f} | {format_number(row['std'])} | "
-                         f"{row['n']} | {format_number(row['ci95_low'])} … {format_number(row['ci95_high'])} |")
         smallest = min(row["n"] for row in paired)
         if smallest == 1:
             lines += ["", "Caution: one seed per comparison: no spread and no interval can be estimated; three or "
@@ -280,13 +322,18 @@ def write_reports(out_dir: Path, preset_path: Path, seeds: list[int], runs: list
     atomic_write_text(out_dir / "study.md", lambda handle: handle.write("\n".join(lines) + "\n"))
     written = [out_dir / n for n in ("study.json", "study.csv", "study.md")]
     if table:
-        labelled = [{**row, "method": row["method"] + (f" {row['units']}" if row["units"] else "")} for row in table]
+        labelled = [{**row, "method": row_label(row)} for row in table]
         written.append(plots.accuracy_vs_timesteps(labelled, f"{preset_path.stem}: accuracy against T",
                                                    out_dir / "study_accuracy_vs_T.png"))
-        points = [{"checkpoint": f"{r['method']} {r['units']}".strip(), "kind": "snn" if r["timesteps"] else "ann",
+        points = [{"checkpoint": row_label(r), "kind": "snn" if r["timesteps"] else "ann",
                    "method": r["method"], "timesteps": r["timesteps"], "accuracy": r["mean"],
                    "accuracy_std": r["std"], "energy_uj": r["energy_uj"], "energy_std": r["energy_std"]}
                   for r in table]
         written.append(plots.accuracy_vs_energy(points, f"{preset_path.stem}: mean accuracy against energy (± std over seeds)",
                                                 out_dir / "study_accuracy_vs_energy.png"))
     return written
+
+
+def row_label(row: dict) -> str:
+    """A summary row's method, with its Unit setting and recipe where the study has them."""
+    return " ".join(part for part in (row["method"], row["units"], row.get("recipe") and f"({row['recipe']})") if part)

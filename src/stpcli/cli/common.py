@@ -357,6 +357,7 @@ DistillTemperature = Annotated[float, typer.Option("--distill-temperature", help
 Teacher = Annotated[Path | None, typer.Option("--teacher", help="Checkpoint to distil from (default: the ANN this SNN was converted from).")]
 JsonOutput = Annotated[bool, typer.Option("--json", metavar="", help="Print JSON instead of tables.")]
 Lr = Annotated[float, typer.Option("--lr", help="Learning rate (the schedule's peak).")]
+AmsGrad = Annotated[bool | None, typer.Option("--amsgrad/--no-amsgrad", help="Adam's AMSGrad variant (default: on in the reference recipe's SNN stages, else off).")]
 
 
 def training_options(*, lr: float, optimizer: str, weight_decay: float, lr_schedule: str,
@@ -364,7 +365,7 @@ def training_options(*, lr: float, optimizer: str, weight_decay: float, lr_sched
     """The options of every training command, with the command's recipe defaults."""
     group: list[tuple[str, Any, Any]] = [("batch_size", BatchSize, 64), ("lr", Lr, lr), ("optimizer", Optimizer, optimizer),
              ("momentum", Momentum, 0.9), ("weight_decay", WeightDecay, weight_decay),
-             ("lr_schedule", Schedule, lr_schedule)]
+             ("lr_schedule", Schedule, lr_schedule), ("amsgrad", AmsGrad, None)]
     if distill:
         group += [("distill", Distill, 0.0), ("distill_temperature", DistillTemperature, 4.0), ("teacher", Teacher, None)]
     return group + [("seed", Seed, 0)]

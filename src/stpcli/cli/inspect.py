@@ -180,6 +180,8 @@ def _print_info(details: dict, chain) -> None:
     console.print(f"input: {'bands ' + ', '.join(map(str, bands)) if bands else '8-bit RGB'}; normalisation "
                   f"{spec_in.get('normalisation', 'imagenet')}: (x / {spec_in.get('divisor', 255.0):g} - mean) / std, "
                   f"mean ({mean}), std ({std})", markup=False)
+    if record.get("snn"):
+        console.print(neuron_line(record["snn"]), markup=False, soft_wrap=True)
     console.print(f"input {record['input']['image_size']} px; data {safe(record['data']['path'])} "
                   f"(fingerprint {record['data']['fingerprint'][:12]}); {split_origin(details['split'])}, "
                   f"counts {details['split']['counts']}", markup=False)
@@ -195,11 +197,17 @@ def _print_info(details: dict, chain) -> None:
                       "" if row["in"] is None else str(row["in"]), "" if row["out"] is None else str(row["out"]),
                       "yes" if row["unit"] else "", neuron, f"{row['macs']:,}" if row["macs"] else "")
     console.print(table)
-    lineage = Table("step", "stage", "T", "test acc %", "parent", "finished", title="lineage")
+    lineage = Table("step", "stage", "T", "recipe", "test acc %", "parent", "finished", title="lineage")
+    timesteps = recipe = None
     for i, entry in enumerate(details["history"], start=1):
         parent = entry.get("parent")
-        timesteps = entry.get("options", {}).get("timesteps")
-        lineage.add_row(str(i), entry["stage"], "" if timesteps is None else str(timesteps),
+        options = entry.get("options", {})
+        if entry["stage"] in ("train-ann", "add-unit"):
+            timesteps = recipe = None
+        else:  # an SNN stage: its own T and recipe, or those it inherited (spatial-prune keeps both)
+            timesteps = options.get("timesteps", timesteps)
+            recipe = options.get("recipe", recipe or ("stp" if entry["stage"] == "convert" else None))
+        lineage.add_row(str(i), entry["stage"], "" if timesteps is None else str(timesteps), recipe or "",
                         _fmt(entry.get("metrics", {}).get("test_accuracy")),
                         "" if not parent else safe(f"{Path(parent['path']).name} ({parent['sha256'][:10]})"),
                         entry.get("finished", ""))
@@ -302,6 +310,23 @@ def schema_command():
     from stpcli.schema import json_schema
 
     _print_json(json_schema())
+
+
+def neuron_line(snn: dict) -> str:
+    """How an SNN's neurons and conversion were set: its recipe and each setting a recipe decides."""
+    conversion = snn.get("conversion") or {}
+    fold = conversion.get("fold_thresholds", True)
+    spikes = ("binary spikes" + ("" if fold else " into the unfolded weights")
+              if snn.get("spike_amplitude") == "binary" else "spikes of amplitude V")
+    dropout = (f"conv dropout {snn.get('conv_dropout', 0.0):g} ({snn.get('conv_dropout_placement', 'all')})"
+               if snn.get("conv_dropout") else "no conv dropout")
+    balancing = ""
+    if conversion:
+        steps = conversion.get("balance_steps")
+        balancing = (f"; {conversion.get('balancing', 'stp')} balancing p{conversion['percentile']:g} x{conversion['scale']:g}"
+                     + (f" over {steps} steps" if steps else ""))
+    return (f"SNN: {snn.get('recipe', 'stp')} recipe; {spikes}; initial membrane {snn.get('initial_membrane', 0.0):g} V; "
+            f"{dropout}, FC dropout {snn.get('dropout', 0.2):g}{balancing}")
 
 
 def split_origin(split: dict) -> str:

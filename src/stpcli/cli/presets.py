@@ -18,7 +18,7 @@ import typer
 
 from stpcli.chain import Step
 from stpcli.cli.common import make_train_config, resolve
-from stpcli.cli.stages import spiking_settings, timestep_recipes
+from stpcli.cli.stages import conversion_arguments, timestep_recipes
 from stpcli.data.source import BAD_IMAGE_POLICIES
 from stpcli.engine.runtime import check_runtime_options
 from stpcli.errors import StpError
@@ -85,9 +85,7 @@ def _check_step(step: Step, values: dict, specs: dict[str, ModelSpec], timesteps
         config.check()
         specs[step.target] = with_units(specs[source], values["unit_group"], values["count"])
     elif step.command == "convert":
-        check_convert(timesteps=values["timesteps"], percentile=values["percentile"], scale=values["scale"],
-                      calibration_images=values["calibration_images"], config=config,
-                      settings=spiking_settings(values))
+        check_convert(timesteps=values["timesteps"], **conversion_arguments(values))
         specs[step.target], timesteps[step.target] = specs[source], values["timesteps"]
     elif step.command == "temporal-prune":
         schedule, configs = timestep_recipes(values)

@@ -29,7 +29,8 @@ from stpcli.cli.common import (
     with_options,
 )
 from stpcli.data.catalogue import KNOWN_DATASETS
-from stpcli.defaults import DEFAULT_SCHEDULE, DEFAULT_TIMESTEPS, DEFAULT_UNITS
+from stpcli.defaults import DEFAULT_RECIPE, DEFAULT_SCHEDULE, DEFAULT_TIMESTEPS, DEFAULT_UNITS, RECIPES
+from stpcli.errors import StpError
 from stpcli.models.registry import ARCHITECTURES
 
 # The stages (and torch) are imported by each command when it runs, not when the CLI registers it.
@@ -101,6 +102,11 @@ def add_unit_command(
              config=make_train_config(values), data=make_data(values), io=make_io(values))
 
 
+def _recipes_say(field: str) -> str:
+    """What each recipe makes an option default to, for its help text."""
+    return "default: the recipe's (" + "; ".join(f"{name} {getattr(r, field)}" for name, r in RECIPES.items()) + ")"
+
+
 @stp_command(app, "convert")
 @with_options(SNN_TRAINING, RECORDED_DATA, COMMAND_OPTIONS)
 def convert_command(
@@ -108,14 +114,19 @@ def convert_command(
     source: Source,
     out: Out,
     timesteps: Annotated[int, typer.Option("--timesteps", "-T", help="Initial time steps T_init.")] = DEFAULT_TIMESTEPS,
-    percentile: Annotated[float, typer.Option("--percentile", help="Threshold = scale x this percentile of the input current.")] = 99.7,
-    scale: Annotated[float, typer.Option("--scale", help="Threshold scale factor.")] = 0.6,
+    recipe: Annotated[str, typer.Option("--recipe", help="stp (stp's defaults, chosen by measurement) | reference (what TP's and DIET-SNN's code computes: initial membrane 0, spikes into the unfolded weights, reference balancing, dropout after unpooled convolutions, AMSGrad). Sets the defaults of the options below and of the later SNN stages; an option given explicitly wins.")] = DEFAULT_RECIPE,
+    percentile: Annotated[float | None, typer.Option("--percentile", help="Threshold = scale x this percentile of the input current; " + _recipes_say("percentile") + ".")] = None,
+    scale: Annotated[float | None, typer.Option("--scale", help="Threshold scale factor; " + _recipes_say("scale") + ".")] = None,
     calibration_images: Annotated[int, typer.Option("--calibration-images", help="Training images used for threshold balancing.")] = 512,
+    balancing: Annotated[str | None, typer.Option("--balancing", help="stp (each threshold scaled as it is set; the percentile of a sample) | reference (earlier layers at unscaled thresholds, exact percentile, a layer that never fires gets 0.1, all scaled at the end); " + _recipes_say("balancing") + ".")] = None,
+    balance_steps: Annotated[int | None, typer.Option("--balance-steps", help="Time steps simulated while balancing (the maximum over steps is kept); default: the recipe's (stp: T; reference 500, as TP's code; DIET-SNN's 100).")] = None,
+    fold_thresholds: Annotated[bool | None, typer.Option("--fold-thresholds/--no-fold-thresholds", help="Binary spikes: fold each threshold into the weights that read its spikes, so the SNN computes the ANN's function (TP's and DIET-SNN's code does not); " + _recipes_say("fold_thresholds") + ".")] = None,
     epochs: Annotated[int, typer.Option("--epochs", help="Hybrid (surrogate-gradient) training epochs at T.")] = 10,
     dropout: Annotated[float, typer.Option("--dropout", help="SNN dropout in hidden FC layers (one mask per image, shared by all steps).")] = 0.2,
-    conv_dropout: Annotated[float, typer.Option("--conv-dropout", help="SNN dropout after convolutional neuron layers (one mask per image, shared by all steps).")] = 0.0,
-    initial_membrane: Annotated[float, typer.Option("--initial-membrane", help="Initial membrane as a fraction of the threshold (0: DIET-SNN/TP).")] = 0.5,
-    spike_amplitude: Annotated[str, typer.Option("--spike-amplitude", help="binary (DIET-SNN/TP: V folded into the next weights) | threshold (a spike carries V).")] = "binary",
+    conv_dropout: Annotated[float | None, typer.Option("--conv-dropout", help="SNN dropout after convolutional neuron layers (one mask per image, shared by all steps); " + _recipes_say("conv_dropout") + ".")] = None,
+    conv_dropout_placement: Annotated[str | None, typer.Option("--conv-dropout-placement", help="all (every convolutional neuron layer) | unpooled (as TP's and DIET-SNN's code: after convolutions not followed by pooling; in a ResNet after each block's first convolution); " + _recipes_say("conv_dropout_placement") + ".")] = None,
+    initial_membrane: Annotated[float | None, typer.Option("--initial-membrane", help="Initial membrane as a fraction of the threshold (0: TP's and DIET-SNN's code); " + _recipes_say("initial_membrane") + ".")] = None,
+    spike_amplitude: Annotated[str, typer.Option("--spike-amplitude", help="binary (a spike is 1, as in TP's and DIET-SNN's code) | threshold (a spike carries V).")] = "binary",
     **options,
 ):
     """Step 2a: ANN -> SNN (BN folding, threshold balancing), then hybrid training at T.
@@ -127,19 +138,25 @@ def convert_command(
 
     values = resolve(ctx, locals())
     run = make_run("convert", values)
-    convert(run, load_checkpoint(values["source"]), timesteps=values["timesteps"],
-            percentile=values["percentile"], scale=values["scale"],
-            calibration_images=values["calibration_images"], config=make_train_config(values),
-            data=make_data(values), io=make_io(values),
-            settings=spiking_settings(values), teacher=values["teacher"])
+    convert(run, load_checkpoint(values["source"]), timesteps=values["timesteps"], data=make_data(values),
+            io=make_io(values), teacher=values["teacher"], **conversion_arguments(values))
 
 
-def spiking_settings(values: dict):
-    """convert's neuron options (a SpikingSettings) from its resolved values."""
-    from stpcli.spiking.settings import SpikingSettings
+def conversion_arguments(values: dict) -> dict:
+    """convert's recipe, neuron settings and conversion from its resolved values (None: the recipe's)."""
+    from stpcli.spiking.settings import Conversion, SpikingSettings
 
-    return SpikingSettings(dropout=values["dropout"], conv_dropout=values["conv_dropout"],
-                           initial_membrane=values["initial_membrane"], spike_amplitude=values["spike_amplitude"])
+    recipe = values["recipe"]
+    if recipe not in RECIPES:
+        raise StpError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    settings = SpikingSettings.for_recipe(recipe, dropout=values["dropout"], conv_dropout=values["conv_dropout"],
+                                          conv_dropout_placement=values["conv_dropout_placement"],
+                                          initial_membrane=values["initial_membrane"],
+                                          spike_amplitude=values["spike_amplitude"])
+    conversion = Conversion.for_recipe(recipe, percentile=values["percentile"], scale=values["scale"],
+                                       calibration_images=values["calibration_images"], balancing=values["balancing"],
+                                       balance_steps=values["balance_steps"], fold_thresholds=values["fold_thresholds"])
+    return {"settings": settings, "conversion": conversion, "config": make_train_config(values).for_recipe(recipe)}
 
 
 def timestep_recipes(values: dict) -> tuple[list[int], list]:

@@ -31,7 +31,7 @@ def parse_seeds(text: str) -> list[int]:
 
 @stp_command(app, "study")
 def study_command(
-    preset: Annotated[Path, typer.Argument(help="Preset YAML (see examples/configs); an optional 'study:' section sweeps 'as' and 'm'.")],
+    preset: Annotated[Path, typer.Argument(help="Preset YAML (see examples/configs); an optional 'study:' section sweeps 'as', 'm' and 'recipe'.")],
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for every chain's checkpoints and the summary.")],
     seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds; each draws its own split and initialisation.")] = "0,1,2",
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Chains run side by side (small nets leave most of a GPU idle).")] = 1,
@@ -69,7 +69,7 @@ def study_command(
                        f"{out_dir}; the running stages stopped and keep their training state; run the same "
                        "command again to continue", exit_code=130) from None
     run = make_run("study", {"device": device or "auto"})
-    runs = study.collect(run, out_dir, settings, seed_list, data)
+    runs = study.collect(run, out_dir, anns + chains, data)
     table, paired = study.summarise(runs)
     complete = not runner.stopped and not runner.failures
     written = study.write_reports(out_dir, preset, seed_list, runs, table, paired, complete)
@@ -86,14 +86,15 @@ def summary_table(table: list[dict], paired: list[dict]) -> Table:
     from stpcli.study import format_number
 
     out = Table(title="study (test split): mean ± std over seeds")
-    for header in ("method", "Units", "T", "accuracy %", "n", "gap to ANN", "energy uJ"):
+    for header in ("method", "Units", "recipe", "T", "accuracy %", "n", "gap to ANN", "energy uJ"):
         out.add_column(header, no_wrap=True)
     for row in table:
-        out.add_row(row["method"], safe(row["units"] or "-"), str(row["timesteps"] or "-"),
+        out.add_row(row["method"], safe(row["units"] or "-"), row["recipe"] or "-", str(row["timesteps"] or "-"),
                     f"{row['mean']:.2f} ± {format_number(row['std'])}", str(row["n"]), format_number(row["gap_to_ann"]),
                     f"{row['energy_uj']:.2f}")
     for row in paired:
-        out.add_row("STP − TP (paired)", row["units"], str(row["timesteps"]),
+        label = "STP − TP" if row["comparison"] == "STP - TP" else f"{row['method']} stp − reference"
+        out.add_row(f"{label} (paired)", row["units"] or "-", row["recipe"] or "-", str(row["timesteps"]),
                     f"{row['mean']:+.2f} [{format_number(row['ci95_low'])}, {format_number(row['ci95_high'])}]",
                     str(row["n"]), "", "")
     return out

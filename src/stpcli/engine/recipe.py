@@ -4,9 +4,10 @@ and their milestones, the optimiser, and the (distillation) loss. ``engine/train
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
+from stpcli.defaults import RECIPES
 from stpcli.errors import StpError
 
 if TYPE_CHECKING:  # the recipe is read when the CLI starts; torch only when a run trains
@@ -49,6 +50,14 @@ class TrainConfig:
     seed: int = field(default=0, metadata=_option("--seed"))
     distill_weight: float = field(default=0.0, metadata=_option("--distill"))
     distill_temperature: float = field(default=4.0, metadata=_option("--distill-temperature"))
+    amsgrad: bool | None = field(default=None, metadata=_option("--amsgrad"))  # Adam's variant; None: the recipe's
+
+    def for_recipe(self, recipe: str | None) -> TrainConfig:
+        """This config with ``amsgrad`` None replaced by the conversion recipe's (an SNN stage), or
+        off (an ANN stage: ``recipe`` None)."""
+        if self.amsgrad is not None:
+            return self
+        return replace(self, amsgrad=RECIPES[recipe].amsgrad if recipe is not None else False)
 
     def check(self, training_required: bool = False) -> None:
         check_seed(self.seed)
@@ -71,6 +80,8 @@ class TrainConfig:
             raise StpError(f"--distill must lie in [0, 1], got {self.distill_weight}")
         if not self.distill_temperature > 0 or not math.isfinite(self.distill_temperature):
             raise StpError(f"--distill-temperature must be positive, got {self.distill_temperature}")
+        if self.amsgrad is not None and type(self.amsgrad) is not bool:
+            raise StpError(f"--amsgrad is a flag (true or false), got {self.amsgrad!r}")
 
     def recorded(self) -> dict:
         """The options that set this recipe, under their command-line names, as the lineage records
@@ -120,6 +131,6 @@ def make_optimizer(model, config: TrainConfig):
     if neuron:
         groups.append({"params": neuron, "weight_decay": 0.0})
     if config.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay, amsgrad=bool(config.amsgrad))
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 

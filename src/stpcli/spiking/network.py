@@ -6,8 +6,11 @@ and iterate over time. With direct encoding the first layer's input is the
 same image at every step, so its convolution runs once and its current is
 broadcast over T. The output layer has no neuron: logits = sum over t of W s(t) + b.
 
-Dropout (hidden FC layers: ``dropout``; after every convolutional neuron layer:
-``conv_dropout``) draws one mask per image, shared by all time steps, as DIET-SNN does.
+Dropout (hidden FC layers: ``dropout``; after convolutional neuron layers: ``conv_dropout``)
+draws one mask per image, shared by all time steps, as DIET-SNN does. ``conv_dropout_placement``
+says which convolutional neuron layers: ``all``, or ``unpooled`` as TP's and DIET-SNN's code places
+it: after every convolution whose spikes are not pooled next (VGG), and inside each residual
+block after its first convolution (ResNet; not on a block's output).
 """
 
 from __future__ import annotations
@@ -57,7 +60,8 @@ class SpikingBlock(nn.Module):
     layer's threshold, so it carries a constant ``shortcut_scale`` (set at conversion).
     """
 
-    def __init__(self, entry: PlanEntry, make_neuron, dropout: float = 0.0, binary: bool = False):
+    def __init__(self, entry: PlanEntry, make_neuron, dropout: float = 0.0, binary: bool = False,
+                 output_dropout: float | None = None):
         super().__init__()
         cin, cout, stride = entry["in"], entry["out"], entry["stride"]
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1)
@@ -65,7 +69,8 @@ class SpikingBlock(nn.Module):
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
         self.shortcut = nn.Conv2d(cin, cout, 1, stride, 0) if (stride != 1 or cin != cout) else None
         self.neuron2 = make_neuron()
-        self.dropout = dropout
+        self.dropout = dropout  # on the first neurons' spikes
+        self.output_dropout = dropout if output_dropout is None else output_dropout
         if binary and self.shortcut is None:
             self.register_buffer("shortcut_scale", torch.tensor(1.0))
         else:
@@ -78,7 +83,7 @@ class SpikingBlock(nn.Module):
         else:
             skip = x if self.shortcut_scale is None else x * self.shortcut_scale
         current = self.conv2(hidden.flatten(0, 1)) + skip
-        return drop_per_image(self.neuron2(_unfold(current, timesteps)), self.dropout, self.training).flatten(0, 1)
+        return drop_per_image(self.neuron2(_unfold(current, timesteps)), self.output_dropout, self.training).flatten(0, 1)
 
 
 class SpikingLinear(nn.Module):
@@ -124,15 +129,28 @@ class Stateless(nn.Module):
         return x.flatten(1)
 
 
-# plan entry type -> the SNN module built for it (models.plan.LAYER_TYPES lists the types)
+def conv_dropout_rates(plan: list[PlanEntry], settings: SpikingSettings) -> list[float]:
+    """Per plan entry, the dropout on its convolutional neurons' output spikes (0 where none)."""
+    rate, every = settings.conv_dropout, settings.conv_dropout_placement == "all"
+    rates = []
+    for i, entry in enumerate(plan):
+        pooled_next = i + 1 < len(plan) and plan[i + 1]["type"] in ("pool", "global_pool")
+        rates.append(rate if entry["type"] == "conv" and (every or not pooled_next)
+                     or entry["type"] == "block" and every else 0.0)
+    return rates
+
+
+# plan entry type -> the SNN module built for it (models.plan.LAYER_TYPES lists the types), given its
+# output's convolutional dropout rate
 SNN_LAYERS = {
-    "conv": lambda entry, make_neuron, settings: SpikingConv(entry, make_neuron, settings.conv_dropout),
-    "block": lambda entry, make_neuron, settings: SpikingBlock(entry, make_neuron, settings.conv_dropout, settings.binary),
-    "fc": lambda entry, make_neuron, settings: SpikingLinear(entry, make_neuron, settings.dropout),
-    "output": lambda entry, make_neuron, settings: OutputLayer(entry),
-    "pool": lambda entry, make_neuron, settings: Stateless(entry),
-    "global_pool": lambda entry, make_neuron, settings: Stateless(entry),
-    "flatten": lambda entry, make_neuron, settings: Stateless(entry),
+    "conv": lambda entry, make_neuron, settings, rate: SpikingConv(entry, make_neuron, rate),
+    "block": lambda entry, make_neuron, settings, rate: SpikingBlock(entry, make_neuron, settings.conv_dropout,
+                                                                     settings.binary, output_dropout=rate),
+    "fc": lambda entry, make_neuron, settings, rate: SpikingLinear(entry, make_neuron, settings.dropout),
+    "output": lambda entry, make_neuron, settings, rate: OutputLayer(entry),
+    "pool": lambda entry, make_neuron, settings, rate: Stateless(entry),
+    "global_pool": lambda entry, make_neuron, settings, rate: Stateless(entry),
+    "flatten": lambda entry, make_neuron, settings, rate: Stateless(entry),
 }
 
 
@@ -150,7 +168,8 @@ class SNN(nn.Module):
         self.settings = settings
         self.timesteps = timesteps
         self.plan = build_plan(spec)
-        self.layers = nn.ModuleList(SNN_LAYERS[entry["type"]](entry, make_neuron, settings) for entry in self.plan)
+        self.layers = nn.ModuleList(SNN_LAYERS[entry["type"]](entry, make_neuron, settings, rate)
+                                    for entry, rate in zip(self.plan, conv_dropout_rates(self.plan, settings)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(self.layers):

@@ -9,23 +9,25 @@ For a layer with threshold V and leak lambda, at t = 1..T:
 
 with the triangle surrogate dH/dz = gamma * max(0, 1 - |z|), gamma = 0.3.
 
-``f`` is the initial membrane as a fraction of the threshold. DIET-SNN and TP
-start from r(0) = 0 (``f = 0``); stp defaults to ``f = 0.5``: a neuron then
-rounds instead of flooring its input, which halves the expected quantisation
-error of a converted network (Bu et al., "Optimal ANN-SNN conversion", 2022)
-and is what makes one-time-step training work (at T = 1 a neuron fires when
-its input exceeds V/2, not V). The value is recorded in every checkpoint.
+``f`` is the initial membrane as a fraction of the threshold. DIET-SNN's and
+TP's code start from r(0) = 0 (``f = 0``, the reference recipe); stp's recipe
+uses ``f = 0.5``: a neuron then rounds instead of flooring its input, which
+halves the expected quantisation error of a converted network (Bu et al.,
+"Optimal ANN-SNN conversion", 2022); at T = 1 it fires when its input exceeds
+V/2, not V. The value is recorded in every checkpoint.
 
 Spike amplitude, recorded per checkpoint (``spike_amplitude``):
 
+* ``binary`` (as in DIET-SNN's and TP's code; the default, chosen by measurement in
+  docs/results.md): s(t) = H(z), and V acts only through the firing condition and
+  the reset. The reference code feeds these spikes into the BN-folded ANN weights
+  as they are; stp's recipe folds V into the weights that read the spikes at
+  conversion (``--fold-thresholds``, spiking/convert.py), so that the SNN starts
+  from the ANN's function.
 * ``threshold`` (stp's default in earlier releases): s(t) = V * H(z). The forward pass equals
   binary spikes with V folded into the next layer's weights, but the backward
   does not: dL/dV gains sum(g * H) through the amplitude, and V and the next
   weights scale the same product.
-* ``binary`` (DIET-SNN / TP; the default, chosen by measurement in docs/results.md): s(t) = H(z);
-  conversion folds V into the weights
-  that read the spikes (see spiking/convert.py), and V then acts only through
-  the firing condition and the reset.
 
 Energy counts each spike as one event whatever its amplitude.
 
@@ -94,7 +96,7 @@ class _LIFFunction(torch.autograd.Function):
         gamma = ctx.gamma
         steps = len(membranes)
         grad_current = _empty_steps(membranes[0], steps)
-        grad_threshold = torch.zeros((), dtype=torch.float32, device=threshold.device)
+        grad_threshold = torch.zeros((), dtype=_accumulator(membranes[0].dtype), device=threshold.device)
         grad_leak = torch.zeros_like(grad_threshold)
         inverse = 1.0 / threshold
         grad_residual = None  # dL/dr(t), flowing back from u(t+1)
@@ -122,9 +124,9 @@ class _LIFFunction(torch.autograd.Function):
                 previous_residual = previous - threshold * (previous > threshold).to(u.dtype)
                 grad_leak += _dot(grad_u, previous_residual)
             elif ctx.initial:  # u(1) = I(1) + lambda * f * V
-                total = grad_u.sum(dtype=torch.float32)
-                grad_leak += total * ctx.initial * threshold.float()
-                grad_threshold += total * ctx.initial * leak.float()
+                total = grad_u.sum(dtype=grad_threshold.dtype)
+                grad_leak += total * ctx.initial * threshold.to(total.dtype)
+                grad_threshold += total * ctx.initial * leak.to(total.dtype)
             if t > 0:
                 grad_residual = grad_u * leak
         return grad_current, grad_threshold.to(threshold.dtype), grad_leak.to(leak.dtype), None, None, None
@@ -153,12 +155,18 @@ def _in_memory_order(x: torch.Tensor) -> torch.Tensor | None:
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """sum(a * b) in float32; without materialising the product when both are float32 in one layout."""
+    """sum(a * b) in float32 (float64 for float64 inputs); without materialising the product when both
+    are float32 in one layout."""
     if a.dtype == b.dtype == torch.float32 and a.stride() == b.stride():
         flat_a, flat_b = _in_memory_order(a), _in_memory_order(b)
         if flat_a is not None and flat_b is not None:
             return torch.dot(flat_a, flat_b)
-    return torch.mul(a, b).sum(dtype=torch.float32)
+    return torch.mul(a, b).sum(dtype=_accumulator(a.dtype))
+
+
+def _accumulator(dtype: torch.dtype) -> torch.dtype:
+    """Scalar gradients are summed in float32, or in float64 for a float64 network."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 LIF_BACKENDS = ("torch", "triton")

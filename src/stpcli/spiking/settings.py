@@ -4,12 +4,13 @@ a record can be read and checked without building a model."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
-from stpcli.defaults import INITIAL_MEMBRANE, SURROGATE_GAMMA
+from stpcli.defaults import DEFAULT_RECIPE, INITIAL_MEMBRANE, RECIPES, SURROGATE_GAMMA
 
 # what a record that predates a setting meant by it: the initial membrane was 0 and spikes carried V
 RECORD_DEFAULTS = {"surrogate_gamma": SURROGATE_GAMMA, "dropout": 0.2, "conv_dropout": 0.0, "initial_membrane": 0.0,
-                   "spike_amplitude": "threshold"}
+                   "spike_amplitude": "threshold", "conv_dropout_placement": "all", "recipe": DEFAULT_RECIPE}
 
 
 @dataclass(frozen=True)
@@ -21,10 +22,21 @@ class SpikingSettings:
     conv_dropout: float = 0.0  # after convolutional neuron layers
     initial_membrane: float = INITIAL_MEMBRANE  # fraction of the threshold
     spike_amplitude: str = "binary"  # DIET-SNN/TP; or "threshold" (stp's default in earlier releases; docs/results.md)
+    conv_dropout_placement: str = "all"  # "all" conv neuron layers, or "unpooled" (TP/DIET-SNN; network.py)
+    recipe: str = DEFAULT_RECIPE  # the recipe the SNN was converted with (later stages take its defaults)
 
     @property
     def binary(self) -> bool:
         return self.spike_amplitude == "binary"
+
+    @classmethod
+    def for_recipe(cls, recipe: str, **changes) -> SpikingSettings:
+        """A recipe's neuron settings, with ``changes`` (options given explicitly) applied."""
+        defaults = RECIPES[recipe]
+        values: dict[str, Any] = {"initial_membrane": defaults.initial_membrane, "conv_dropout": defaults.conv_dropout,
+                  "conv_dropout_placement": defaults.conv_dropout_placement, "recipe": recipe}
+        values.update({k: v for k, v in changes.items() if v is not None})
+        return cls(**values)
 
     @classmethod
     def from_record(cls, snn: dict | None) -> SpikingSettings:
@@ -36,3 +48,22 @@ class SpikingSettings:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Conversion:
+    """How ``convert`` sets an SNN's thresholds (recorded under ``snn.conversion``)."""
+
+    percentile: float = RECIPES[DEFAULT_RECIPE].percentile
+    scale: float = RECIPES[DEFAULT_RECIPE].scale  # threshold = scale x percentile
+    calibration_images: int = 512
+    balancing: str = RECIPES[DEFAULT_RECIPE].balancing  # "stp" | "reference" (spiking/convert.py)
+    balance_steps: int | None = RECIPES[DEFAULT_RECIPE].balance_steps  # None: the conversion's T
+    fold_thresholds: bool = RECIPES[DEFAULT_RECIPE].fold_thresholds  # binary spikes: V into the readers' weights
+
+    @classmethod
+    def for_recipe(cls, recipe: str, **changes) -> Conversion:
+        """A recipe's conversion, with ``changes`` (options given explicitly) applied."""
+        defaults = RECIPES[recipe]
+        values: dict[str, Any] = {"percentile": defaults.percentile, "scale": defaults.scale, "balancing": defaults.balancing,
+                  "balance_steps": defaults.balance_steps, "fold_thresholds": defaults.fold_thresholds}
+        values.update({k: v for k, v in changes.items() if v is not None})
+        return cls(**values)

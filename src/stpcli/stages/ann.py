@@ -66,6 +66,7 @@ def train_ann(run: Run, *, arch: str, width: float, image_size: int, dropout: fl
     (``catalogue.KNOWN_DATASETS``: ucm21, eurosat-ms, ...) compares the data with the published set, says
     what differs and names the bands its files leave unnamed."""
     run = run.named("train-ann")
+    config = config.for_recipe(None)
     check_train_ann(arch=arch, width=width, image_size=image_size, dropout=dropout, train_ratio=train_ratio,
                     val_ratio=val_ratio, config=config, pretrained=pretrained, normalisation=normalisation,
                     scale=scale, split_file=split_file, known=known)
@@ -149,6 +150,7 @@ def input_record(dataset, parts, image_size: int, normalisation: str, scale: flo
 def add_unit(run: Run, source: Checkpoint, *, unit_group: int, count: int, config: TrainConfig,
              data: DataOptions, io: StageIO) -> Checkpoint:
     """Nb = Add_Unit(AS, M, Na): identity-initialised Units, then fine-tuning for ``config.epochs``."""
+    config = config.for_recipe(None)
     run = run.named("add-unit")
     config.check()
     require_kind(source, "add-unit", "ann")

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
 from stpcli.checkpoint import Checkpoint, load_checkpoint
 from stpcli.data.loader import normalise
-from stpcli.defaults import SPIKE_AMPLITUDES
+from stpcli.defaults import BALANCINGS, CONV_DROPOUT_PLACEMENTS, MAX_BALANCE_STEPS, RECIPES, SPIKE_AMPLITUDES
 from stpcli.engine.recipe import TrainConfig
 from stpcli.errors import StpError
 from stpcli.models.surgery import remove_units, without_layers
@@ -18,7 +18,7 @@ from stpcli.names import timestep_path
 from stpcli.restore import check_timesteps, input_stats, model_from_checkpoint, require_kind
 from stpcli.run import DataOptions, Run, load_checkpoint_data
 from stpcli.spiking.convert import balance_thresholds, snn_from_ann
-from stpcli.spiking.settings import SpikingSettings
+from stpcli.spiking.settings import Conversion, SpikingSettings
 from stpcli.stages.saving import StageIO, child_record
 from stpcli.stages.teacher import resolve_teacher
 from stpcli.stages.training import split_accuracy, train_and_finish
@@ -26,15 +26,19 @@ from stpcli.stages.training import split_accuracy, train_and_finish
 MAX_CALIBRATION_IMAGES = 1_000_000
 
 
-def convert(run: Run, source: Checkpoint, *, timesteps: int, percentile: float, scale: float,
-            calibration_images: int, config: TrainConfig, data: DataOptions, io: StageIO,
-            settings: SpikingSettings | None = None, teacher: Path | None = None) -> Checkpoint:
-    """Sb: BN folded, ReLU -> LIF, thresholds balanced layer by layer, then hybrid training at T."""
+def convert(run: Run, source: Checkpoint, *, timesteps: int, config: TrainConfig, data: DataOptions, io: StageIO,
+            settings: SpikingSettings | None = None, conversion: Conversion | None = None,
+            teacher: Path | None = None) -> Checkpoint:
+    """Sb: BN folded, ReLU -> LIF, thresholds balanced layer by layer, then hybrid training at T.
+
+    ``settings.recipe`` names the recipe whose defaults the SNN stages take (``settings`` and
+    ``conversion`` default to the stp recipe's; ``config.amsgrad`` None is the recipe's)."""
     run = run.named("convert")
     require_kind(source, "convert", "ann")
     settings = settings or SpikingSettings()
-    check_convert(timesteps=timesteps, percentile=percentile, scale=scale, calibration_images=calibration_images,
-                  config=config, settings=settings)
+    conversion = conversion or Conversion.for_recipe(settings.recipe)
+    config = config.for_recipe(settings.recipe)
+    check_convert(timesteps=timesteps, config=config, settings=settings, conversion=conversion)
     io.check(will_train=config.epochs > 0, inputs=(source.path, teacher))
     distil_from = resolve_teacher(source, teacher, config)
     parts = load_checkpoint_data(run, source, data)
@@ -43,43 +47,60 @@ def convert(run: Run, source: Checkpoint, *, timesteps: int, percentile: float, 
     device = run.runtime.device
     snn.to(device)
     images, _ = parts.part("train")
-    count = min(calibration_images, images.shape[0])
+    count = min(conversion.calibration_images, images.shape[0])
     pick = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(config.seed))[:count]
     batch = normalise(images[pick], input_stats(source.record)).to(device)
-    thresholds = balance_thresholds(snn, batch, percentile, scale, seed=config.seed)
+    thresholds = balance_thresholds(snn, batch, conversion.percentile, conversion.scale, seed=config.seed,
+                                    method=conversion.balancing, steps=conversion.balance_steps,
+                                    fold=conversion.fold_thresholds)
     record = child_record(source, kind="snn", timesteps=timesteps,
                           snn={**settings.as_record(), "leak_init": 1.0,
-                               "conversion": {"percentile": percentile, "scale": scale,
-                                              "calibration_images": count, "thresholds": thresholds}})
+                               "conversion": {**asdict(conversion), "calibration_images": count,
+                                              "thresholds": thresholds}})
     converted = split_accuracy(snn, parts, "test", record, run.runtime)
     converted_val = split_accuracy(snn, parts, "val", record, run.runtime)
-    run.say(f"[convert] T={timesteps}: thresholds balanced on {count} images (p{percentile}, x{scale}); "
+    run.say(f"[convert] T={timesteps} ({settings.recipe} recipe): thresholds balanced on {count} images "
+            f"(p{conversion.percentile}, x{conversion.scale}, {conversion.balancing} balancing"
+            f"{f' over {conversion.balance_steps} steps' if conversion.balance_steps else ''}); "
             f"accuracy right after conversion: val {converted_val:.2f}%, test {converted:.2f}%")
     torch.manual_seed(config.seed)  # the SNN's dropout masks: one seed, one run
     return train_and_finish(run, snn, parts, config, record, io,
-                            resume_identity={"timesteps": timesteps, "percentile": percentile, "scale": scale,
-                                             "calibration_images": count, "parent": source.sha256},
+                            resume_identity={"timesteps": timesteps, **asdict(conversion), "calibration_images": count,
+                                             "parent": source.sha256},
                             metrics={"test_accuracy_after_conversion": converted,
                                      "val_accuracy_after_conversion": converted_val},
-                            options={"timesteps": timesteps, "percentile": percentile, "scale": scale,
-                             "calibration-images": calibration_images, "dropout": settings.dropout,
-                             "conv-dropout": settings.conv_dropout, "initial-membrane": settings.initial_membrane,
-                             "spike-amplitude": settings.spike_amplitude, **config.recorded(), **data.recorded()},
+                            options={"timesteps": timesteps, "recipe": settings.recipe,
+                                     "percentile": conversion.percentile, "scale": conversion.scale,
+                                     "calibration-images": conversion.calibration_images,
+                                     "balancing": conversion.balancing, "balance-steps": conversion.balance_steps,
+                                     "fold-thresholds": conversion.fold_thresholds, "dropout": settings.dropout,
+                                     "conv-dropout": settings.conv_dropout,
+                                     "conv-dropout-placement": settings.conv_dropout_placement,
+                                     "initial-membrane": settings.initial_membrane,
+                                     "spike-amplitude": settings.spike_amplitude, **config.recorded(),
+                                     **data.recorded()},
                             parent=source,
                             teacher=distil_from)
 
 
-def check_convert(*, timesteps: int, percentile: float, scale: float, calibration_images: int,
-                  config: TrainConfig, settings: SpikingSettings) -> None:
+def check_convert(*, timesteps: int, config: TrainConfig, settings: SpikingSettings, conversion: Conversion) -> None:
     """convert's options, checked before anything is read (the stage, and a preset's plan)."""
     check_timesteps(timesteps)
     config.check()
-    if not 0 < percentile <= 100:
-        raise StpError(f"--percentile must lie in (0, 100], got {percentile}")
-    if not scale > 0 or not math.isfinite(scale):
-        raise StpError(f"--scale must be positive, got {scale}")
-    if not 0 < calibration_images <= MAX_CALIBRATION_IMAGES:
-        raise StpError(f"--calibration-images must lie in 1..{MAX_CALIBRATION_IMAGES}, got {calibration_images}")
+    if not 0 < conversion.percentile <= 100:
+        raise StpError(f"--percentile must lie in (0, 100], got {conversion.percentile}")
+    if not conversion.scale > 0 or not math.isfinite(conversion.scale):
+        raise StpError(f"--scale must be positive, got {conversion.scale}")
+    if not 0 < conversion.calibration_images <= MAX_CALIBRATION_IMAGES:
+        raise StpError(f"--calibration-images must lie in 1..{MAX_CALIBRATION_IMAGES}, got {conversion.calibration_images}")
+    if conversion.balancing not in BALANCINGS:
+        raise StpError(f"--balancing must be one of {', '.join(BALANCINGS)}, got {conversion.balancing!r}")
+    steps = conversion.balance_steps
+    if steps is not None and (type(steps) is not int or not 1 <= steps <= MAX_BALANCE_STEPS):
+        raise StpError(f"--balance-steps must lie in 1..{MAX_BALANCE_STEPS}, got {steps}")
+    if not conversion.fold_thresholds and not settings.binary:
+        raise StpError("--no-fold-thresholds needs --spike-amplitude binary (a spike of amplitude V carries its "
+                       "threshold itself)")
     check_settings(settings)
 
 
@@ -88,11 +109,19 @@ def check_settings(settings: SpikingSettings) -> None:
                           ("--initial-membrane", settings.initial_membrane)):
         if not 0 <= value < 1:
             raise StpError(f"{option} must lie in [0, 1), got {value}")
-    if settings.spike_amplitude not in SPIKE_AMPLITUDES:
-        raise StpError(f"--spike-amplitude must be one of {', '.join(SPIKE_AMPLITUDES)}, "
-                       f"got {settings.spike_amplitude!r}")
+    for option, choice, choices in (("--spike-amplitude", settings.spike_amplitude, SPIKE_AMPLITUDES),
+                                    ("--conv-dropout-placement", settings.conv_dropout_placement,
+                                     CONV_DROPOUT_PLACEMENTS),
+                                    ("--recipe", settings.recipe, tuple(RECIPES))):
+        if choice not in choices:
+            raise StpError(f"{option} must be one of {', '.join(choices)}, got {choice!r}")
     if not settings.surrogate_gamma > 0:
         raise StpError(f"the surrogate slope must be positive, got {settings.surrogate_gamma}")
+
+
+def recorded_recipe(source: Checkpoint) -> str:
+    """The recipe an SNN checkpoint was converted with (its later stages take that recipe's defaults)."""
+    return SpikingSettings.from_record(source.record.get("snn")).recipe
 
 
 def timestep_configs(base: TrainConfig, schedule: list[int], epochs: str | int, lr_schedule: str) -> list[TrainConfig]:
@@ -127,6 +156,7 @@ def temporal_prune(run: Run, source: Checkpoint, *, schedule: list[int], configs
     longer descend from their parent).
     """
     require_kind(source, "temporal-prune", "snn")
+    configs = [config.for_recipe(recorded_recipe(source)) for config in configs]
     check_temporal_prune(schedule, configs, source.timesteps or 0)
     paths = [timestep_path(io.out, t) for t in schedule[:-1]] + [io.out]
     if source.path is not None and any(p.resolve() == source.path.resolve() for p in paths):
@@ -208,6 +238,7 @@ def spatial_prune(run: Run, source: Checkpoint, *, unit_group: int | None, count
     """Sa: remove M layers from layer group AS (Algorithm 2), copy the rest, fine-tune at the checkpoint's T."""
     run = run.named("spatial-prune")
     require_kind(source, "spatial-prune", "snn")
+    config = config.for_recipe(recorded_recipe(source))
     config.check()
     units = source.model_spec.get("units")
     named = f"--as {unit_group} --m {count}"
