@@ -1,7 +1,8 @@
 # Two entry points on a fresh clone:
 #   make demo   the whole STP pipeline (and the TP baseline) on the embedded dataset
 #   make test   the test suite
-#   make lint   ruff over the sources, tests and benchmarks; mypy over the package
+#   make lint   ruff over the sources, tests and benchmarks; mypy over the package; import-linter's
+#               contracts (pyproject.toml: no import cycle, and the package's layers)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -27,6 +28,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # Benchmark-only peers (SpikingJelly, snnTorch) are installed here, never at run time.
 bench: $(STAMP)

@@ -8,7 +8,7 @@ from stpcli.engine.recipe import SNN_MILESTONES, TrainConfig
 from stpcli.engine.runtime import setup_runtime
 from stpcli.report import evaluate
 from stpcli.run import DataOptions, Run
-from stpcli.spiking.settings import SpikingSettings
+from stpcli.spiking.settings import Conversion, SpikingSettings
 from stpcli.stages.ann import add_unit, train_ann
 from stpcli.stages.saving import StageIO
 from stpcli.stages.snn import convert, spatial_prune, temporal_prune
@@ -23,7 +23,7 @@ def test_the_whole_chain_from_python(dataset_dir, tmp_path):
     nb = add_unit(run, na, unit_group=3, count=1, config=TrainConfig(epochs=0),
                   data=DataOptions(), io=StageIO(tmp_path / "nb.safetensors"))
     snn_recipe = TrainConfig(epochs=1, batch_size=16, optimizer="adam", lr=1e-3, weight_decay=0.0)
-    sb = convert(run, nb, timesteps=2, percentile=99.7, scale=0.6, calibration_images=16,
+    sb = convert(run, nb, timesteps=2, conversion=Conversion(percentile=99.7, scale=0.6, calibration_images=16),
                  config=TrainConfig(epochs=5, batch_size=16, optimizer="adam", lr=1e-3, weight_decay=0.0),
                  data=DataOptions(), io=StageIO(tmp_path / "sb_t2.safetensors"),
                  settings=SpikingSettings(dropout=0.0))
@@ -55,7 +55,7 @@ def test_a_python_call_records_its_options_as_the_command_would(dataset_dir, tmp
     na = train_ann(run, arch="vgg11", width=0.125, image_size=32, dropout=0.25,
                    data=DataOptions(location=str(dataset_dir)), train_ratio=0.8, val_ratio=0.1,
                    config=TrainConfig(epochs=1, batch_size=16, lr=0.02, seed=4), io=StageIO(tmp_path / "na.safetensors"))
-    sb = convert(run, na, timesteps=2, percentile=99.0, scale=0.5, calibration_images=8,
+    sb = convert(run, na, timesteps=2, conversion=Conversion(percentile=99.0, scale=0.5, calibration_images=8),
                  config=TrainConfig(epochs=1, batch_size=16, optimizer="adam", lr=1e-3, distill_weight=0.5),
                  data=DataOptions(), io=StageIO(tmp_path / "s_t2.safetensors"), settings=SpikingSettings(dropout=0.1))
     trained, converted = na.history[-1]["options"], sb.history[-1]["options"]

@@ -52,6 +52,11 @@ def test_a_13_band_int16_dataset_runs_the_whole_chain_predict_and_export(scenes,
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape[1] == 13
     assert list(nir.read(str(nir_file)).nodes["input"].input_type["input"]) == [13, 32, 32]
+    stp_dialect = tmp_path / "sa_stp.nir"  # the exact stp graph declares the model's bands too
+    run_cli(["export", files["sa_t1"], "--format", "nir", "--nir-graph", "stp", "--out", stp_dialect])
+    graph = nir.read(str(stp_dialect))
+    assert list(graph.nodes["input"].input_type["input"]) == [13, 32, 32]
+    assert graph.nodes["layer0_conv"].input_type["input"][0] == 13
     energy = json.loads(run_cli(["evaluate", files["sa_t1"], "--json", *CPU]).stdout)["energy"]
     rgb = json.loads(run_cli(["evaluate", load_rgb_twin(tmp_path), "--json", *CPU]).stdout)["energy"]
     assert energy["layers"][0]["macs"] == pytest.approx(rgb["layers"][0]["macs"] * 13 / 3)  # first-layer MACs
@@ -123,6 +128,16 @@ def test_rgb_datasets_and_existing_checkpoints_read_as_before(pipeline, dataset_
     new_run = json.loads(run_cli(["predict", pipeline["na"], image, "--json", *CPU]).stdout)["predictions"]
     old_run = json.loads(run_cli(["predict", old, image, "--json", *CPU]).stdout)["predictions"]
     assert new_run == old_run
+
+
+def test_a_scale_on_8_bit_rgb_normalises_with_the_scaled_data_s_own_statistics(dataset_dir, tmp_path):
+    """ImageNet's mean and std describe x / 255; with --scale 0.01 (x / 100) --normalise auto takes
+    the training split's statistics of the scaled values, not ImageNet's."""
+    out = tmp_path / "na.safetensors"
+    run_cli(["train-ann", *SMALL, "--data", dataset_dir, "--scale", "0.01", "--epochs", "1", "--out", out])
+    spec = load_checkpoint(out).record["input"]
+    assert spec["normalisation"] == "dataset" and spec["divisor"] == pytest.approx(100.0)
+    assert spec["mean"] != [0.485, 0.456, 0.406] and max(spec["mean"]) > 0.5  # pixel means near 100-200 / 100
 
 
 def _tiff(path, array):

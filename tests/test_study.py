@@ -10,6 +10,7 @@ import pytest
 from conftest import run_cli
 
 from stpcli.chain import pipeline_steps
+from stpcli.checkpoint import load_checkpoint
 from stpcli.errors import StpError
 from stpcli.study import interval, plan, summarise, unit_settings
 
@@ -48,6 +49,16 @@ def test_study_stops_at_its_time_limit_and_a_rerun_completes_it(dataset_dir, tmp
     summary = (out / "study.md").read_text()
     assert "STP − TP" in summary and "Scale: data " in summary and "32 px, vgg11 ×0.125" in summary
     assert "Caution: one seed per comparison" in summary
+    # as make (and stp pipeline) does: a retrained Na rebuilds every file made from it, never keeps them stale
+    seed = out / "seed3"
+    (seed / "na.safetensors").unlink()
+    run_cli(args)
+    na = load_checkpoint(seed / "na.safetensors").sha256
+    for name in ("s_t3", "as4-m1/nb"):
+        assert load_checkpoint(seed / f"{name}.safetensors").history[-1]["parent"]["sha256"] == na, name
+    last = load_checkpoint(seed / "as4-m1" / "sa_t1.safetensors")  # the end of the STP chain, through Nb
+    assert [h["stage"] for h in last.history][:2] == ["train-ann", "add-unit"]
+    assert last.history[1]["parent"]["sha256"] == na
 
 
 def test_summary_statistics_against_hand_computations():

@@ -19,8 +19,7 @@ import signal
 import threading
 import time
 
-PENDING_SIGNALS: list[int] = []  # SIGTERM/SIGINT received and not yet acted on
-PARENT_VARIABLE = "STP_PARENT_PID"
+from stpcli.signals import PARENT_VARIABLE, PENDING_SIGNALS
 
 
 def _remember(signum, frame):

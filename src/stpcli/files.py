@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stpcli.engine.launch import read_launch
 from stpcli.errors import StpError
+from stpcli.launch import read_launch
 from stpcli.names import lock_path
 
 if TYPE_CHECKING:

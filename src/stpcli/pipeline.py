@@ -20,10 +20,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from stpcli.chain import Step, compared, pipeline_steps
-from stpcli.entry import PARENT_VARIABLE
 from stpcli.errors import StpError
 from stpcli.files import create_out_dir, lock_holder, lock_output
 from stpcli.names import log_path, state_path
+from stpcli.signals import PARENT_VARIABLE
 
 STOP_GRACE_SECONDS = 120  # a stopped stage finishes its step and writes its state; then it is killed
 
@@ -51,6 +51,13 @@ def step_command(step: Step, folder: Path, preset: Path, *, seed: int | None = N
     if step.command == "temporal-prune" or any(state_path(path).exists() for path in files):
         args.append("--resume")
     return args
+
+
+def must_run(step: Step, folder: Path, rebuilt: set[str], force: bool = False) -> bool:
+    """The make-like rule of ``stp pipeline`` and ``stp study``: a step runs when one of its files is
+    missing, or when its input was rebuilt in this run (``rebuilt``: the files made so far), or
+    with ``force``; otherwise its files are kept."""
+    return force or step.source in rebuilt or not all((folder / f"{name}.safetensors").exists() for name in step.outputs)
 
 
 def run_child(args: Sequence[str], *, log: Path, echo: Callable[[str], None] | None = None,
@@ -141,7 +148,7 @@ def run_pipeline(preset: dict, preset_path: Path, out_dir: Path, *, data: str | 
     for step in steps:
         redo = force or step.source in rebuilt
         outputs = [out_dir / f"{name}.safetensors" for name in step.outputs]
-        if all(path.exists() for path in outputs) and not redo:
+        if not must_run(step, out_dir, rebuilt, force):
             say(f"[pipeline] {out_dir / step.target}.safetensors exists; skipping {step.command}")
             continue
         wait_for_earlier_writers(outputs, say)

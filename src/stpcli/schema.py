@@ -31,9 +31,7 @@ MAX_CHANNELS = 8192
 MAX_HIDDEN = 65_536
 MAX_HISTORY = 1_000
 MAX_BANDS = 64  # input channels: RGB, or the bands of a multispectral image (Sentinel-2: 13)
-NORMALISATIONS = ("imagenet", "dataset", "scale", "stretch")
 
-PositiveInt = Annotated[int, Field(ge=1)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 # a class name is printed in tables and terminals: no control characters (ESC, newlines, DEL, C1)
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME, pattern="^[^\x00-\x1f\x7f-\x9f]+$")]

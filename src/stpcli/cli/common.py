@@ -18,9 +18,9 @@ from rich.console import Console
 
 from stpcli.cli.terminal import OutputError, flush_standard_output, shown
 from stpcli.engine.recipe import TRAIN_OPTIONS, TrainConfig
-from stpcli.entry import PENDING_SIGNALS
 from stpcli.errors import StpError
 from stpcli.files import finish_outputs, first_line
+from stpcli.signals import PENDING_SIGNALS
 
 if typing.TYPE_CHECKING:  # torch-heavy: imported when a command runs, not when the CLI starts
     from stpcli.run import DataOptions, Run

@@ -39,8 +39,14 @@ def _print_json(payload) -> None:
     typer.echo(json.dumps(payload, indent=2, default=str))
 
 
-def _fmt(value, digits=2):
-    return "-" if value is None else f"{value:.{digits}f}"
+def _fmt(value, digits: int | None = 2):
+    """A number as a table shows it (``digits`` None: as short as exact); '-' for none, '?' for what a
+    damaged record holds instead."""
+    if value is None:
+        return "-"
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "?"
+    return f"{value:g}" if digits is None else f"{value:.{digits}f}"
 
 
 @stp_command(app, "evaluate")
@@ -207,7 +213,8 @@ def _print_info(details: dict, chain) -> None:
         else:  # an SNN stage: its own T and recipe, or those it inherited (spatial-prune keeps both)
             timesteps = options.get("timesteps", timesteps)
             recipe = options.get("recipe", recipe or ("stp" if entry["stage"] == "convert" else None))
-        lineage.add_row(str(i), entry["stage"], "" if timesteps is None else str(timesteps), recipe or "",
+        lineage.add_row(str(i), entry["stage"], "" if timesteps is None else safe(str(timesteps)),
+                        safe(str(recipe)) if recipe else "",
                         _fmt(entry.get("metrics", {}).get("test_accuracy")),
                         "" if not parent else safe(f"{Path(parent['path']).name} ({parent['sha256'][:10]})"),
                         entry.get("finished", ""))
@@ -314,19 +321,18 @@ def schema_command():
 
 def neuron_line(snn: dict) -> str:
     """How an SNN's neurons and conversion were set: its recipe and each setting a recipe decides."""
-    conversion = snn.get("conversion") or {}
-    fold = conversion.get("fold_thresholds", True)
-    spikes = ("binary spikes" + ("" if fold else " into the unfolded weights")
+    conversion = snn.get("conversion") if isinstance(snn.get("conversion"), dict) else {}
+    spikes = ("binary spikes" + ("" if conversion.get("fold_thresholds", True) else " into the unfolded weights")
               if snn.get("spike_amplitude") == "binary" else "spikes of amplitude V")
-    dropout = (f"conv dropout {snn.get('conv_dropout', 0.0):g} ({snn.get('conv_dropout_placement', 'all')})"
+    dropout = (f"conv dropout {_fmt(snn['conv_dropout'], None)} ({snn.get('conv_dropout_placement', 'all')})"
                if snn.get("conv_dropout") else "no conv dropout")
     balancing = ""
     if conversion:
         steps = conversion.get("balance_steps")
-        balancing = (f"; {conversion.get('balancing', 'stp')} balancing p{conversion['percentile']:g} x{conversion['scale']:g}"
-                     + (f" over {steps} steps" if steps else ""))
-    return (f"SNN: {snn.get('recipe', 'stp')} recipe; {spikes}; initial membrane {snn.get('initial_membrane', 0.0):g} V; "
-            f"{dropout}, FC dropout {snn.get('dropout', 0.2):g}{balancing}")
+        balancing = (f"; {safe(str(conversion.get('balancing', 'stp')))} balancing p{_fmt(conversion.get('percentile'), None)}"
+                     f" x{_fmt(conversion.get('scale'), None)}" + (f" over {_fmt(steps, None)} steps" if steps else ""))
+    return (f"SNN: {snn.get('recipe', 'stp')} recipe; {spikes}; initial membrane {_fmt(snn.get('initial_membrane', 0.0), None)} V; "
+            f"{dropout}, FC dropout {_fmt(snn.get('dropout', 0.2), None)}{balancing}")
 
 
 def split_origin(split: dict) -> str:

@@ -59,7 +59,7 @@ def train_ann_command(
     dropout: Annotated[float, typer.Option("--dropout", help="Dropout in the classifier.")] = 0.5,
     pretrained: Annotated[str | None, typer.Option("--pretrained", help="Local torchvision ImageNet weights.")] = None,
     bands: Annotated[str | None, typer.Option("--bands", help="Read these bands of each file, in this order: 1-based numbers (4,3,2) or the names the files give (B04,B03,B02). Default: all bands of files that are not 8-bit RGB.")] = None,
-    normalisation: Annotated[str, typer.Option("--normalise", help="auto (ImageNet's for 8-bit RGB, else dataset) | imagenet | dataset (per-band mean and std of the training split) | scale (--scale only) | stretch (per-image 2-98 % stretch to 8-bit grey, stp's earlier behaviour).")] = "auto",
+    normalisation: Annotated[str, typer.Option("--normalise", help="auto (ImageNet's for 8-bit RGB without --scale, else dataset) | imagenet | dataset (per-band mean and std of the training split) | scale (--scale only) | stretch (per-image 2-98 % stretch to 8-bit grey, stp's earlier behaviour).")] = "auto",
     scale: Annotated[float | None, typer.Option("--scale", help="A fixed factor applied to stored values first (e.g. 1e-4 for Sentinel-2 reflectance). Default: 1/255 for 8-bit, 1 otherwise.")] = None,
     **options,
 ):

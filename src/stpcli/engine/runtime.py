@@ -17,12 +17,10 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from stpcli.engine.launch import Launch, read_launch
+from stpcli.defaults import DEVICES, PRECISIONS
 from stpcli.errors import StpError
 from stpcli.files import first_line
-
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16")
+from stpcli.launch import Launch, read_launch
 
 
 @dataclass
@@ -141,7 +139,3 @@ def _listening(host: str, port: int) -> bool:
     except OSError:
         return False
 
-
-def shutdown_runtime() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()

@@ -26,10 +26,10 @@ from stpcli.engine.evaluate import Scores, score
 from stpcli.engine.recipe import TRAIN_OPTIONS, TrainConfig, distillation_loss, make_optimizer
 from stpcli.engine.runtime import Runtime
 from stpcli.engine.state import load_state, read_state_record, save_state
-from stpcli.entry import PENDING_SIGNALS
 from stpcli.errors import Interrupted, StpError
 from stpcli.files import atomic_write_text
 from stpcli.progress import progress_bar
+from stpcli.signals import PENDING_SIGNALS
 from stpcli.spiking.energy import counting_spikes, mean_spikes_per_neuron
 
 NAN_CHECK_EVERY = 20  # steps between host-side finiteness checks on CUDA

@@ -136,11 +136,10 @@ def stp_graph(snn: SNN):
     amplitudes = {name: (1.0 if snn.settings.binary else float(m.threshold)) for name, m in snn.neurons()}
     sources = {layer.name: layer.source for layer in synaptic_layers(snn.plan, snn.spec["image_size"])}
     initial = snn.settings.initial_membrane
-    size = snn.spec["image_size"]
-    nodes = {"input": nir.Input(input_type={"input": np.array([3, size, size])})}
+    shape: tuple[int, ...] = (snn.spec["in_channels"], snn.spec["image_size"], snn.spec["image_size"])
+    nodes = {"input": nir.Input(input_type={"input": np.array(shape)})}
     edges: list[tuple[str, str]] = []
     previous: str = "input"
-    shape: tuple[int, ...] = (3, size, size)
 
     def weighted(name: str, weight: torch.Tensor) -> np.ndarray:
         source = sources["layers." + name.removeprefix("layer").replace("_", ".", 1)]

@@ -1,10 +1,12 @@
 """ONNX of ANNs and SNNs, for edge runtimes (onnxruntime, TensorRT, NPU toolchains).
 
 * ANN: the network as trained (BN in eval mode), logits out.
-* SNN: BN is already folded into the convolutions; the T steps are unrolled and every neuron is
-  written as its equations (``u = I + leak r``, ``s = u > V``, ``r = u - V s``), so at T = 1 the
-  model is a feed-forward network whose activations are comparisons, and at T > 1 the membranes
-  are explicit tensors. The logits are summed over the steps, as stp computes them.
+* SNN at T = 1: a feed-forward network of synapses each followed by one clip (``export.one_step``:
+  thresholds and initial membranes moved into the biases), which onnxruntime fuses as it fuses an
+  ANN's Conv + ReLU.
+* SNN at T > 1: BN is already folded into the convolutions; the T steps are unrolled and every
+  neuron is written as its equations (``u = I + leak r``, ``s = u > V``, ``r = u - V s``), the
+  membranes explicit tensors. The logits are summed over the steps, as stp computes them.
 * Every model carries, in ``metadata_props``, its class names in output order, the input size
   and the normalisation a caller must apply.
 * ``quantize="int8"``: onnxruntime's static quantizer (QDQ, per-channel weights), calibrated on
@@ -26,6 +28,7 @@ from stpcli import __version__
 from stpcli.checkpoint import Checkpoint
 from stpcli.data.loader import normalise
 from stpcli.errors import StpError
+from stpcli.export.one_step import one_step_network
 from stpcli.restore import input_stats, model_from_checkpoint
 from stpcli.spiking.neuron import traceable
 
@@ -36,6 +39,8 @@ CALIBRATION_IMAGES = 256
 def onnx_bytes(ckpt: Checkpoint) -> bytes:
     """The checkpoint's model as ONNX (input ``image`` N x C x S x S normalised, output ``logits``)."""
     model = model_from_checkpoint(ckpt).eval()
+    if ckpt.kind == "snn" and ckpt.timesteps == 1:
+        model = one_step_network(model)
     size = ckpt.record["input"]["image_size"]
     channels = ckpt.model_spec["in_channels"]
     buffer = io.BytesIO()

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from stpcli.defaults import INITIAL_MEMBRANE, SURROGATE_GAMMA
+from stpcli.spiking.layout import empty_steps, in_memory_order
 
 MIN_THRESHOLD = 1e-4
 
@@ -68,7 +69,7 @@ class _LIFFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, current, threshold, leak, gamma, initial, binary):
         steps = current.shape[0]
-        spikes = _empty_steps(current[0], steps)
+        spikes = empty_steps(current[0], steps)
         zero = torch.zeros((), dtype=current.dtype, device=current.device)
         height = threshold.to(current.dtype)
         amplitude = torch.ones_like(height) if binary else height
@@ -95,7 +96,7 @@ class _LIFFunction(torch.autograd.Function):
         threshold, leak, *membranes = ctx.saved_tensors
         gamma = ctx.gamma
         steps = len(membranes)
-        grad_current = _empty_steps(membranes[0], steps)
+        grad_current = empty_steps(membranes[0], steps)
         grad_threshold = torch.zeros((), dtype=_accumulator(membranes[0].dtype), device=threshold.device)
         grad_leak = torch.zeros_like(grad_threshold)
         inverse = 1.0 / threshold
@@ -132,33 +133,11 @@ class _LIFFunction(torch.autograd.Function):
         return grad_current, grad_threshold.to(threshold.dtype), grad_leak.to(leak.dtype), None, None, None
 
 
-def _empty_steps(step: torch.Tensor, steps: int) -> torch.Tensor:
-    """An empty [T, *step.shape] tensor whose every step has ``step``'s memory layout.
-
-    On CUDA the network runs channels-last; spikes and input gradients written
-    in that layout reach the next convolution without a transposing copy.
-    """
-    if step.dim() == 4 and not step.is_contiguous() and step.is_contiguous(memory_format=torch.channels_last):
-        flat = torch.empty((steps * step.shape[0], *step.shape[1:]), dtype=step.dtype, device=step.device,
-                           memory_format=torch.channels_last)
-        return flat.view(steps, *step.shape)
-    return torch.empty((steps, *step.shape), dtype=step.dtype, device=step.device)
-
-
-def _in_memory_order(x: torch.Tensor) -> torch.Tensor | None:
-    """A 1-D view of a dense (contiguous or channels-last) tensor, or None."""
-    if x.is_contiguous():
-        return x.view(-1)
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-        return x.permute(0, 2, 3, 1).reshape(-1)  # a view: this permutation is contiguous
-    return None
-
-
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """sum(a * b) in float32 (float64 for float64 inputs); without materialising the product when both
     are float32 in one layout."""
     if a.dtype == b.dtype == torch.float32 and a.stride() == b.stride():
-        flat_a, flat_b = _in_memory_order(a), _in_memory_order(b)
+        flat_a, flat_b = in_memory_order(a), in_memory_order(b)
         if flat_a is not None and flat_b is not None:
             return torch.dot(flat_a, flat_b)
     return torch.mul(a, b).sum(dtype=_accumulator(a.dtype))
@@ -215,12 +194,30 @@ def lif_plain(current: torch.Tensor, threshold: torch.Tensor, leak: torch.Tensor
     return torch.stack(spikes)
 
 
+def _one_step(current: torch.Tensor, threshold: torch.Tensor, leak: torch.Tensor, initial: float,
+              binary: bool) -> torch.Tensor:
+    """Inference at T = 1: the same arithmetic as the first step of ``_LIFFunction`` (so the same
+    spikes, bit for bit), done in place on the current (which nothing else reads) in two passes at
+    most: the initial membrane added, then the comparison written as 0/1 over it. The current is
+    the convolution's fresh output, or a view of it (direct encoding)."""
+    u = current[0]
+    if initial:
+        u.add_(leak * (initial * threshold))
+    spikes = u.gt_(threshold)  # H(u/V - 1) for V > 0, as 1.0 or 0.0
+    if not binary:
+        spikes.mul_(threshold.to(spikes.dtype))
+    return spikes.unsqueeze(0)
+
+
 def lif_multistep(current: torch.Tensor, threshold: torch.Tensor, leak: torch.Tensor,
                   gamma: float = SURROGATE_GAMMA, initial: float = INITIAL_MEMBRANE,
                   binary: bool = False) -> torch.Tensor:
     """Spikes [T, ...] for input currents [T, ...]: of amplitude ``threshold``, or 1 when ``binary``."""
     if _TRACEABLE:
         return lif_plain(current, threshold, leak, float(initial), bool(binary))
+    if current.shape[0] == 1 and not (torch.is_grad_enabled() and any(
+            t.requires_grad for t in (current, threshold, leak))):
+        return _one_step(current, threshold, leak, float(initial), bool(binary))
     if lif_backend() == "triton":
         from stpcli.spiking.triton_lif import TritonLIF, dense_steps
 

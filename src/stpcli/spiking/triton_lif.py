@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from stpcli.spiking.layout import empty_steps
+
 BLOCK = 1024
 
 
@@ -95,11 +97,9 @@ def dense_steps(current: torch.Tensor) -> bool:
 class TritonLIF(torch.autograd.Function):
     @staticmethod
     def forward(ctx, current, threshold, leak, gamma, initial, binary):
-        from stpcli.spiking.neuron import _empty_steps
-
         steps, n = current.shape[0], current[0].numel()
-        spikes = _empty_steps(current[0], steps)
-        membranes = _empty_steps(current[0], steps)
+        spikes = empty_steps(current[0], steps)
+        membranes = empty_steps(current[0], steps)
         grid = (triton.cdiv(n, BLOCK),)
         _lif_forward[grid](current, spikes, membranes, threshold.detach(), leak.detach(), n, current.stride(0), steps,
                            float(initial), BINARY=bool(binary), BLOCK=BLOCK)
@@ -109,16 +109,14 @@ class TritonLIF(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_spikes):
-        from stpcli.spiking.neuron import _empty_steps
-
         threshold, leak, membranes = ctx.saved_tensors
         if grad_spikes.stride() != membranes.stride():  # walk both in the same memory order
-            aligned = _empty_steps(membranes[0], membranes.shape[0])
+            aligned = empty_steps(membranes[0], membranes.shape[0])
             aligned.copy_(grad_spikes)
             grad_spikes = aligned
         steps, n = membranes.shape[0], membranes[0].numel()
         grid = (triton.cdiv(n, BLOCK),)
-        grad_current = _empty_steps(membranes[0], steps)
+        grad_current = empty_steps(membranes[0], steps)
         partial_threshold = torch.empty(grid[0], dtype=torch.float32, device=membranes.device)
         partial_leak = torch.empty_like(partial_threshold)
         _lif_backward[grid](grad_spikes, membranes, grad_current, partial_threshold, partial_leak, threshold.detach(),

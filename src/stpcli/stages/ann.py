@@ -59,7 +59,7 @@ def train_ann(run: Run, *, arch: str, width: float, image_size: int, dropout: fl
     """Na: the base ANN, trained on a stratified split (drawn from ``config.seed``) of the data.
 
     ``bands`` ("4,3,2" or band names) reads the files' bands instead of 8-bit RGB; ``normalisation``
-    (``auto``: ImageNet's for 8-bit RGB, the training split's per-band statistics otherwise) and
+    (``auto``: ImageNet's for 8-bit RGB without ``scale``, the training split's per-band statistics otherwise) and
     ``scale`` (a fixed factor applied first, e.g. 1e-4 for Sentinel-2 reflectance) say how.
     ``split_file`` (a training list such as uc_merced-train.txt, beside its val and test lists)
     gives a published split instead of the seeded one (the ratios are then not used). ``known``
@@ -127,8 +127,8 @@ def input_record(dataset, parts, image_size: int, normalisation: str, scale: flo
     statistics computed on the training split only (never validation or test images)."""
     count = dataset.images.shape[1]
     divisor = 1.0 / scale if scale is not None else (255.0 if dataset.images.dtype == torch.uint8 else 1.0)
-    if normalisation == "auto":
-        normalisation = "imagenet" if dataset.decoding.mode == "rgb8" else "dataset"
+    if normalisation == "auto":  # ImageNet's statistics hold for 8-bit RGB read as x / 255, nothing else
+        normalisation = "imagenet" if dataset.decoding.mode == "rgb8" and scale is None else "dataset"
     if normalisation in ("imagenet", "stretch"):
         if count != 3:
             raise StpError(f"--normalise {normalisation} needs 3 bands (RGB); the data has {count}: use "

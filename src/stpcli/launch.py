@@ -18,7 +18,6 @@ from stpcli.errors import StpError
 
 MAX_WORLD_SIZE = 65_536
 DEFAULT_RENDEZVOUS_TIMEOUT = 20.0
-LAUNCH_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 HINT = "left over from an earlier torchrun? unset it, or start stp with torchrun"
 
 

@@ -1,0 +1,103 @@
+"""A one-time-step SNN as a feed-forward network whose every neuron layer is its synapse followed by
+one clip, the form edge runtimes fuse into a single kernel (onnxruntime's FusedConv, as for an
+ANN's Conv + ReLU).
+
+At T = 1 a neuron fires iff ``W s + b + lambda f V > V``, that is iff ``W s + b' > 0`` with
+``b' = b + lambda f V - V``: the threshold and the initial membrane move into the bias. The
+Heaviside step is then ``Clip(y, 0, eps)`` with ``eps = 2^-100``: a spike is stored as eps, silence
+as 0, and every layer that reads spikes has its weights multiplied by ``amplitude / eps`` (for
+binary spikes a power of two, so each product equals stp's exactly). Where ``0 < y < eps`` the
+clip would pass a fraction of a spike; a synapse sum landing within 1e-30 of zero without being
+zero does not occur in practice, and the tests compare every spike with stp's. Pooling is linear,
+so it acts on the stored values unchanged. In int8, the stored spikes are exactly two levels.
+"""
+
+from __future__ import annotations
+
+from copy import deepcopy
+
+import torch
+from torch import nn
+
+from stpcli.spiking.network import SNN
+from stpcli.spiking.neuron import LIF
+
+EPSILON = 2.0 ** -100  # a stored spike
+
+
+class _Fire(nn.Module):
+    """A synapse (a convolution or linear layer with its shifted bias), then the step as a clip."""
+
+    def __init__(self, synapse: nn.Module):
+        super().__init__()
+        self.synapse = synapse
+
+    def forward(self, x):
+        return torch.clamp(self.synapse(x), 0.0, EPSILON)
+
+
+class _Block(nn.Module):
+    """A residual block: conv1 fires; conv2 plus the shortcut (a convolution, or the block's input
+    times a constant) fires."""
+
+    def __init__(self, conv1: nn.Module, conv2: nn.Module, shortcut: nn.Module | None, identity: float):
+        super().__init__()
+        self.first, self.conv2, self.shortcut, self.identity = _Fire(conv1), conv2, shortcut, identity
+
+    def forward(self, x):
+        skip = self.shortcut(x) if self.shortcut is not None else x * self.identity
+        return torch.clamp(self.conv2(self.first(x)) + skip, 0.0, EPSILON)
+
+
+def _shift(neuron: LIF) -> torch.Tensor:
+    """lambda f V - V, computed as the neuron computes its first step's terms."""
+    shift = neuron.leak * (neuron.initial_membrane * neuron.threshold) if neuron.initial_membrane else 0.0
+    return shift - neuron.threshold
+
+
+def _amplitude(neuron: LIF) -> float:
+    return 1.0 if neuron.binary else float(neuron.threshold)
+
+
+def _scaled(module: nn.Module, factor: float, neuron: LIF | None) -> nn.Module:
+    """A copy of a convolution or linear layer reading values ``factor`` times smaller than stp's,
+    with the bias shift of the neuron it feeds (none for the output layer)."""
+    copy = deepcopy(module).requires_grad_(False)
+    copy.weight.mul_(factor)
+    if neuron is not None:
+        copy.bias.add_(_shift(neuron))
+    return copy
+
+
+@torch.no_grad()
+def one_step_network(snn: SNN) -> nn.Sequential:
+    """``snn`` at T = 1 as Synapse-Clip layers (see the module docstring); its logits are stp's."""
+    if snn.timesteps != 1:
+        raise ValueError("the one-step form is for T = 1")
+    layers: list[nn.Module] = []
+    factor = 1.0  # stp's activation = stored activation x factor (1 for the analog input image)
+    layer: nn.Module
+    for entry, layer in zip(snn.plan, snn.layers):
+        kind = entry["type"]
+        if kind == "conv":
+            layers.append(_Fire(_scaled(layer.conv, factor, layer.neuron)))
+            factor = _amplitude(layer.neuron) / EPSILON
+        elif kind == "block":
+            shortcut = _scaled(layer.shortcut, factor, None) if layer.shortcut is not None else None
+            identity = factor * (float(layer.shortcut_scale) if layer.shortcut_scale is not None else 1.0)
+            conv2 = _scaled(layer.conv2, _amplitude(layer.neuron1) / EPSILON, layer.neuron2)
+            layers.append(_Block(_scaled(layer.conv1, factor, layer.neuron1), conv2, shortcut, identity))
+            factor = _amplitude(layer.neuron2) / EPSILON
+        elif kind == "fc":
+            layers.append(_Fire(_scaled(layer.fc, factor, layer.neuron)))
+            factor = _amplitude(layer.neuron) / EPSILON
+        elif kind == "output":
+            layers.append(_scaled(layer.fc, factor, None))
+        elif kind == "pool":
+            layers.append(layer.pool)
+        elif kind == "global_pool":
+            layers.append(nn.AdaptiveAvgPool2d(1))
+            layers.append(nn.Flatten())
+        else:
+            layers.append(nn.Flatten())
+    return nn.Sequential(*layers).eval()
