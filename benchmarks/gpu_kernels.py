@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections import defaultdict
 
 import torch
@@ -69,9 +68,10 @@ def profile(kind: str, timesteps: int, backend: str) -> dict:
     from stpcli.models.ann import ANN
     from stpcli.models.registry import make_spec
     from stpcli.spiking.network import SNN
+    from stpcli.spiking.neuron import use_lif_backend
     from stpcli.spiking.settings import SpikingSettings
 
-    os.environ["STP_LIF_BACKEND"] = backend
+    use_lif_backend(backend)
     spec = make_spec("vgg11", 10, 224, 1.0, dropout=0.0)
     model = (ANN(spec) if kind == "ann" else SNN(spec, timesteps, SpikingSettings(dropout=0.0))).cuda()
     model = model.to(memory_format=torch.channels_last)

@@ -1,12 +1,19 @@
-"""Inference on the CPU: stp's ANN and one-time-step SNN in PyTorch and in onnxruntime (fp32, int8).
+"""Inference on the CPU: stp's ANN and its one-time-step SNN in PyTorch and in onnxruntime (fp32, int8).
 
-Batch-1 latency (median of --repeats single-image calls, after warm-up) and batch-64 throughput
-(images per second, median of --repeats batches), the model's size, and its test accuracy and
-energy-model estimate (45 nm, per image) from stp's own evaluation, side by side in one run.
+For each pair (an ANN and an SNN at T = 1 made from it): batch-64 throughput (images per second)
+and batch-1 latency, each the median of --rounds rounds that alternate the two models side by
+side, the model's size, and its test accuracy. PyTorch runs the models as ``stp evaluate`` and
+``stp predict`` do; the row "ANN, BN folded" is the ANN with its batch norm folded into the
+convolutions (as onnxruntime does for both), for a like-for-like reading of the PyTorch ratio.
+The SNN's ONNX models are also checked against stp: argmax and logits on the test split.
 
-    make demo    # writes examples/out/demo/na.safetensors and sa_t1.safetensors
+    make demo    # examples/out/demo/na.safetensors and sa_t1.safetensors
     python benchmarks/inference.py --json benchmarks/results/cpu-inference.json
-    python benchmarks/inference.py --ann runs/na.safetensors --snn runs/sa_t1.safetensors --threads 1
+    python benchmarks/inference.py --pair runs/na.safetensors:runs/sa_t1.safetensors --threads 1
+
+Without --pair: the demo pair, and a VGG11 x0.5 pair at 64 px on the embedded data (one ANN
+epoch, converted at T = 1 without training; speed does not depend on the weights), made in
+benchmarks/out/ when missing.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,84 +30,161 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+DEMO = (ROOT / "examples/out/demo/na.safetensors", ROOT / "examples/out/demo/sa_t1.safetensors")
+WIDE = (ROOT / "benchmarks/out/inference/na_64px.safetensors", ROOT / "benchmarks/out/inference/s_t1_64px.safetensors")
 
 
-def median_seconds(call, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        call()
-    times = []
+def seconds_per_call(call, repeats: int) -> float:
+    call()
+    started = time.perf_counter()
     for _ in range(repeats):
-        started = time.perf_counter()
         call()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return (time.perf_counter() - started) / repeats
+
+
+def make_wide_pair() -> None:
+    """VGG11 x0.5 at 64 px on the embedded data: one ANN epoch, then T = 1 without training."""
+    ann, snn = WIDE
+    stp = [sys.executable, "-m", "stpcli"]
+    if not ann.exists():
+        subprocess.run([*stp, "train-ann", "--arch", "vgg11", "--width", "0.5", "--image-size", "64", "--epochs", "1",
+                        "--device", "cpu", "--out", str(ann)], check=True)
+    if not snn.exists():
+        subprocess.run([*stp, "convert", str(ann), "--timesteps", "1", "--epochs", "0", "--calibration-images", "128",
+                        "--device", "cpu", "--out", str(snn)], check=True)
+
+
+def folded_ann(model):
+    """The ANN with each batch norm folded into its convolution (eval mode), as ONNX runtimes do."""
+    from torch import nn
+
+    from stpcli.models.ann import fold_batchnorm
+
+    for module in model.modules():
+        for name, child in list(module.named_children()):
+            bn = getattr(module, name.replace("conv", "bn"), None) if "conv" in name else None
+            if isinstance(child, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                weight, bias = fold_batchnorm(child.weight, None, bn)
+                fused = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
+                                  child.padding, bias=True)
+                fused.weight.data, fused.bias.data = weight, bias
+                setattr(module, name, fused)
+                setattr(module, name.replace("conv", "bn"), nn.Identity())
+    return model.eval()
+
+
+def models_of(ann_path: Path, snn_path: Path, run, sessions):
+    """Every (label, runtime, callable on a numpy batch, bytes, test accuracy) of one pair."""
+    import onnxruntime as ort
+
+    from stpcli.checkpoint import load_checkpoint
+    from stpcli.export.onnx_model import CALIBRATION_IMAGES, normalised, onnx_accuracy, onnx_bytes, quantize_int8
+    from stpcli.report import evaluate
+    from stpcli.restore import model_from_checkpoint
+    from stpcli.run import DataOptions, load_checkpoint_data
+
+    entries, checks = [], {}
+    for path in (ann_path, snn_path):
+        ckpt = load_checkpoint(path)
+        parts = load_checkpoint_data(run, ckpt, DataOptions())
+        train, _ = parts.part("train")
+        test, labels = parts.part("test")
+        images, truth = normalised(ckpt, test), labels.numpy()
+        label = "ANN" if ckpt.kind == "ann" else f"SNN T={ckpt.timesteps}"
+        accuracy = evaluate(run, ckpt, DataOptions(), parts=parts)["overall_accuracy"]
+        model = model_from_checkpoint(ckpt).eval()
+        torch_models = [("PyTorch fp32", model)]
+        if ckpt.kind == "ann":
+            torch_models.append(("PyTorch fp32, BN folded", folded_ann(model_from_checkpoint(ckpt))))
+        for runtime, module in torch_models:
+            def call(x, m=module):
+                with torch.no_grad():
+                    return m(torch.from_numpy(x)).numpy()
+            entries.append({"model": label, "runtime": runtime, "call": call, "bytes": path.stat().st_size,
+                            "test_accuracy": accuracy, "images": images})
+        fp32 = onnx_bytes(ckpt)
+        int8 = quantize_int8(fp32, ckpt, normalised(ckpt, train[:CALIBRATION_IMAGES]))
+        for runtime, blob in (("onnxruntime fp32", fp32), ("onnxruntime int8", int8)):
+            session = ort.InferenceSession(blob, sessions, providers=["CPUExecutionProvider"])
+            entries.append({"model": label, "runtime": runtime, "bytes": len(blob), "images": images,
+                            "call": lambda x, s=session: s.run(None, {"image": x})[0],
+                            "test_accuracy": onnx_accuracy(blob, images, truth)})
+            if ckpt.kind == "snn":
+                with torch.no_grad():
+                    ours = model(torch.from_numpy(images)).numpy()
+                theirs = entries[-1]["call"](images)
+                checks[runtime] = {"argmax_agreement": float((ours.argmax(1) == theirs.argmax(1)).mean()),
+                                   "max_abs_logit_difference": float(np.abs(ours - theirs).max())}
+    return entries, checks
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ann", type=Path, default=ROOT / "examples/out/demo/na.safetensors")
-    parser.add_argument("--snn", type=Path, default=ROOT / "examples/out/demo/sa_t1.safetensors")
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--pair", action="append", help="ANN:SNN checkpoints (repeatable)")
+    parser.add_argument("--rounds", type=int, default=5, help="side-by-side rounds; the median is kept")
+    parser.add_argument("--repeats", type=int, default=20, help="calls per timing")
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
     options = parser.parse_args()
-    for path in (options.ann, options.snn):
-        if not path.is_file():
-            raise SystemExit(f"{path} does not exist: run `make demo` first, or pass --ann/--snn")
+    if options.pair:
+        pairs = [tuple(Path(p) for p in pair.split(":")) for pair in options.pair]
+    else:
+        if not DEMO[1].exists():
+            raise SystemExit(f"{DEMO[1]} does not exist: run `make demo` first, or pass --pair ANN:SNN")
+        make_wide_pair()
+        pairs = [DEMO, WIDE]
     torch.set_num_threads(options.threads)
 
     import onnxruntime as ort
 
     from stpcli.checkpoint import load_checkpoint
     from stpcli.engine.runtime import setup_runtime
-    from stpcli.export.onnx_model import CALIBRATION_IMAGES, normalised, onnx_accuracy, onnx_bytes, quantize_int8
-    from stpcli.report import evaluate
-    from stpcli.restore import model_from_checkpoint
-    from stpcli.run import DataOptions, Run, load_checkpoint_data
+    from stpcli.run import Run
 
     run = Run("benchmark", setup_runtime("cpu"))
     sessions = ort.SessionOptions()
     sessions.intra_op_num_threads = options.threads
-    rows = []
-    for path in (options.ann, options.snn):
-        ckpt = load_checkpoint(path)
-        parts = load_checkpoint_data(run, ckpt, DataOptions())
-        train, _ = parts.part("train")
-        test, labels = parts.part("test")
-        images, truth = normalised(ckpt, test), labels.numpy()
-        one, batch = images[:1], np.concatenate([images] * (64 // len(images) + 1))[:64]
-        report = evaluate(run, ckpt, DataOptions(), parts=parts)
-        energy = report["energy"]["energy_pj"] / 1e6
-        label = "ANN" if ckpt.kind == "ann" else f"SNN T={ckpt.timesteps}"
-        model = model_from_checkpoint(ckpt).eval()
-        with torch.no_grad():
-            x1, x64 = torch.from_numpy(one), torch.from_numpy(batch)
-            latency = median_seconds(lambda m=model, x=x1: m(x), options.repeats)
-            per_batch = median_seconds(lambda m=model, x=x64: m(x), max(5, options.repeats // 3))
-        rows.append({"model": label, "runtime": "PyTorch fp32", "checkpoint": str(path),
-                     "bytes": path.stat().st_size, "latency_ms": 1e3 * latency, "images_per_s": 64 / per_batch,
-                     "test_accuracy": report["overall_accuracy"], "energy_uj": energy})
-        fp32 = onnx_bytes(ckpt)
-        int8 = quantize_int8(fp32, ckpt, normalised(ckpt, train[:CALIBRATION_IMAGES]))
-        for name, blob in (("onnxruntime fp32", fp32), ("onnxruntime int8", int8)):
-            session = ort.InferenceSession(blob, sessions, providers=["CPUExecutionProvider"])
-            latency = median_seconds(lambda s=session, x=one: s.run(None, {"image": x}), options.repeats)
-            per_batch = median_seconds(lambda s=session, x=batch: s.run(None, {"image": x}), max(5, options.repeats // 3))
-            rows.append({"model": label, "runtime": name, "checkpoint": str(path), "bytes": len(blob),
-                         "latency_ms": 1e3 * latency, "images_per_s": 64 / per_batch,
-                         "test_accuracy": onnx_accuracy(blob, images, truth), "energy_uj": energy})
-    size = load_checkpoint(options.ann).record["input"]["image_size"]
-    print(f"CPU inference, {size} px, {options.threads} thread(s); latency: batch 1, median of {options.repeats}; "
-          "throughput: batch 64")
-    print(f"{'model':<10} {'runtime':<18} {'size MB':>8} {'latency ms':>11} {'images/s':>9} {'test acc %':>10} "
-          f"{'energy uJ (model)':>17}")
-    for row in rows:
-        print(f"{row['model']:<10} {row['runtime']:<18} {row['bytes'] / 1e6:>8.2f} {row['latency_ms']:>11.2f} "
-              f"{row['images_per_s']:>9.0f} {row['test_accuracy']:>10.2f} {row['energy_uj']:>17.2f}")
+    sessions.inter_op_num_threads = 1
+    report, ratios = [], {}
+    for ann_path, snn_path in pairs:
+        record = load_checkpoint(ann_path).record
+        name = f"{record['model']['arch']} x{record['model']['width']:g} {record['input']['image_size']} px"
+        entries, checks = models_of(ann_path, snn_path, run, sessions)
+        throughput = {i: [] for i in range(len(entries))}
+        latency = {i: [] for i in range(len(entries))}
+        for _ in range(options.rounds):  # every model once per round, so slow phases of the machine hit all
+            for i, entry in enumerate(entries):
+                images = entry["images"]
+                batch = np.concatenate([images] * (64 // len(images) + 1))[:64]
+                throughput[i].append(64 / seconds_per_call(lambda e=entry, b=batch: e["call"](b), options.repeats))
+                latency[i].append(seconds_per_call(lambda e=entry, x=images[:1]: e["call"](x), options.repeats))
+        rows = []
+        for i, entry in enumerate(entries):
+            rows.append({"pair": name, "model": entry["model"], "runtime": entry["runtime"], "bytes": entry["bytes"],
+                         "images_per_s": statistics.median(throughput[i]), "rounds": [round(v) for v in throughput[i]],
+                         "latency_ms": 1e3 * statistics.median(latency[i]), "test_accuracy": entry["test_accuracy"]})
+        by = {(r["model"].split()[0], r["runtime"]): r["images_per_s"] for r in rows}
+        key = name.replace(" ", "_").replace(".", "")
+        ratios[f"{key}:snn_t1_vs_ann_pytorch"] = by[("SNN", "PyTorch fp32")] / by[("ANN", "PyTorch fp32")]
+        ratios[f"{key}:snn_t1_vs_ann_bn_folded_pytorch"] = (by[("SNN", "PyTorch fp32")]
+                                                           / by[("ANN", "PyTorch fp32, BN folded")])
+        ratios[f"{key}:snn_t1_vs_ann_onnxruntime_fp32"] = by[("SNN", "onnxruntime fp32")] / by[("ANN", "onnxruntime fp32")]
+        ratios[f"{key}:snn_t1_vs_ann_onnxruntime_int8"] = by[("SNN", "onnxruntime int8")] / by[("ANN", "onnxruntime int8")]
+        report.append({"pair": name, "ann": str(ann_path), "snn": str(snn_path), "rows": rows, "onnx_checks": checks})
+        print(f"\n{name}: CPU inference, {options.threads} thread(s); throughput batch 64 and latency batch 1, "
+              f"median of {options.rounds} side-by-side rounds")
+        print(f"{'model':<10} {'runtime':<24} {'size MB':>8} {'images/s':>9} {'latency ms':>11} {'test acc %':>10}")
+        for row in rows:
+            print(f"{row['model']:<10} {row['runtime']:<24} {row['bytes'] / 1e6:>8.2f} {row['images_per_s']:>9.0f} "
+                  f"{row['latency_ms']:>11.3f} {row['test_accuracy']:>10.2f}")
+        for runtime, check in checks.items():
+            print(f"SNN {runtime} against stp on the test split: argmax {100 * check['argmax_agreement']:.2f} %, "
+                  f"max |logit difference| {check['max_abs_logit_difference']:.2e}")
+    print("ratios: " + " ".join(f"{k}={v:.2f}" for k, v in ratios.items()))
     if options.json:
-        settings = {"device": "cpu", "threads": options.threads, "image_size": size, "repeats": options.repeats,
+        settings = {"device": "cpu", "threads": options.threads, "rounds": options.rounds, "repeats": options.repeats,
                     "torch": torch.__version__, "onnxruntime": ort.__version__}
-        options.json.write_text(json.dumps({"settings": settings, "results": rows}, indent=2) + "\n")
+        options.json.write_text(json.dumps({"settings": settings, "pairs": report, "ratios": ratios}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ training steps (forward, backward, optimiser step) after warm-up.
 
 A configuration is ``<framework>[_t<T>][_<variant>]``: ``ann``, ``stp_t2``, ``spikingjelly_t1``;
 variants of ours: ``_compiled`` (torch.compile of the model; its compile time, the first steps,
-is reported apart from the steady-state rate) and ``_triton`` (the fused Triton LIF kernels,
-STP_LIF_BACKEND=triton). ``--compile`` adds the compiled rows of ours. The JSON holds
+is reported apart from the steady-state rate), ``_inductor`` (the LIF's elementwise steps fused
+by torch.compile, STP_LIF_BACKEND=inductor: the same results bit for bit) and ``_triton`` (the
+fused Triton LIF kernels, STP_LIF_BACKEND=triton). ``--compile`` adds the compiled rows of ours. The JSON holds
 ``settings``, ``results`` and ``ratios``.
 
 SpikingJelly and snnTorch are benchmark-only dependencies (`make bench` installs them).
@@ -29,7 +30,7 @@ import time
 CONFIGS = ["ann", "stp_t1", "stp_t2", "stp_t5", "spikingjelly_t1", "spikingjelly_t2", "spikingjelly_t5",
            "snntorch_t1", "snntorch_t2", "snntorch_t5"]
 COMPILED = ["ann_compiled", "stp_t1_compiled", "stp_t2_compiled", "stp_t5_compiled"]
-VARIANTS = ("compiled", "triton")
+VARIANTS = ("compiled", "inductor", "triton")
 
 
 def parse(name: str) -> tuple[str, int, str | None]:
@@ -141,9 +142,12 @@ def worker(args) -> dict:
     import torch
     import torch.nn.functional as F
 
+    from stpcli.spiking.neuron import use_lif_backend
+
     torch.manual_seed(0)
     device = torch.device(args.device)
     name = args.worker
+    use_lif_backend(os.environ.get("STP_LIF_BACKEND", "torch"))
     kind, timesteps, variant = parse(name)
     before_kib = _rss_kib("VmRSS")
     model = build(kind, timesteps, args.width, args.image_size, 10).to(device)
@@ -225,8 +229,8 @@ def main() -> None:
                 f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
                 if k in ("device", "image_size", "batch_size", "precision", "width", "steps", "warmup")]
             environment = dict(os.environ)
-            if parse(name)[2] == "triton":
-                environment["STP_LIF_BACKEND"] = "triton"
+            if parse(name)[2] in ("inductor", "triton"):
+                environment["STP_LIF_BACKEND"] = parse(name)[2]
             run = subprocess.run(command, capture_output=True, text=True, env=environment)
             if run.returncode != 0:
                 tail = (run.stderr.strip().splitlines() or ["?"])[-1]
@@ -270,7 +274,7 @@ def compute_ratios(by: dict) -> dict:
 
     def best(timesteps):
         rates = [r for r in (rate(f"stp_t{timesteps}"), rate(f"stp_t{timesteps}_compiled"),
-                             rate(f"stp_t{timesteps}_triton")) if r]
+                             rate(f"stp_t{timesteps}_inductor"), rate(f"stp_t{timesteps}_triton")) if r]
         return max(rates) if rates else None
 
     def ratio(a, b):

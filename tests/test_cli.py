@@ -199,3 +199,22 @@ def test_pipeline_runs_both_chains_skips_what_exists_and_rebuilds_what_depends_o
     run_cli(["pipeline", preset, "--out-dir", out, "--device", "cpu", "--seed", "7"])
     changed = {name for name in made if (out / name).stat().st_mtime_ns != before[name]}
     assert changed == {"sb_t2.safetensors", "sb_t1.safetensors", "sa_t2.safetensors", "sa_t1.safetensors"}
+
+
+def test_the_lif_backend_is_an_explicit_recorded_setting(pipeline, tmp_path):
+    """--lif-backend inductor trains the same tensors as torch, bit for bit, and the lineage says which
+    ran; an unknown backend is refused before anything starts."""
+    import torch
+
+    outs = {}
+    for backend in ("torch", "inductor"):
+        out = tmp_path / f"{backend}_t1.safetensors"
+        run_cli(["temporal-prune", pipeline["sb_t3"], "--schedule", "2,1", "--epochs-per-stage", "1",
+                 "--batch-size", "16", "--device", "cpu", "--lif-backend", backend, "--out", out])
+        outs[backend] = load_checkpoint(out)
+        assert outs[backend].history[-1]["options"]["lif-backend"] == backend
+    for key, tensor in outs["torch"].tensors.items():
+        assert torch.equal(tensor, outs["inductor"].tensors[key]), key
+    bad = run_cli(["temporal-prune", pipeline["sb_t3"], "--schedule", "1", "--lif-backend", "cuda-magic",
+                   "--device", "cpu", "--out", tmp_path / "x.safetensors"], expect=2)
+    assert "--lif-backend must be one of torch, inductor, triton" in bad.output

@@ -191,3 +191,83 @@ def test_bad_export_requests_are_one_line_and_leave_nothing(pipeline, tmp_path):
     refused(["export", pipeline["sa_t1"], "--nir-graph", "sinabs", "--out", out], "--nir-graph must be one of", out)
     refused(["export", pipeline["sa_t1"], "--format", "onnx", "--quantize", "int4", "--out", out], "--quantize must be", out)
     assert list(tmp_path.iterdir()) == []
+
+
+def _layer_spikes(snn, x) -> list[torch.Tensor]:
+    """stp's spikes at every neuron layer (its LIF modules' outputs) for the images ``x``."""
+    from stpcli.spiking.neuron import LIF
+
+    seen: list[torch.Tensor] = []
+    handles = [m.register_forward_hook(lambda m, a, out: seen.append(out.clone()))
+               for m in snn.modules() if isinstance(m, LIF)]
+    with torch.no_grad():
+        snn(x)
+    for handle in handles:
+        handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize("network", ["vgg", "resnet"])
+@pytest.mark.parametrize("amplitude,initial", [("binary", 0.5), ("binary", 0.0), ("threshold", 0.5)])
+def test_the_one_step_form_fires_every_spike_stp_fires(network, amplitude, initial, networks, dataset_dir):
+    """Thresholds and initial membranes moved into the biases, the step as Clip(0, eps): the same
+    spikes at every layer and the same logits as stp's SNN, for both amplitudes and initial membranes."""
+    from stpcli.export.one_step import _Block, _Fire, one_step_network
+    from stpcli.spiking.settings import SpikingSettings
+
+    ckpt = load_checkpoint(networks[network][1])
+    snn = model_from_checkpoint(ckpt).eval()
+    settings = SpikingSettings(**{**snn.settings.as_record(), "spike_amplitude": amplitude, "initial_membrane": initial})
+    variant = type(snn)(snn.spec, 1, settings)
+    variant.load_state_dict(snn.state_dict(), strict=False)
+    variant.eval()
+    x = _images(ckpt, dataset_dir)
+    network_form = one_step_network(variant)
+    fired: list[torch.Tensor] = []
+
+    def keep(module, args, out):
+        fired.append(out.clone())
+
+    hooks = []
+    for layer in network_form:
+        if isinstance(layer, _Block):
+            hooks += [layer.first.register_forward_hook(keep), layer.register_forward_hook(keep)]
+        elif isinstance(layer, _Fire):
+            hooks.append(layer.register_forward_hook(keep))
+    with torch.no_grad():
+        logits = network_form(x)
+    for hook in hooks:
+        hook.remove()
+    ours = _layer_spikes(variant, x)
+    assert len(fired) == len(ours) > 5
+    for stored, spikes in zip(fired, ours, strict=True):
+        assert len(set(torch.unique(stored).tolist()) - {0.0}) <= 1  # 0 and one stored level (eps, or V)
+        assert torch.equal(stored != 0, spikes.reshape(stored.shape) != 0)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, variant(x), rtol=1e-6, atol=1e-6)
+
+
+def test_a_one_step_snn_in_onnxruntime_is_one_fused_kernel_per_layer_and_integer_in_int8(networks, tmp_path):
+    """fp32: every convolution fused with its step (no comparison, no cast); int8: the spikes stay
+    integer between layers (QLinearConv to QLinearConv, no dequantize/quantize around a step)."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from stpcli.export.onnx_model import normalised, onnx_bytes, quantize_int8
+
+    ckpt = load_checkpoint(networks["vgg"][1])
+    fp32 = onnx_bytes(ckpt)
+    images = np.random.default_rng(0).normal(size=(16, 3, 32, 32)).astype(np.float32)
+    int8 = quantize_int8(fp32, ckpt, images)
+    for name, blob in (("fp32", fp32), ("int8", int8)):
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / f"{name}.onnx")
+        ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
+        ops = [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+        assert not {"Greater", "Cast", "Where"} & set(ops), ops
+        if name == "fp32":
+            convs = [n for n in onnx.load(options.optimized_model_filepath).graph.node if n.op_type == "Conv"]
+            assert convs and all(any(a.name == "activation" and a.s == b"Clip" for a in n.attribute) for n in convs)
+        else:
+            assert ops.count("QLinearConv") == 8 and ops.count("QuantizeLinear") == 1, ops  # the image, once
+            assert ops.count("DequantizeLinear") == 1  # the logits, once
+    assert normalised is not None

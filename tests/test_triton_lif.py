@@ -78,7 +78,7 @@ def test_the_backend_switch_routes_the_network_through_the_kernels(triton_lif, m
         lif.threshold.data.fill_(0.3)
     x = torch.randn(2, 3, 32, 32)
     reference = snn(x)
-    monkeypatch.setenv("STP_LIF_BACKEND", "triton")
+    monkeypatch.setattr(neuron, "_BACKEND", ["triton"])
     calls = []
     original = triton_lif.TritonLIF.apply
     monkeypatch.setattr(triton_lif.TritonLIF, "apply", lambda *a: calls.append(1) or original(*a))

@@ -17,6 +17,10 @@ EXPORT_FORMATS = ("nir", "onnx")
 FIGURE_FORMATS = (".png", ".pdf", ".svg")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
+# how the LIF neurons run: torch (eager PyTorch; the default, chosen by measurement in docs/results.md),
+# inductor (elementwise steps fused by torch.compile, the same results bit for bit), triton (CUDA kernels)
+LIF_BACKENDS = ("torch", "inductor", "triton")
+DEFAULT_LIF_BACKEND = "torch"
 NORMALISATIONS = ("auto", "imagenet", "dataset", "scale", "stretch")  # train-ann's --normalise
 SURROGATE_GAMMA = 0.3  # slope of the triangle surrogate (docs/method.md)
 BALANCINGS = ("stp", "reference")  # convert's --balancing

@@ -17,6 +17,7 @@ import yaml
 from rich.console import Console
 
 from stpcli.cli.terminal import OutputError, flush_standard_output, shown
+from stpcli.defaults import DEFAULT_LIF_BACKEND, LIF_BACKENDS
 from stpcli.engine.recipe import TRAIN_OPTIONS, TrainConfig
 from stpcli.errors import StpError
 from stpcli.files import finish_outputs, first_line
@@ -280,7 +281,7 @@ def make_run(name: str, values: dict) -> Run:
         raise KeyboardInterrupt
 
     runtime = setup_runtime(values.get("device", "auto"), values.get("precision", "fp32"),
-                            values.get("compile", False))
+                            values.get("compile", False), values.get("lif_backend", DEFAULT_LIF_BACKEND))
     return Run(name, runtime, console)
 
 
@@ -341,6 +342,7 @@ Config = Annotated[Path | None, typer.Option("--config", help="YAML file of opti
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")]
 Precision = Annotated[str, typer.Option("--precision", help="fp32 | bf16 (autocast).")]
 Compile = Annotated[bool, typer.Option("--compile", metavar="", help="torch.compile the training step.")]
+LifBackend = Annotated[str, typer.Option("--lif-backend", envvar="STP_LIF_BACKEND", help="How the LIF neurons run: " + " | ".join(LIF_BACKENDS) + " (torch: eager PyTorch; inductor: fused by torch.compile, the same results bit for bit, needs a C++ compiler on the CPU; triton: CUDA kernels). Recorded in the lineage.")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for split, initialisation, shuffling, augmentation.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Global batch size.")]
 Optimizer = Annotated[str, typer.Option("--optimizer", help="sgd | adam.")]
@@ -374,6 +376,7 @@ def training_options(*, lr: float, optimizer: str, weight_decay: float, lr_sched
 RECORDED_DATA = [("data", Data, None), ("allow_data_change", AllowDataChange, False), ("on_bad_image", OnBadImage, "fail"),
                  ("cache_dir", CacheDir, None)]
 COMMAND_OPTIONS = [("device", Device, "auto"), ("precision", Precision, "fp32"), ("compile", Compile, False),
-               ("force", Force, False), ("resume", Resume, False), ("config", Config, None)]
+               ("lif_backend", LifBackend, DEFAULT_LIF_BACKEND), ("force", Force, False), ("resume", Resume, False),
+               ("config", Config, None)]
 ANN_TRAINING = training_options(lr=0.01, optimizer="sgd", weight_decay=5e-4, lr_schedule="cosine")
 SNN_TRAINING = training_options(lr=1e-4, optimizer="adam", weight_decay=0.0, lr_schedule="step", distill=True)

@@ -321,7 +321,8 @@ def schema_command():
 
 def neuron_line(snn: dict) -> str:
     """How an SNN's neurons and conversion were set: its recipe and each setting a recipe decides."""
-    conversion = snn.get("conversion") if isinstance(snn.get("conversion"), dict) else {}
+    recorded = snn.get("conversion")
+    conversion = recorded if isinstance(recorded, dict) else {}
     spikes = ("binary spikes" + ("" if conversion.get("fold_thresholds", True) else " into the unfolded weights")
               if snn.get("spike_amplitude") == "binary" else "spikes of amplitude V")
     dropout = (f"conv dropout {_fmt(snn['conv_dropout'], None)} ({snn.get('conv_dropout_placement', 'all')})"

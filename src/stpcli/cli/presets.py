@@ -65,7 +65,7 @@ def check_chain(preset_path: Path, steps: list[Step], *, seed: int | None = None
 
 
 def _check_step(step: Step, values: dict, specs: dict[str, ModelSpec], timesteps: dict[str, int]) -> None:
-    check_runtime_options(values["device"], values["precision"])
+    check_runtime_options(values["device"], values["precision"], values["lif_backend"])
     if values["on_bad_image"] not in BAD_IMAGE_POLICIES:
         raise StpError(f"--on-bad-image must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {values['on_bad_image']!r}")
     if values.get("data") is not None and not Path(values["data"]).expanduser().exists():

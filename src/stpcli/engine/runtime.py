@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import time
 from dataclasses import dataclass
@@ -17,10 +18,11 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from stpcli.defaults import DEVICES, PRECISIONS
+from stpcli.defaults import DEFAULT_LIF_BACKEND, DEVICES, LIF_BACKENDS, PRECISIONS
 from stpcli.errors import StpError
 from stpcli.files import first_line
 from stpcli.launch import Launch, read_launch
+from stpcli.spiking.neuron import use_lif_backend
 
 
 @dataclass
@@ -30,6 +32,7 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     compile: bool = False
+    lif_backend: str = DEFAULT_LIF_BACKEND  # how this process runs its LIF neurons (defaults.LIF_BACKENDS)
 
     @property
     def is_main(self) -> bool:
@@ -62,18 +65,30 @@ class Runtime:
         return tuple(bool(v > 0) for v in value.tolist())
 
 
-def check_runtime_options(device: str, precision: str) -> None:
-    """--device and --precision, checked without starting anything."""
+def check_runtime_options(device: str, precision: str, lif_backend: str = DEFAULT_LIF_BACKEND) -> None:
+    """--device, --precision and --lif-backend, checked without starting anything: a backend this
+    machine cannot run is refused here, never replaced by another."""
     if device not in DEVICES:
         raise StpError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
     if precision not in PRECISIONS:
         raise StpError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if lif_backend not in LIF_BACKENDS:
+        raise StpError(f"--lif-backend must be one of {', '.join(LIF_BACKENDS)}, got {lif_backend!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise StpError("--device cuda was asked for, but no CUDA device is available")
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if lif_backend == "triton" and not (use_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        raise StpError("--lif-backend triton runs on CUDA (or on the CPU under TRITON_INTERPRET=1, for tests); "
+                       "use --lif-backend torch or inductor on the CPU")
+    if lif_backend == "inductor" and not use_cuda and not any(map(shutil.which, ("g++", "c++", "clang++"))):
+        raise StpError("--lif-backend inductor compiles C++ on the CPU and no C++ compiler was found "
+                       "(g++, c++ or clang++); install one or use --lif-backend torch")
 
 
-def setup_runtime(device: str = "auto", precision: str = "fp32", compile: bool = False) -> Runtime:
-    check_runtime_options(device, precision)
+def setup_runtime(device: str = "auto", precision: str = "fp32", compile: bool = False,
+                  lif_backend: str = DEFAULT_LIF_BACKEND) -> Runtime:
+    check_runtime_options(device, precision, lif_backend)
+    use_lif_backend(lif_backend)
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     launch = read_launch()
     if launch.distributed and not dist.is_initialized():
@@ -93,7 +108,7 @@ def setup_runtime(device: str = "auto", precision: str = "fp32", compile: bool =
         torch.backends.cudnn.allow_tf32 = True
     else:
         torch_device = torch.device("cpu")
-    return Runtime(torch_device, precision, launch.rank, launch.world_size, compile)
+    return Runtime(torch_device, precision, launch.rank, launch.world_size, compile, lif_backend)
 
 
 def rendezvous(launch: Launch):

@@ -4,9 +4,11 @@ ANN's Conv + ReLU).
 
 At T = 1 a neuron fires iff ``W s + b + lambda f V > V``, that is iff ``W s + b' > 0`` with
 ``b' = b + lambda f V - V``: the threshold and the initial membrane move into the bias. The
-Heaviside step is then ``Clip(y, 0, eps)`` with ``eps = 2^-100``: a spike is stored as eps, silence
-as 0, and every layer that reads spikes has its weights multiplied by ``amplitude / eps`` (for
-binary spikes a power of two, so each product equals stp's exactly). Where ``0 < y < eps`` the
+Heaviside step is then ``Clip(y, 0, eps)`` with ``eps = 2^-100``: a binary spike is stored as eps,
+silence as 0, and every layer that reads spikes has its weights multiplied by ``1 / eps``, a power
+of two, so each product equals stp's exactly. A spike of amplitude V (``--spike-amplitude
+threshold``) is multiplied back to V after the clip (an exact power-of-two scaling), so the next
+layer reads what stp's reads. Where ``0 < y < eps`` the
 clip would pass a fraction of a spike; a synapse sum landing within 1e-30 of zero without being
 zero does not occur in practice, and the tests compare every spike with stp's. Pooling is linear,
 so it acts on the stored values unchanged. In int8, the stored spikes are exactly two levels.
@@ -15,6 +17,7 @@ so it acts on the stored values unchanged. In int8, the stored spikes are exactl
 from __future__ import annotations
 
 from copy import deepcopy
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,41 +28,51 @@ from stpcli.spiking.neuron import LIF
 EPSILON = 2.0 ** -100  # a stored spike
 
 
+def _step(y: torch.Tensor, amplitude: float) -> torch.Tensor:
+    spikes = torch.clamp(y, 0.0, EPSILON)
+    return spikes if amplitude == 1.0 else spikes * (amplitude / EPSILON)
+
+
 class _Fire(nn.Module):
     """A synapse (a convolution or linear layer with its shifted bias), then the step as a clip."""
 
-    def __init__(self, synapse: nn.Module):
+    def __init__(self, synapse: nn.Module, amplitude: float):
         super().__init__()
-        self.synapse = synapse
+        self.synapse, self.amplitude = synapse, amplitude
 
     def forward(self, x):
-        return torch.clamp(self.synapse(x), 0.0, EPSILON)
+        return _step(self.synapse(x), self.amplitude)
 
 
 class _Block(nn.Module):
     """A residual block: conv1 fires; conv2 plus the shortcut (a convolution, or the block's input
     times a constant) fires."""
 
-    def __init__(self, conv1: nn.Module, conv2: nn.Module, shortcut: nn.Module | None, identity: float):
+    def __init__(self, first: _Fire, conv2: nn.Module, shortcut: nn.Module | None, identity: float, amplitude: float):
         super().__init__()
-        self.first, self.conv2, self.shortcut, self.identity = _Fire(conv1), conv2, shortcut, identity
+        self.first, self.conv2, self.shortcut, self.identity, self.amplitude = first, conv2, shortcut, identity, amplitude
 
     def forward(self, x):
         skip = self.shortcut(x) if self.shortcut is not None else x * self.identity
-        return torch.clamp(self.conv2(self.first(x)) + skip, 0.0, EPSILON)
+        return _step(self.conv2(self.first(x)) + skip, self.amplitude)
 
 
-def _shift(neuron: LIF) -> torch.Tensor:
+def _shift(neuron: Any) -> torch.Tensor:
     """lambda f V - V, computed as the neuron computes its first step's terms."""
     shift = neuron.leak * (neuron.initial_membrane * neuron.threshold) if neuron.initial_membrane else 0.0
     return shift - neuron.threshold
 
 
-def _amplitude(neuron: LIF) -> float:
+def _amplitude(neuron: Any) -> float:
     return 1.0 if neuron.binary else float(neuron.threshold)
 
 
-def _scaled(module: nn.Module, factor: float, neuron: LIF | None) -> nn.Module:
+def _reading(neuron: Any) -> float:
+    """The weight factor of a layer that reads this neuron layer's stored spikes."""
+    return 1.0 / EPSILON if neuron.binary else 1.0
+
+
+def _scaled(module: Any, factor: float, neuron: LIF | None) -> nn.Module:
     """A copy of a convolution or linear layer reading values ``factor`` times smaller than stp's,
     with the bias shift of the neuron it feeds (none for the output layer)."""
     copy = deepcopy(module).requires_grad_(False)
@@ -76,21 +89,22 @@ def one_step_network(snn: SNN) -> nn.Sequential:
         raise ValueError("the one-step form is for T = 1")
     layers: list[nn.Module] = []
     factor = 1.0  # stp's activation = stored activation x factor (1 for the analog input image)
-    layer: nn.Module
+    layer: Any  # the SNN module of the plan entry (its type follows the entry's type)
     for entry, layer in zip(snn.plan, snn.layers):
         kind = entry["type"]
         if kind == "conv":
-            layers.append(_Fire(_scaled(layer.conv, factor, layer.neuron)))
-            factor = _amplitude(layer.neuron) / EPSILON
+            layers.append(_Fire(_scaled(layer.conv, factor, layer.neuron), _amplitude(layer.neuron)))
+            factor = _reading(layer.neuron)
         elif kind == "block":
             shortcut = _scaled(layer.shortcut, factor, None) if layer.shortcut is not None else None
             identity = factor * (float(layer.shortcut_scale) if layer.shortcut_scale is not None else 1.0)
-            conv2 = _scaled(layer.conv2, _amplitude(layer.neuron1) / EPSILON, layer.neuron2)
-            layers.append(_Block(_scaled(layer.conv1, factor, layer.neuron1), conv2, shortcut, identity))
-            factor = _amplitude(layer.neuron2) / EPSILON
+            first = _Fire(_scaled(layer.conv1, factor, layer.neuron1), _amplitude(layer.neuron1))
+            conv2 = _scaled(layer.conv2, _reading(layer.neuron1), layer.neuron2)
+            layers.append(_Block(first, conv2, shortcut, identity, _amplitude(layer.neuron2)))
+            factor = _reading(layer.neuron2)
         elif kind == "fc":
-            layers.append(_Fire(_scaled(layer.fc, factor, layer.neuron)))
-            factor = _amplitude(layer.neuron) / EPSILON
+            layers.append(_Fire(_scaled(layer.fc, factor, layer.neuron), _amplitude(layer.neuron)))
+            factor = _reading(layer.neuron)
         elif kind == "output":
             layers.append(_scaled(layer.fc, factor, None))
         elif kind == "pool":

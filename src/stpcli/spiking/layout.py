@@ -1,5 +1,6 @@
-"""Memory layouts the LIF implementations share: per-step tensors laid out like the network's
-activations (contiguous, or channels-last on CUDA), and flat views of them."""
+"""What the LIF implementations share: per-step tensors laid out like the network's activations
+(contiguous, or channels-last on CUDA), flat views of them, and the dot products of the scalar
+gradients."""
 
 from __future__ import annotations
 
@@ -26,3 +27,18 @@ def in_memory_order(x: torch.Tensor) -> torch.Tensor | None:
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
         return x.permute(0, 2, 3, 1).reshape(-1)  # a view: this permutation is contiguous
     return None
+
+
+def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum(a * b) in float32 (float64 for float64 inputs); without materialising the product when both
+    are float32 in one layout."""
+    if a.dtype == b.dtype == torch.float32 and a.stride() == b.stride():
+        flat_a, flat_b = in_memory_order(a), in_memory_order(b)
+        if flat_a is not None and flat_b is not None:
+            return torch.dot(flat_a, flat_b)
+    return torch.mul(a, b).sum(dtype=accumulator(a.dtype))
+
+
+def accumulator(dtype: torch.dtype) -> torch.dtype:
+    """Scalar gradients are summed in float32, or in float64 for a float64 network."""
+    return torch.float64 if dtype == torch.float64 else torch.float32

@@ -39,14 +39,13 @@ tensor the size of the input current, and nothing is kept per time step by autog
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from stpcli.defaults import INITIAL_MEMBRANE, SURROGATE_GAMMA
-from stpcli.spiking.layout import empty_steps, in_memory_order
+from stpcli.defaults import DEFAULT_LIF_BACKEND, INITIAL_MEMBRANE, LIF_BACKENDS, SURROGATE_GAMMA
+from stpcli.spiking.layout import accumulator, dot, empty_steps
 
 MIN_THRESHOLD = 1e-4
 
@@ -97,7 +96,7 @@ class _LIFFunction(torch.autograd.Function):
         gamma = ctx.gamma
         steps = len(membranes)
         grad_current = empty_steps(membranes[0], steps)
-        grad_threshold = torch.zeros((), dtype=_accumulator(membranes[0].dtype), device=threshold.device)
+        grad_threshold = torch.zeros((), dtype=accumulator(membranes[0].dtype), device=threshold.device)
         grad_leak = torch.zeros_like(grad_threshold)
         inverse = 1.0 / threshold
         grad_residual = None  # dL/dr(t), flowing back from u(t+1)
@@ -109,21 +108,21 @@ class _LIFFunction(torch.autograd.Function):
             if ctx.binary:
                 # s = H(z): ds/du = slope/V, ds/dV = -slope*u/V^2 ; r = u - V*H: dr/dV = -H
                 direct = slope.mul_(g).mul_(inverse)  # dL/du through this step's spike
-                grad_threshold -= _dot(direct, u) * inverse
+                grad_threshold -= dot(direct, u) * inverse
             else:
                 # s = V*H(z): ds/du = slope, ds/dV = H - slope*u/V ; r = u - V*H: dr/dV = -H
                 direct = slope.mul_(g)
-                grad_threshold += _dot(g, fired) - _dot(direct, u) * inverse
+                grad_threshold += dot(g, fired) - dot(direct, u) * inverse
             grad_u = grad_current[t]
             if grad_residual is None:
                 grad_u.copy_(direct)
             else:
                 torch.add(direct, grad_residual, out=grad_u)
-                grad_threshold -= _dot(grad_residual, fired)
+                grad_threshold -= dot(grad_residual, fired)
             if t > 0:
                 previous = membranes[t - 1]
                 previous_residual = previous - threshold * (previous > threshold).to(u.dtype)
-                grad_leak += _dot(grad_u, previous_residual)
+                grad_leak += dot(grad_u, previous_residual)
             elif ctx.initial:  # u(1) = I(1) + lambda * f * V
                 total = grad_u.sum(dtype=grad_threshold.dtype)
                 grad_leak += total * ctx.initial * threshold.to(total.dtype)
@@ -133,34 +132,21 @@ class _LIFFunction(torch.autograd.Function):
         return grad_current, grad_threshold.to(threshold.dtype), grad_leak.to(leak.dtype), None, None, None
 
 
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """sum(a * b) in float32 (float64 for float64 inputs); without materialising the product when both
-    are float32 in one layout."""
-    if a.dtype == b.dtype == torch.float32 and a.stride() == b.stride():
-        flat_a, flat_b = in_memory_order(a), in_memory_order(b)
-        if flat_a is not None and flat_b is not None:
-            return torch.dot(flat_a, flat_b)
-    return torch.mul(a, b).sum(dtype=_accumulator(a.dtype))
+_BACKEND = [DEFAULT_LIF_BACKEND]  # set once per process by ``use_lif_backend`` (engine.runtime.setup_runtime)
 
 
-def _accumulator(dtype: torch.dtype) -> torch.dtype:
-    """Scalar gradients are summed in float32, or in float64 for a float64 network."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-LIF_BACKENDS = ("torch", "triton")
+def use_lif_backend(name: str) -> None:
+    """Run every LIF of this process with ``name`` (defaults.LIF_BACKENDS): ``torch``, the function above;
+    ``inductor``, ``compiled_lif.CompiledLIF`` (the same results bit for bit, fused by torch.compile);
+    ``triton``, the kernels of ``triton_lif.py`` (CUDA, or the CPU under ``TRITON_INTERPRET=1``; they
+    pass the parity tests and become the CUDA default once a GPU run has measured them)."""
+    if name not in LIF_BACKENDS:
+        raise ValueError(f"unknown LIF backend {name!r}; choose one of {', '.join(LIF_BACKENDS)}")
+    _BACKEND[0] = name
 
 
 def lif_backend() -> str:
-    """``torch`` (the function above; the default and the CPU path) or ``triton`` (the fused kernels of
-    ``triton_lif.py``, CUDA, or the CPU under ``TRITON_INTERPRET=1``), from ``STP_LIF_BACKEND``.
-
-    The Triton kernels pass the parity tests on the CPU interpreter; they become the CUDA default
-    once a GPU run has measured them (benchmarks/gpu_kernels.py)."""
-    name = os.environ.get("STP_LIF_BACKEND", "torch")
-    if name not in LIF_BACKENDS:
-        raise ValueError(f"STP_LIF_BACKEND must be one of {', '.join(LIF_BACKENDS)}, got {name!r}")
-    return name
+    return _BACKEND[0]
 
 
 _TRACEABLE: list[bool] = []  # non-empty inside ``traceable()``
@@ -218,11 +204,17 @@ def lif_multistep(current: torch.Tensor, threshold: torch.Tensor, leak: torch.Te
     if current.shape[0] == 1 and not (torch.is_grad_enabled() and any(
             t.requires_grad for t in (current, threshold, leak))):
         return _one_step(current, threshold, leak, float(initial), bool(binary))
-    if lif_backend() == "triton":
+    backend = lif_backend()
+    if backend == "triton":
         from stpcli.spiking.triton_lif import TritonLIF, dense_steps
 
-        if dense_steps(current):
-            return TritonLIF.apply(current, threshold, leak, gamma, float(initial), bool(binary))
+        if not dense_steps(current):  # the kernels walk dense steps: lay the current out so, never fall back
+            current = current.contiguous()
+        return TritonLIF.apply(current, threshold, leak, gamma, float(initial), bool(binary))
+    if backend == "inductor":
+        from stpcli.spiking.compiled_lif import CompiledLIF
+
+        return CompiledLIF.apply(current, threshold, leak, gamma, float(initial), bool(binary))
     return _LIFFunction.apply(current, threshold, leak, gamma, float(initial), bool(binary))
 
 

@@ -47,6 +47,8 @@ def train_and_finish(run: Run, model, data: SplitData, config: TrainConfig, reco
     under their command-line names, as the lineage records them."""
     if teacher is not None:
         options = {**options, "teacher": teacher.describe()}
+    if isinstance(model, SNN):  # how its neurons ran (every backend but triton gives the same results bit for bit)
+        options = {**options, "lif-backend": run.runtime.lif_backend}
     if config.epochs > 0:
         result = train_stage(run, model, data, config, record, io, resume_identity, teacher)
         metrics.update({"val_accuracy": result.best_val, "best_epoch": result.best_epoch,
