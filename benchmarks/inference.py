@@ -115,14 +115,40 @@ def models_of(ann_path: Path, snn_path: Path, run, sessions):
                 theirs = entries[-1]["call"](images)
                 checks[runtime] = {"argmax_agreement": float((ours.argmax(1) == theirs.argmax(1)).mean()),
                                    "max_abs_logit_difference": float(np.abs(ours - theirs).max())}
+                if runtime == "onnxruntime fp32":
+                    checks[runtime].update(spike_agreement(model, blob, images, sessions))
     return entries, checks
+
+
+def spike_agreement(snn, blob: bytes, images: np.ndarray, sessions) -> dict:
+    """Every neuron's spike in onnxruntime (each step's output, added as a graph output) against stp's."""
+    import onnx
+    import onnxruntime as ort
+
+    from stpcli.spiking.neuron import LIF
+
+    graph = onnx.load_from_string(blob)
+    steps = [node.output[0] for node in graph.graph.node if node.op_type == "Clip"]
+    graph.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in steps)
+    session = ort.InferenceSession(graph.SerializeToString(), sessions, providers=["CPUExecutionProvider"])
+    theirs = session.run(steps, {"image": images})
+    ours: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda m, a, out: ours.append(out[0] != 0)) for m in snn.modules()
+             if isinstance(m, LIF)]
+    with torch.no_grad():
+        snn(torch.from_numpy(images))
+    for hook in hooks:
+        hook.remove()
+    same = sum(int((a.numpy().reshape(b.shape) == (b != 0)).sum()) for a, b in zip(ours, theirs, strict=True))
+    total = sum(b.size for b in theirs)
+    return {"spikes_compared": total, "spikes_different": total - same}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pair", action="append", help="ANN:SNN checkpoints (repeatable)")
-    parser.add_argument("--rounds", type=int, default=5, help="side-by-side rounds; the median is kept")
-    parser.add_argument("--repeats", type=int, default=20, help="calls per timing")
+    parser.add_argument("--rounds", type=int, default=11, help="side-by-side rounds; the median is kept")
+    parser.add_argument("--repeats", type=int, default=10, help="calls per timing")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
     options = parser.parse_args()
@@ -145,15 +171,19 @@ def main() -> None:
     sessions = ort.SessionOptions()
     sessions.intra_op_num_threads = options.threads
     sessions.inter_op_num_threads = 1
+    # no spinning between calls: a session's idle threads would otherwise take the cores from the next
+    # model timed (7 models share 2 cores here), which made the readings swing by 30 %
+    sessions.add_session_config_entry("session.intra_op.allow_spinning", "0")
     report, ratios = [], {}
     for ann_path, snn_path in pairs:
         record = load_checkpoint(ann_path).record
         name = f"{record['model']['arch']} x{record['model']['width']:g} {record['input']['image_size']} px"
         entries, checks = models_of(ann_path, snn_path, run, sessions)
+        entries.sort(key=lambda e: e["runtime"])  # each runtime's ANN and SNN timed back to back
         throughput = {i: [] for i in range(len(entries))}
         latency = {i: [] for i in range(len(entries))}
-        for _ in range(options.rounds):  # every model once per round, so slow phases of the machine hit all
-            for i, entry in enumerate(entries):
+        for round_ in range(options.rounds):  # every model once per round, so slow phases of the machine hit all
+            for i, entry in (reversed(list(enumerate(entries))) if round_ % 2 else enumerate(entries)):
                 images = entry["images"]
                 batch = np.concatenate([images] * (64 // len(images) + 1))[:64]
                 throughput[i].append(64 / seconds_per_call(lambda e=entry, b=batch: e["call"](b), options.repeats))
@@ -163,13 +193,15 @@ def main() -> None:
             rows.append({"pair": name, "model": entry["model"], "runtime": entry["runtime"], "bytes": entry["bytes"],
                          "images_per_s": statistics.median(throughput[i]), "rounds": [round(v) for v in throughput[i]],
                          "latency_ms": 1e3 * statistics.median(latency[i]), "test_accuracy": entry["test_accuracy"]})
-        by = {(r["model"].split()[0], r["runtime"]): r["images_per_s"] for r in rows}
+        index = {(e["model"].split()[0], e["runtime"]): i for i, e in enumerate(entries)}
         key = name.replace(" ", "_").replace(".", "")
-        ratios[f"{key}:snn_t1_vs_ann_pytorch"] = by[("SNN", "PyTorch fp32")] / by[("ANN", "PyTorch fp32")]
-        ratios[f"{key}:snn_t1_vs_ann_bn_folded_pytorch"] = (by[("SNN", "PyTorch fp32")]
-                                                           / by[("ANN", "PyTorch fp32, BN folded")])
-        ratios[f"{key}:snn_t1_vs_ann_onnxruntime_fp32"] = by[("SNN", "onnxruntime fp32")] / by[("ANN", "onnxruntime fp32")]
-        ratios[f"{key}:snn_t1_vs_ann_onnxruntime_int8"] = by[("SNN", "onnxruntime int8")] / by[("ANN", "onnxruntime int8")]
+        for ratio, snn, ann in (("pytorch", "PyTorch fp32", "PyTorch fp32"),
+                                ("bn_folded_pytorch", "PyTorch fp32", "PyTorch fp32, BN folded"),
+                                ("onnxruntime_fp32", "onnxruntime fp32", "onnxruntime fp32"),
+                                ("onnxruntime_int8", "onnxruntime int8", "onnxruntime int8")):
+            # the median of the rounds' own ratios: both sides of each were measured back to back
+            per_round = [a / b for a, b in zip(throughput[index[("SNN", snn)]], throughput[index[("ANN", ann)]])]
+            ratios[f"{key}:snn_t1_vs_ann_{ratio}"] = statistics.median(per_round)
         report.append({"pair": name, "ann": str(ann_path), "snn": str(snn_path), "rows": rows, "onnx_checks": checks})
         print(f"\n{name}: CPU inference, {options.threads} thread(s); throughput batch 64 and latency batch 1, "
               f"median of {options.rounds} side-by-side rounds")
@@ -178,8 +210,10 @@ def main() -> None:
             print(f"{row['model']:<10} {row['runtime']:<24} {row['bytes'] / 1e6:>8.2f} {row['images_per_s']:>9.0f} "
                   f"{row['latency_ms']:>11.3f} {row['test_accuracy']:>10.2f}")
         for runtime, check in checks.items():
+            spikes = (f", {check['spikes_different']} of {check['spikes_compared']:,} spikes differ"
+                      if "spikes_compared" in check else "")
             print(f"SNN {runtime} against stp on the test split: argmax {100 * check['argmax_agreement']:.2f} %, "
-                  f"max |logit difference| {check['max_abs_logit_difference']:.2e}")
+                  f"max |logit difference| {check['max_abs_logit_difference']:.2e}{spikes}")
     print("ratios: " + " ".join(f"{k}={v:.2f}" for k, v in ratios.items()))
     if options.json:
         settings = {"device": "cpu", "threads": options.threads, "rounds": options.rounds, "repeats": options.repeats,
