@@ -5,26 +5,28 @@ import torch
 from stpcli.spiking.neuron import LIF, lif_multistep, surrogate
 
 
-def reference_lif(current, threshold, leak, gamma=0.3, initial=0.5, binary=False):
+class Heaviside(torch.autograd.Function):
+    """s = H(z) with the triangle surrogate dH/dz = gamma * max(0, 1 - |z|), gamma = 0.3."""
+
+    @staticmethod
+    def forward(ctx, z):
+        ctx.save_for_backward(z)
+        return (z > 0).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (z,) = ctx.saved_tensors
+        return grad * 0.3 * torch.clamp(1 - z.abs(), min=0)
+
+
+def reference_lif(current, threshold, leak, initial=0.5, binary=False):
     """Hand-rolled loop with autograd, straight from docs/method.md section 3: spikes of amplitude V,
     or binary spikes H(u/V - 1) (DIET-SNN/TP); reset by V, no gradient through H there."""
-
-    class Spike(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, z):
-            ctx.save_for_backward(z)
-            return (z > 0).to(z.dtype)
-
-        @staticmethod
-        def backward(ctx, grad):
-            (z,) = ctx.saved_tensors
-            return grad * gamma * torch.clamp(1 - z.abs(), min=0)
-
     residual = initial * threshold * torch.ones_like(current[0])
     outputs = []
     for t in range(current.shape[0]):
         u = leak * residual + current[t]
-        fired = Spike.apply(u / threshold - 1)
+        fired = Heaviside.apply(u / threshold - 1)
         outputs.append(fired if binary else threshold * fired)
         residual = u - threshold * fired.detach()
     return torch.stack(outputs)
