@@ -164,3 +164,30 @@ def test_bad_band_inputs_are_one_line_naming_the_file(scenes, tmp_path):
         _tiff(root / name, array)
         result = refused(["train-ann", *SMALL, "--data", root, "--out", out], message, out)
         assert "x.tif" in result.output, case
+
+
+def test_bands_chosen_by_name_are_read_by_name_from_every_file(tmp_path):
+    """--bands B04,B03 on files that store their bands in different orders: each file is read where
+    it stores B04 and B03, so the tensor holds what the record says."""
+    from stpcli.data.source import load_dataset
+
+    rng = np.random.default_rng(0)
+    names = ["B02", "B03", "B04"]
+
+    def write(path, order, values):
+        description = "".join(f'<Item name="DESCRIPTION" sample="{i}" role="description">{names[b]}</Item>'
+                              for i, b in enumerate(order))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(path, values[list(order)], planarconfig="separate", photometric="minisblack",
+                         extratags=[(42112, "s", 0, f"<GDALMetadata>{description}</GDALMetadata>", True)])
+
+    expected = {}
+    for i in range(4):
+        for cls in ("a", "b"):
+            values = rng.integers(100 * (i + 1), 100 * (i + 2), (3, 32, 32)).astype(np.int16)  # in B02, B03, B04 order
+            order = (0, 1, 2) if i % 2 == 0 else (2, 0, 1)  # every other file stores B04, B02, B03
+            write(tmp_path / "scenes" / cls / f"{i}.tif", order, values)
+            expected[f"{cls}/{i}.tif"] = values[[2, 1]]  # B04, B03
+    dataset = load_dataset(str(tmp_path / "scenes"), 32, bands="B04,B03", cache_dir=tmp_path / "cache")
+    for name, image in zip(dataset.names, dataset.images):
+        assert torch.equal(image, torch.from_numpy(expected[name])), name

@@ -146,10 +146,9 @@ def test_the_inductor_backend_gives_the_eager_results_bit_for_bit():
         for binary in (True, False):
             for initial in (0.0, 0.5):
                 current, threshold, leak, weights = lif_inputs(steps, (steps, 3, 8, 8), 0.7, 0.9)
-                eager = spikes_and_gradients(lambda *a, **k: _LIFFunction.apply(*a, 0.3, initial, binary),
-                                             current, threshold, leak, weights)
-                fused = spikes_and_gradients(lambda *a, **k: CompiledLIF.apply(*a, 0.3, initial, binary),
-                                             current, threshold, leak, weights)
+                eager, fused = (spikes_and_gradients(lambda *a, f=function, i=initial, b=binary: f.apply(*a, 0.3, i, b),
+                                                     current, threshold, leak, weights)
+                                for function in (_LIFFunction, CompiledLIF))
                 assert torch.equal(eager[0], fused[0])
                 for a, b in zip(eager[1], fused[1], strict=True):
                     assert torch.equal(a, b), (steps, binary, initial)

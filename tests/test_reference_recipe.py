@@ -24,6 +24,7 @@ from stpcli.spiking.network import SNN
 from stpcli.spiking.neuron import LIF
 from stpcli.spiking.settings import Conversion, SpikingSettings
 
+
 def folded(conv_weight, bn):
     """W' = W g / sqrt(var + eps), b' = beta - mean g / sqrt(var + eps) (the conv has no bias)."""
     factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)

@@ -449,3 +449,14 @@ def test_the_record_schema_is_published_and_accepts_real_checkpoints(pipeline):
     assert schema["checkpoint"]["properties"]["model"] and schema["data_pack"]["properties"]["content_sha256"]
     for key in ("na", "nb", "sb_t1", "sa_t1"):
         Record.model_validate(load_checkpoint(pipeline[key]).record)
+
+
+def test_spatial_prune_refuses_layers_other_than_the_recorded_units(pipeline, out):
+    """The pipeline fixture's Sb records one Unit at the end of layer group 3 (layer 6): --as/--m that
+    name other layers (a base layer of group 4, say) are refused with the recorded location, before
+    anything is written; naming the recorded Units works as leaving them out does."""
+    result = refused(["spatial-prune", pipeline["sb_t1"], "--as", "4", "--m", "1", "--epochs", "0", "--out", out, *CPU],
+                     "names other layers than this checkpoint's Units", out)
+    assert "layer group 3 (layers 6..6)" in result.output and "--as 3 --m 1" in result.output
+    run_cli(["spatial-prune", pipeline["sb_t1"], "--as", "3", "--m", "1", "--epochs", "0", "--out", out, *CPU])
+    assert load_checkpoint(out).model_spec["units"] is None

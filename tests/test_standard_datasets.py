@@ -81,13 +81,18 @@ def _write_lists(folder, parts):
 def test_torchgeo_lists_name_files_by_basename_and_their_original_extension(uc_merced_like, tmp_path):
     train = [f"{c}{i:02d}.tif" for c in ("agricultural", "beach", "river") for i in range(4)]
     test = [f"{c}{i:02d}.tif" for c in ("agricultural", "beach", "river") for i in (4, 5)]
-    lists = _write_lists(tmp_path / "splits", {"train": train, "test": test})  # no val list: no val part
+    lists = _write_lists(tmp_path / "splits", {"train": train, "test": test})  # no val list
     out = tmp_path / "na.safetensors"
     result = run_cli(["train-ann", *TINY, "--data", uc_merced_like, "--epochs", "1", "--split-file", lists, "--out", out])
     split = read_checkpoint(out).record["split"]
     assert split["files"]["test"] == sorted(f"{n[:-6]}/{n[:-4]}.jpg" for n in test)
-    assert len(split["files"]["train"]) == 12 and split["files"]["val"] == [] and split["lists"]["val"] is None
-    assert "12 train / 0 val / 6 test" in result.output
+    # without a val list, a validation part is carved from the training list (one image per class here:
+    # --val-ratio 0.1 of 4, at least one), never left empty, and never taken from the test list
+    assert split["lists"]["val"] is None and (split["val_ratio"], split["seed"]) == (0.1, 0)
+    assert len(split["files"]["train"]) == 9 and len(split["files"]["val"]) == 3
+    assert {n.split("/")[0] for n in split["files"]["val"]} == {"agricultural", "beach", "river"}
+    assert set(split["files"]["val"]) <= {f"{n[:-6]}/{n[:-4]}.jpg" for n in train}
+    assert "9 train / 3 val / 6 test" in result.output and "carved from the training list" in result.output
 
 
 def test_bad_split_lists_are_refused_in_one_line_naming_the_list_and_line(uc_merced_like, tmp_path):

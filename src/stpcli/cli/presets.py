@@ -22,7 +22,7 @@ from stpcli.cli.stages import conversion_arguments, timestep_recipes
 from stpcli.data.source import BAD_IMAGE_POLICIES
 from stpcli.engine.runtime import check_runtime_options
 from stpcli.errors import StpError
-from stpcli.models.surgery import with_units, without_layers
+from stpcli.models.surgery import units_to_remove, with_units, without_layers
 from stpcli.pipeline import step_command
 from stpcli.spec import ModelSpec
 from stpcli.stages.ann import check_train_ann
@@ -94,11 +94,8 @@ def _check_step(step: Step, values: dict, specs: dict[str, ModelSpec], timesteps
             specs[name], timesteps[name] = specs[source], t
     elif step.command == "spatial-prune":
         config.check()
-        spec = specs[source]
-        units = spec.get("units")
-        group = values["unit_group"] if values["unit_group"] is not None else units and units["group"]
-        count = values["count"] if values["count"] is not None else units and units["count"]
-        if group is None or count is None:
-            raise StpError("its input has no Units; give --as and --m")
-        without_layers(spec, group, count)
-        specs[step.target], timesteps[step.target] = spec, timesteps[source]
+        try:
+            group, count, _ = units_to_remove(specs[source], values["unit_group"], values["count"])
+        except StpError as exc:
+            raise StpError(str(exc).replace("the checkpoint", "its input", 1)) from None
+        specs[step.target], timesteps[step.target] = without_layers(specs[source], group, count)[0], timesteps[source]

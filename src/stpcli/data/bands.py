@@ -13,6 +13,7 @@ stp's earlier behaviour, 8-bit grey).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,27 +38,41 @@ STORAGE = {"uint8": torch.uint8, "int8": torch.int16, "uint16": torch.int32, "in
 @dataclass(frozen=True)
 class Decoding:
     """How a dataset's files become tensors: ``rgb8`` (8-bit RGB, stp's classic path) or ``bands``
-    (the 1-based ``bands`` of each file, all of them when None, values kept)."""
+    (the 1-based ``bands`` of each file, all of them when None, values kept). ``names``: the chosen
+    bands' names; a file that names its bands is read by these names, wherever it stores them."""
 
     mode: str = "rgb8"
     bands: tuple[int, ...] | None = None
+    names: tuple[str, ...] | None = None
 
     @classmethod
     def from_record(cls, spec: dict) -> Decoding:
         """The decoding a record states (a checkpoint's ``input``, a pack's ``bands``); 8-bit RGB if none."""
-        bands = spec.get("bands")
-        return cls(spec.get("decoding", "rgb8"), tuple(bands) if bands else None)
+        bands, names = spec.get("bands"), spec.get("band_names")
+        return cls(spec.get("decoding", "rgb8"), tuple(bands) if bands else None, tuple(names) if names else None)
 
     @property
     def tag(self) -> str:
-        """What the decode cache's file name says about the decoding (empty for 8-bit RGB)."""
+        """What the decode cache's file name says about the decoding (empty for 8-bit RGB): a digest
+        of the bands and their names, so that the name stays short whatever the band count."""
         if self.mode == "rgb8":
             return ""
-        return "-bands" + ("" if self.bands is None else "-" + ".".join(map(str, self.bands)))
+        return "-bands-" + hashlib.sha256(f"{self.bands}|{self.names}".encode()).hexdigest()[:16]
+
+    def indices_in(self, path: Path, stated: list[str] | None) -> tuple[int, ...] | None:
+        """The 1-based bands to read from one file: where it stores the chosen names, if it names its
+        bands; else the chosen numbers."""
+        if self.names is None or stated is None:
+            return self.bands
+        missing = [name for name in self.names if name not in stated]
+        if missing:
+            raise StpError(f"{path} names its bands {', '.join(stated)}: it has no band {missing[0]!r}")
+        return tuple(stated.index(name) + 1 for name in self.names)
 
 
-def read_bands(path: Path) -> np.ndarray:
-    """Every band of one file as stored, [C, H, W]."""
+def read_bands(path: Path) -> tuple[np.ndarray, list[str] | None]:
+    """Every band of one file as stored, [C, H, W], and the names it gives them (GDAL's per-band
+    DESCRIPTION metadata of a GeoTIFF), or None; from one opening of the file."""
     if path.suffix.lower() in TIFF_SUFFIXES:
         import tifffile
 
@@ -65,33 +80,29 @@ def read_bands(path: Path) -> np.ndarray:
             page = tif.pages[0]
             array = page.asarray()
             separate = getattr(page, "planarconfig", 1) == 2  # tifffile.PLANARCONFIG.SEPARATE
+            tag = tif.pages.first.tags.get(42112)  # GDAL_METADATA
+            text = str(tag.value) if tag is not None else ""
+        found = {int(m.group(1)): m.group(2).strip() for m in re.finditer(
+            r'<Item name="DESCRIPTION" sample="(\d+)"[^>]*>([^<]*)</Item>', text)}
+        names = [found[i] for i in sorted(found)] if found else None
         if array.ndim == 2:
-            return array[None]
+            return array[None], names
         if array.ndim != 3:
             raise ValueError(f"a {array.ndim}-dimensional TIFF image is not a scene")
-        return array if separate else np.moveaxis(array, -1, 0)
+        return (array if separate else np.moveaxis(array, -1, 0)), names
     with Image.open(path) as image:
         array = np.asarray(image)
-    return array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+    return (array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)), None
 
 
 def band_names(path: Path) -> list[str] | None:
-    """Band names a GeoTIFF states (GDAL's per-band DESCRIPTION metadata), or None."""
-    if path.suffix.lower() not in TIFF_SUFFIXES:
-        return None
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        tag = tif.pages.first.tags.get(42112)  # GDAL_METADATA
-        text = tag.value if tag is not None else ""
-    found = {int(m.group(1)): m.group(2).strip() for m in re.finditer(
-        r'<Item name="DESCRIPTION" sample="(\d+)"[^>]*>([^<]*)</Item>', str(text))}
-    return [found[i] for i in sorted(found)] if found else None
+    """Band names a file states, or None."""
+    return read_bands(path)[1] if path.suffix.lower() in TIFF_SUFFIXES else None
 
 
 def probe(path: Path) -> tuple[int, str]:
     """(band count, stored type name) of one file."""
-    array = read_bands(path)
+    array = read_bands(path)[0]
     return array.shape[0], array.dtype.name
 
 
@@ -114,11 +125,13 @@ def resolve_bands(text: str, count: int, names: Sequence[str] | None, where: str
     return tuple(chosen)
 
 
-def decode_bands(path: Path, image_size: int, bands: tuple[int, ...] | None, expect: tuple[int, str] | None = None
+def decode_bands(path: Path, image_size: int, decoding: Decoding, expect: tuple[int, str] | None = None
                  ) -> torch.Tensor:
-    """One file as [C, S, S] in its storage type: the chosen bands, shorter side to S, centre crop.
-    ``expect`` (band count, stored type) is the dataset's: a file that differs is refused."""
-    array = read_bands(path)
+    """One file as [C, S, S] in its storage type: the chosen bands (by name where the file names
+    them), shorter side to S, centre crop. ``expect`` (band count, stored type) is the dataset's: a
+    file that differs is refused."""
+    array, stated = read_bands(path)
+    bands = decoding.indices_in(path, stated)
     count, kind = array.shape[0], array.dtype.name
     if expect is not None and (count, kind) != expect:
         raise StpError(f"{path} has {count} band(s) of {kind}; the dataset's first image has {expect[0]} of {expect[1]} "

@@ -163,7 +163,7 @@ def decode_all(listing: FolderListing, image_size: int, on_bad_image: str, progr
     def work(name: str):
         try:
             if decoding.mode == "bands":
-                return decode_bands(listing.root / name, image_size, decoding.bands, expect), False
+                return decode_bands(listing.root / name, image_size, decoding, expect), False
             return decode_image(listing.root / name, image_size)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             return None

@@ -84,11 +84,13 @@ def choose_decoding(listing, bands: str | None, normalisation: str,
         names = names or list(published.band_names)
     if bands is not None:
         chosen = resolve_bands(bands, count, names, str(first))
-        return Decoding("bands", chosen), [names[i - 1] for i in chosen] if names else None
+        chosen_names = [names[i - 1] for i in chosen] if names else None
+        return Decoding("bands", chosen, tuple(chosen_names) if chosen_names else None), chosen_names
     plain = kind == "uint8" and count <= 4
     if normalisation in ("imagenet", "stretch") or plain:
         return Decoding(), None
-    return Decoding("bands", tuple(range(1, count + 1))), names  # as the record states it: one cache for every stage
+    every = tuple(range(1, count + 1))  # as the record states it: one cache for every stage
+    return Decoding("bands", every, tuple(names) if names else None), names
 
 
 def load_dataset(data: str | None, image_size: int, on_bad_image: str = "fail",
@@ -219,7 +221,7 @@ def image_decoder(record: dict):
     """``decode(path) -> tensor [C, S, S]``: one new image read as the checkpoint's training images were."""
     size, decoding = record["input"]["image_size"], Decoding.from_record(record["input"])
     if decoding.mode == "bands":
-        return lambda path: decode_bands(Path(path), size, decoding.bands)
+        return lambda path: decode_bands(Path(path), size, decoding)
     return lambda path: imagefolder.decode_image(Path(path), size)[0]
 
 

@@ -34,9 +34,7 @@ def stratified_split(names: list[str], labels: list[int], classes: list[str],
         order = torch.randperm(len(members), generator=generator).tolist()
         shuffled = [members[i] for i in order]
         n_train = min(max(round(train_ratio * len(members)), 1), len(members) - 1)
-        n_val = round(val_ratio * n_train) if n_train >= 2 else 0
-        if val_ratio > 0 and n_train >= 2:
-            n_val = min(max(n_val, 1), n_train - 1)
+        n_val = validation_count(n_train, val_ratio)
         files["val"] += shuffled[:n_val]
         files["train"] += shuffled[n_val:n_train]
         files["test"] += shuffled[n_train:]
@@ -49,6 +47,32 @@ def stratified_split(names: list[str], labels: list[int], classes: list[str],
         "files": files,
         "sha256": split_hash(files),
     }
+
+
+def validation_count(n_train: int, val_ratio: float) -> int:
+    """How many of a class's ``n_train`` training images its validation part takes: at least one
+    (and one fewer than all) when ``val_ratio`` > 0."""
+    n_val = round(val_ratio * n_train) if n_train >= 2 else 0
+    if val_ratio > 0 and n_train >= 2:
+        n_val = min(max(n_val, 1), n_train - 1)
+    return n_val
+
+
+def carve_validation(train: list[str], label_of: dict[str, int], val_ratio: float, seed: int) -> tuple[list[str], list[str]]:
+    """A stratified validation part carved from a training list (split lists without a val list),
+    seeded: (train, val)."""
+    generator = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[str]] = {}
+    for name in sorted(train):
+        by_class.setdefault(label_of[name], []).append(name)
+    kept, val = [], []
+    for label in sorted(by_class):
+        members = by_class[label]
+        shuffled = [members[i] for i in torch.randperm(len(members), generator=generator).tolist()]
+        n_val = validation_count(len(members), val_ratio)
+        val += shuffled[:n_val]
+        kept += shuffled[n_val:]
+    return sorted(kept), sorted(val)
 
 
 def check_split_ratios(train_ratio: float, val_ratio: float) -> None:
@@ -115,13 +139,18 @@ def _entry_keys(name: str) -> tuple[str, str, str, str]:
 
 
 def read_split_lists(train_list: Path, names: list[str], labels: list[int], classes: list[str],
-                     skipped: list[str] | None = None) -> dict:
+                     skipped: list[str] | None = None, val_ratio: float = 0.1, seed: int = 0) -> dict:
     """The split a set of lists names, as a recorded split. Each line names one image of the
     dataset, by relative path or (as TorchGeo's lists do) by file name, with or without extension;
     an entry that names no image, or more than one, or an image listed twice, is an error naming
     the list and line. Images in no list are not used, nor listed ones that ``skipped`` names
-    (--on-bad-image skip: files that do not decode)."""
+    (--on-bad-image skip: files that do not decode). Without a val list, a validation part is carved
+    from the training list (``val_ratio`` of each class, seeded), so that model selection never
+    sees the test list."""
     paths = list_files(train_list.expanduser())
+    for part in PARTS:
+        if paths[part].exists() and not paths[part].is_file():
+            raise StpError(f"--split-file: the {part} list {paths[part]} is not a regular file")
     for part in ("train", "test"):
         if not paths[part].is_file():
             raise StpError(f"--split-file: the {part} list {paths[part]} does not exist")
@@ -136,7 +165,7 @@ def read_split_lists(train_list: Path, names: list[str], labels: list[int], clas
     for part in PARTS:
         path = paths[part]
         if part == "val" and not path.is_file():
-            continue  # no validation list: no validation part, as with --val-ratio 0
+            continue  # no validation list: carved from the training list below
         digest.update(f"{part}\0".encode() + path.read_bytes())
         for number, entry in _read_lines(path):
             stem = entry.rsplit(".", 1)[0] if "." in entry.rsplit("/", 1)[-1] else entry
@@ -157,6 +186,9 @@ def read_split_lists(train_list: Path, names: list[str], labels: list[int], clas
     if not files["test"]:
         raise StpError(f"--split-file: the test list {paths['test']} names no image")
     label_of = dict(zip(names, labels))
+    carved = not paths["val"].is_file()
+    if carved:
+        files["train"], files["val"] = carve_validation(files["train"], label_of, val_ratio, seed)
     trained = {label_of[name] for name in files["train"]}
     missing = [classes[label] for label in range(len(classes)) if label not in trained]
     if missing:
@@ -165,7 +197,8 @@ def read_split_lists(train_list: Path, names: list[str], labels: list[int], clas
     for part in PARTS:
         files[part].sort()
     lists = {part: str(paths[part].resolve()) if paths[part].is_file() else None for part in PARTS}
-    return {"lists": lists | {"sha256": digest.hexdigest()}, "files": files, "sha256": split_hash(files)}
+    carving = {"val_ratio": val_ratio, "seed": seed} if carved else {}
+    return {**carving, "lists": lists | {"sha256": digest.hexdigest()}, "files": files, "sha256": split_hash(files)}
 
 
 def split_list_lines(split: dict, part: str, basenames: bool) -> list[str]:

@@ -109,6 +109,9 @@ def fit(model, data: SplitData, config: TrainConfig, runtime: Runtime, *, stats:
         raise ValueError("distillation needs a teacher model")
     started = time.time()
     loop = _prepare(model, data, config, runtime, stats, teacher, label, state_path)
+    if data.indices["val"].numel() == 0 and runtime.is_main:
+        console.print(f"[{label}] no validation part (--val-ratio 0): 'val' below is the training images' "
+                      "accuracy, and the best epoch is chosen on it", markup=False)
     start_epoch = _resume(loop, resume_identity, console) if resume else 0
     with _StopRequest() as stop:
         for epoch in range(start_epoch, config.epochs):

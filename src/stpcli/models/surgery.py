@@ -83,6 +83,32 @@ def without_layers(spec: ModelSpec, group: int, count: int, named: str | None = 
     return new, first_layer_index(plan, group, count)
 
 
+def units_to_remove(spec: ModelSpec, group: int | None, count: int | None) -> tuple[int, int, str]:
+    """What spatial-prune removes: the recorded Units by default, or the layers ``--as``/``--m`` name;
+    (group, count, how they were named). When the spec records its Units, --as/--m must name exactly
+    those: removing a base layer instead writes a broken network."""
+    units = spec.get("units")
+    named = f"--as {group} --m {count}"
+    if group is None or count is None:
+        if not units:
+            raise StpError("the checkpoint has no Units recorded; pass --as and --m to name the layers to remove")
+        if group is None and count is None:
+            named = f"the recorded Units (group {units['group']}, M={units['count']})"
+        elif group is None:
+            named = f"--m {count} in the recorded Unit group {units['group']}"
+        else:
+            named = f"--as {group} with the recorded M={units['count']}"
+        group = units["group"] if group is None else group
+        count = units["count"] if count is None else count
+    without_layers(spec, group, count, named)
+    if units and (group, count) != (units["group"], units["count"]):
+        first = first_layer_index(build_plan(spec), units["group"], units["count"])
+        raise StpError(f"{named} names other layers than this checkpoint's Units: {units['count']} Unit(s) at the "
+                       f"end of layer group {units['group']} (layers {first}..{first + units['count'] - 1}); leave "
+                       f"--as and --m out to remove them (or pass --as {units['group']} --m {units['count']})")
+    return group, count, named
+
+
 def index_mapping(num_small: int, first_unit: int, count: int) -> list[int]:
     """Algorithm 2: layer i of Sa takes layer i of Sb if i < AS, else layer i + M."""
     return [i if i < first_unit else i + count for i in range(num_small)]

@@ -83,10 +83,12 @@ def train_ann(run: Run, *, arch: str, width: float, image_size: int, dropout: fl
         run.say(f"skipped {len(dataset.skipped)} image(s) that do not decode")
     if split_file is not None:
         split = read_split_lists(Path(split_file), dataset.names, dataset.labels.tolist(), dataset.classes,
-                                 dataset.skipped)
+                                 dataset.skipped, val_ratio, config.seed)
         unused = len(dataset.names) - sum(len(files) for files in split["files"].values())
-        run.say(f"split read from {split_file} and its val/test lists" + (f"; {unused} image(s) of the data are in "
-                                                                            "no list and not used" if unused else ""))
+        carved = (f"; no val list beside it, so {len(split['files']['val'])} validation image(s) were carved from "
+                  f"the training list (--val-ratio {val_ratio}, seed {config.seed})" if "val_ratio" in split else "")
+        run.say(f"split read from {split_file} and its lists" + carved + (f"; {unused} image(s) of the data are in "
+                                                                          "no list and not used" if unused else ""))
     else:
         split = stratified_split(dataset.names, dataset.labels.tolist(), dataset.classes, train_ratio,
                                  val_ratio, config.seed)

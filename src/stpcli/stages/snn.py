@@ -13,7 +13,7 @@ from stpcli.data.loader import normalise
 from stpcli.defaults import BALANCINGS, CONV_DROPOUT_PLACEMENTS, MAX_BALANCE_STEPS, RECIPES, SPIKE_AMPLITUDES
 from stpcli.engine.recipe import TrainConfig
 from stpcli.errors import StpError
-from stpcli.models.surgery import remove_units, without_layers
+from stpcli.models.surgery import remove_units, units_to_remove
 from stpcli.names import timestep_path
 from stpcli.restore import check_timesteps, input_stats, model_from_checkpoint, require_kind
 from stpcli.run import DataOptions, Run, load_checkpoint_data
@@ -240,20 +240,10 @@ def spatial_prune(run: Run, source: Checkpoint, *, unit_group: int | None, count
     require_kind(source, "spatial-prune", "snn")
     config = config.for_recipe(recorded_recipe(source))
     config.check()
-    units = source.model_spec.get("units")
-    named = f"--as {unit_group} --m {count}"
-    if unit_group is None or count is None:
-        if not units:
-            raise StpError(f"{source.path} has no Units recorded; pass --as and --m to name the layers to remove")
-        if unit_group is None and count is None:
-            named = f"the recorded Units (group {units['group']}, M={units['count']})"
-        elif unit_group is None:
-            named = f"--m {count} in the recorded Unit group {units['group']}"
-        else:
-            named = f"--as {unit_group} with the recorded M={units['count']}"
-        unit_group = units["group"] if unit_group is None else unit_group
-        count = units["count"] if count is None else count
-    without_layers(source.model_spec, unit_group, count, named)  # checked before anything is read
+    try:  # checked before anything is read
+        unit_group, count, named = units_to_remove(source.model_spec, unit_group, count)
+    except StpError as exc:
+        raise StpError(str(exc).replace("the checkpoint", str(source.path), 1)) from None
     io.check(will_train=config.epochs > 0, inputs=(source.path, teacher))
     distil_from = resolve_teacher(source, teacher, config)
     small, first = remove_units(model_from_checkpoint(source), unit_group, count, named)
