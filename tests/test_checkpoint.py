@@ -40,9 +40,11 @@ def sample_record(kind="snn"):
 
 
 def sample_tensors(record: dict) -> dict[str, torch.Tensor]:
-    """Random tensors of the model the record describes (names and shapes from the layer plan)."""
+    """Random tensors of the model the record describes (names and shapes from the layer plan);
+    thresholds positive and leaks in [0, 1], as a model's are."""
     shapes = tensor_shapes(build_plan(record["model"]), record["kind"], binary=False)
-    return {name: torch.tensor(3) if name.endswith("num_batches_tracked") else torch.randn(shape)
+    return {name: torch.tensor(3) if name.endswith("num_batches_tracked")
+            else torch.rand(shape).clamp(min=0.01) if name.endswith((".threshold", ".leak")) else torch.randn(shape)
             for name, shape in shapes.items()}
 
 

@@ -271,3 +271,28 @@ def test_a_one_step_snn_in_onnxruntime_is_one_fused_kernel_per_layer_and_integer
             assert ops.count("QLinearConv") == 8 and ops.count("QuantizeLinear") == 1, ops  # the image, once
             assert ops.count("DequantizeLinear") == 1  # the logits, once
     assert normalised is not None
+
+
+def test_an_int8_model_that_disagrees_with_fp32_below_the_floor_is_not_written(pipeline, tmp_path, monkeypatch):
+    """The export measures how often int8 predicts what fp32 does on the test split, says it, and
+    writes nothing below the floor unless --min-int8-agreement lowers it."""
+    pytest.importorskip("onnxruntime")
+    import stpcli.export as export_module
+
+    real = export_module.onnx_predictions
+    calls = []
+
+    def every_other_wrong(model_bytes, images, batch=64):  # the second call is the int8 model's
+        predicted = real(model_bytes, images, batch)
+        calls.append(1)
+        return predicted if len(calls) % 2 else (predicted + np.arange(len(predicted)) % 2) % 3
+
+    monkeypatch.setattr(export_module, "onnx_predictions", every_other_wrong)
+    out = tmp_path / "x.int8.onnx"
+    result = run_cli(["export", pipeline["sa_t1"], "--format", "onnx", "--quantize", "int8", "--out", out,
+                      "--device", "cpu"], expect=2)
+    assert "predicts what the fp32 model does on only 50.0 %" in result.output and "floor 90 %" in result.output
+    assert not out.exists()
+    report = json.loads(run_cli(["export", pipeline["sa_t1"], "--format", "onnx", "--quantize", "int8", "--out", out,
+                                 "--device", "cpu", "--min-int8-agreement", "0", "--json"]).stdout)
+    assert report["int8_agreement"] == 50.0 and out.exists()

@@ -460,3 +460,26 @@ def test_spatial_prune_refuses_layers_other_than_the_recorded_units(pipeline, ou
     assert "layer group 3 (layers 6..6)" in result.output and "--as 3 --m 1" in result.output
     run_cli(["spatial-prune", pipeline["sb_t1"], "--as", "3", "--m", "1", "--epochs", "0", "--out", out, *CPU])
     assert load_checkpoint(out).model_spec["units"] is None
+
+
+@pytest.mark.parametrize("case,edit,tensors_edit,message", [
+    ("huge statistics", _set(("input", "mean"), [1e308, 0.4, 0.4]), None, "every mean must lie in"),
+    ("tiny std", _set(("input", "std"), [1e-308, 0.2, 0.2]), None, "every std must lie in"),
+    ("a band twice", lambda r: r["input"].update(decoding="bands", bands=[1, 1, 1]), None, "every band must be listed once"),
+    ("unknown architecture", _set(("model", "arch"), "alexnet"), None, "is not an architecture of this stp"),
+    ("layers of another architecture", _set(("model", "arch"), "vgg16"), None, "not vgg16's at width"),
+    ("zero threshold", None, lambda t: t["layers.0.neuron.threshold"].zero_(), "a threshold must be positive"),
+    ("leak above 1", None, lambda t: t["layers.0.neuron.leak"].fill_(1.5), "a leak lies in [0, 1]"),
+    ("int8 weights", None, lambda t: t.update({"layers.0.conv.weight": t["layers.0.conv.weight"].to(torch.int8)}),
+     "holds I8 values; the model needs floating-point values"),
+])
+def test_records_and_tensors_a_model_cannot_have_are_refused_by_every_reader(pipeline, tmp_path, out, case, edit,
+                                                                          tensors_edit, message):
+    """Statistics that overflow the input, a band read twice, an architecture stp does not know (or
+    whose layers are not that architecture's), non-positive thresholds, leaks outside [0, 1] and
+    integer weights are refused in one line by info, evaluate, predict and export, not reported and run."""
+    bad = rewrite(pipeline["sb_t1"], tmp_path / "bad.safetensors", edit, tensors_edit)
+    image = next(p for p in pipeline["na"].parent.parent.rglob("*.png"))
+    for args in (["info", bad], ["evaluate", bad, *CPU], ["predict", bad, image, *CPU],
+                 ["export", bad, "--format", "onnx", "--out", out]):
+        refused(args, message, out)

@@ -97,7 +97,10 @@ class CheckpointFile(RecordView):
             _NUMPY_DTYPES[dtype]).itemsize, offset=start).reshape(shape)
 
     def scalar(self, name: str) -> float:
-        return float(self.array(name).reshape(-1)[0])
+        values = self.array(name).reshape(-1)
+        if self.tensors[name][0] == "BF16":  # a bfloat16 is the top half of a float32
+            values = (values.astype(np.uint32) << 16).view(np.float32)
+        return float(values[0])
 
 
 @dataclass
@@ -167,11 +170,7 @@ def read_checkpoint(path: str | Path, expect_kind: str | None = None) -> Checkpo
     tensors = _tensor_table(header, len(data) - base, base, path)
     check_tensors_match_record(record, {name: entry[1] for name, entry in tensors.items()}, path)
     file = CheckpointFile(record, path, hashlib.sha256(data).hexdigest(), tensors, data)
-    for name, (dtype, _, _, _) in tensors.items():
-        values = file.array(name)
-        finite = (values & 0x7F80) != 0x7F80 if dtype == "BF16" else np.isfinite(values) if values.dtype.kind == "f" else True
-        if not np.all(finite):
-            raise StpError(f"{path} holds NaN or infinite values in {name}")
+    check_values(file)
     if expect_kind is not None and record["kind"] != expect_kind:
         raise StpError(
             f"{path} is an {record['kind'].upper()} checkpoint; this command needs an "
@@ -309,6 +308,35 @@ def validate_record(record: Any, source: str) -> None:
     if record["kind"] == "snn" and record.get("timesteps") is None:
         raise StpError(f"{source} is an SNN checkpoint without time steps")
     validate(Record, record, source)
+    from stpcli.models.registry import check_architecture
+
+    try:
+        check_architecture(record["model"])
+    except StpError as exc:
+        raise StpError(f"{source} has a corrupt stp record ({exc})") from None
+
+
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+
+
+def check_values(file: CheckpointFile) -> None:
+    """Every tensor finite and of the type its role needs (floating point; a BatchNorm's step count an
+    integer); an SNN's thresholds positive and its leaks in [0, 1]."""
+    for name, (dtype, _, _, _) in file.tensors.items():
+        counter = name.endswith(".num_batches_tracked")
+        if (dtype != "I64") if counter else (dtype not in FLOAT_DTYPES):
+            raise StpError(f"{file.path}: {name} holds {dtype} values; the model needs "
+                           + ("an int64 count" if counter else "floating-point values"))
+        values = file.array(name)
+        finite = (values & 0x7F80) != 0x7F80 if dtype == "BF16" else np.isfinite(values) if values.dtype.kind == "f" else True
+        if not np.all(finite):
+            raise StpError(f"{file.path} holds NaN or infinite values in {name}")
+        if name.endswith((".threshold", ".leak")):
+            value = file.scalar(name)
+            if name.endswith(".threshold") and not value > 0:
+                raise StpError(f"{file.path}: the threshold {name} is {value:g}; a threshold must be positive")
+            if name.endswith(".leak") and not 0 <= value <= 1:
+                raise StpError(f"{file.path}: the leak {name} is {value:g}; a leak lies in [0, 1]")
 
 
 def check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:

@@ -14,6 +14,7 @@ DEFAULT_TIMESTEPS = 5  # convert's T
 DEFAULT_SCHEDULE = (3, 2, 1)  # temporal-prune's --schedule
 SPIKE_AMPLITUDES = ("threshold", "binary")
 EXPORT_FORMATS = ("nir", "onnx")
+MIN_INT8_AGREEMENT = 90.0  # export --quantize int8: % of the test images on which int8 must predict what fp32 does
 FIGURE_FORMATS = (".png", ".pdf", ".svg")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")

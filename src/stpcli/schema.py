@@ -30,6 +30,7 @@ MAX_LAYERS_PER_GROUP = 64
 MAX_CHANNELS = 8192
 MAX_HIDDEN = 65_536
 MAX_HISTORY = 1_000
+MAX_STATISTIC = 1e12  # |mean| and std (and 1/std) of an input band, so that the normalised input stays finite
 MAX_BANDS = 64  # input channels: RGB, or the bands of a multispectral image (Sentinel-2: 13)
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -107,13 +108,22 @@ class InputSpec(_Strict):
     @field_validator("mean")
     @classmethod
     def _mean(cls, values):
-        return [_finite(v) for v in values]
+        if any(not abs(_finite(v)) <= MAX_STATISTIC for v in values):
+            raise ValueError(f"every mean must lie in [-{MAX_STATISTIC:g}, {MAX_STATISTIC:g}]")
+        return values
 
     @field_validator("std")
     @classmethod
     def _std(cls, values):
-        if any(not (math.isfinite(v) and v > 0) for v in values):
-            raise ValueError("every std must be a positive finite number")
+        if any(not (math.isfinite(v) and 1 / MAX_STATISTIC <= v <= MAX_STATISTIC) for v in values):
+            raise ValueError(f"every std must lie in [{1 / MAX_STATISTIC:g}, {MAX_STATISTIC:g}]")
+        return values
+
+    @field_validator("bands")
+    @classmethod
+    def _distinct(cls, values):
+        if values is not None and len(set(values)) != len(values):
+            raise ValueError("every band must be listed once")
         return values
 
 

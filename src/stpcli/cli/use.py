@@ -24,6 +24,7 @@ from stpcli.cli.common import (
 )
 from stpcli.cli.terminal import safe, shown
 from stpcli.defaults import EXPORT_FORMATS as FORMATS
+from stpcli.defaults import MIN_INT8_AGREEMENT
 from stpcli.errors import StpError
 from stpcli.files import atomic_write_text, check_output, lock_output
 from stpcli.progress import progress_bar
@@ -101,7 +102,8 @@ def export_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="File to write; its folder is created if missing.")],
     fmt: Annotated[str, typer.Option("--format", help=f"{' | '.join(FORMATS)}: NIR (SNNs) for neuromorphic tools, ONNX (ANNs and SNNs) for edge runtimes.")] = "nir",
     nir_graph: Annotated[str, typer.Option("--nir-graph", help="portable (runs unmodified in snnTorch and Norse) | stp (stp's exact layers; initial membrane and reset in metadata).")] = "portable",
-    quantize: Annotated[str | None, typer.Option("--quantize", help="int8: static int8 ONNX, calibrated on training images; prints the test accuracy of fp32 and int8.")] = None,
+    quantize: Annotated[str | None, typer.Option("--quantize", help="int8: static int8 ONNX, calibrated on training images; prints the test accuracy of fp32 and int8 and how often they agree.")] = None,
+    min_agreement: Annotated[float, typer.Option("--min-int8-agreement", help="With --quantize int8: write nothing unless the int8 model predicts what the fp32 model does on at least this % of the test images (0: any).")] = MIN_INT8_AGREEMENT,
     data: Data = None,
     cache_dir: CacheDir = None,
     device: Device = "auto",
@@ -122,8 +124,11 @@ def export_command(
     check_export_options(ckpt.kind, fmt, nir_graph, quantize)
     lock_output(out)
     run = make_run("export", {"device": device}) if quantize else None
+    if not 0 <= min_agreement <= 100:
+        raise StpError(f"--min-int8-agreement must lie in [0, 100], got {min_agreement}")
     report = export(ckpt, fmt, out, graph=nir_graph, quantize=quantize, run=run,
-                    data=make_data({"data": data, "cache_dir": cache_dir}) if quantize else None)
+                    data=make_data({"data": data, "cache_dir": cache_dir}) if quantize else None,
+                    min_agreement=min_agreement)
     report["path"] = str(out)
     if json_output:
         typer.echo(json.dumps(report, indent=2))
@@ -133,5 +138,6 @@ def export_command(
     if quantize:
         change = report["int8_test_accuracy"] - report["fp32_test_accuracy"]
         console.print(f"test split ({report['test_images']} images, onnxruntime): fp32 {report['fp32_test_accuracy']:.2f}%, "
-                      f"int8 {report['int8_test_accuracy']:.2f}% ({change:+.2f} points); "
+                      f"int8 {report['int8_test_accuracy']:.2f}% ({change:+.2f} points), the same prediction on "
+                      f"{report['int8_agreement']:.1f}% of the images; "
                       f"{report['fp32_bytes'] / 1e6:.2f} MB -> {report['bytes'] / 1e6:.2f} MB", markup=False)

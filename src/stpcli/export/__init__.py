@@ -13,14 +13,15 @@ from pathlib import Path
 
 from stpcli.checkpoint import Checkpoint
 from stpcli.defaults import EXPORT_FORMATS as FORMATS
+from stpcli.defaults import MIN_INT8_AGREEMENT
 from stpcli.errors import StpError
 from stpcli.export.nir_graph import GRAPHS, nir_graph
 from stpcli.export.onnx_model import (
     CALIBRATION_IMAGES,
     QUANTIZATIONS,
     normalised,
-    onnx_accuracy,
     onnx_bytes,
+    onnx_predictions,
     quantize_int8,
 )
 from stpcli.files import atomic_write_bytes
@@ -50,11 +51,11 @@ def check_export_options(kind: str, fmt: str, graph: str, quantize: str | None) 
 
 
 def export(ckpt: Checkpoint, fmt: str, out: Path, *, graph: str = "portable", quantize: str | None = None,
-           run=None, data=None) -> dict:
+           run=None, data=None, min_agreement: float = MIN_INT8_AGREEMENT) -> dict:
     """Write ``ckpt`` as ``fmt`` to ``out``; returns what was written (and, for ``quantize``, the
-    test-split accuracy of the fp32 and int8 ONNX models, measured with onnxruntime). ``run`` and
-    ``data`` (a ``Run`` and ``DataOptions``) are needed for ``quantize`` only: it reads the
-    checkpoint's recorded images."""
+    test-split accuracy of the fp32 and int8 ONNX models and how often they agree, measured with
+    onnxruntime: below ``min_agreement`` % nothing is written). ``run`` and ``data`` (a ``Run`` and
+    ``DataOptions``) are needed for ``quantize`` only: it reads the checkpoint's recorded images."""
     check_export_options(ckpt.kind, fmt, graph, quantize)
     from stpcli.restore import model_from_checkpoint
 
@@ -78,10 +79,18 @@ def export(ckpt: Checkpoint, fmt: str, out: Path, *, graph: str = "portable", qu
         calibration = normalised(ckpt, train[:CALIBRATION_IMAGES])
         quantized = quantize_int8(model, ckpt, calibration)
         images, truth = normalised(ckpt, test), labels.numpy()
+        fp32, int8 = onnx_predictions(model, images), onnx_predictions(quantized, images)
+        agreement = 100.0 * float((fp32 == int8).mean()) if len(truth) else 100.0
         report.update(fp32_bytes=len(model), bytes=len(quantized), quantize=quantize,
                       calibration_images=len(calibration), test_images=len(truth),
-                      fp32_test_accuracy=onnx_accuracy(model, images, truth),
-                      int8_test_accuracy=onnx_accuracy(quantized, images, truth))
+                      fp32_test_accuracy=100.0 * float((fp32 == truth).mean()) if len(truth) else 0.0,
+                      int8_test_accuracy=100.0 * float((int8 == truth).mean()) if len(truth) else 0.0,
+                      int8_agreement=agreement)
+        if agreement < min_agreement:
+            raise StpError(f"the int8 model predicts what the fp32 model does on only {agreement:.1f} % of the "
+                           f"{len(truth)} test images (floor {min_agreement:g} %; test accuracy fp32 "
+                           f"{report['fp32_test_accuracy']:.2f} %, int8 {report['int8_test_accuracy']:.2f} %); "
+                           "nothing was written. Pass --min-int8-agreement 0 to write it anyway")
         model = quantized
     atomic_write_bytes(out, model)
     return report

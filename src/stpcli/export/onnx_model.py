@@ -109,13 +109,15 @@ def quantize_int8(model_bytes: bytes, ckpt: Checkpoint, calibration: np.ndarray)
                                                          f"calibrated on {len(calibration)} training images"})
 
 
-def onnx_accuracy(model_bytes: bytes, images: np.ndarray, labels: np.ndarray, batch: int = 64) -> float:
-    """Top-1 accuracy (%) of an ONNX model run by onnxruntime on the CPU."""
+def onnx_predictions(model_bytes: bytes, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """The class an ONNX model run by onnxruntime on the CPU predicts for each image."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    correct = 0
-    for start in range(0, len(images), batch):
-        (logits,) = session.run(None, {"image": images[start:start + batch]})
-        correct += int((logits.reshape(len(logits), -1).argmax(1) == labels[start:start + batch]).sum())
-    return 100.0 * correct / max(1, len(images))
+    predicted = [session.run(None, {"image": images[start:start + batch]})[0] for start in range(0, len(images), batch)]
+    return np.concatenate([p.reshape(len(p), -1).argmax(1) for p in predicted]) if predicted else np.zeros(0, int)
+
+
+def onnx_accuracy(model_bytes: bytes, images: np.ndarray, labels: np.ndarray, batch: int = 64) -> float:
+    """Top-1 accuracy (%) of an ONNX model run by onnxruntime on the CPU."""
+    return 100.0 * float((onnx_predictions(model_bytes, images, batch) == labels).sum()) / max(1, len(images))

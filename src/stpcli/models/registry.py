@@ -80,3 +80,21 @@ def make_spec(arch: str, num_classes: int, image_size: int, width: float = 1.0, 
         "units": None,
     }
 
+
+
+def check_architecture(spec: dict) -> None:
+    """A recorded spec must be its architecture's: a known name whose family, depths (Units aside),
+    channels and hidden sizes are the ones ``make_spec`` gives at the recorded width."""
+    arch = spec["arch"]
+    if arch not in ARCHITECTURES:
+        raise StpError(f"model.arch {str(arch)[:40]!r} is not an architecture of this stp "
+                       f"({', '.join(sorted(ARCHITECTURES))})")
+    base, width, units = ARCHITECTURES[arch](), spec["width"], spec.get("units")
+    depths = list(base["depths"])
+    if units and units["group"] <= len(depths):
+        depths[units["group"] - 1] += units["count"]
+    expected = {"family": base["family"], "depths": depths, "channels": [scaled(c, width, 4) for c in base["channels"]],
+                "hidden": [scaled(h, width, 16) for h in base["hidden"]]}
+    for key, value in expected.items():
+        if spec[key] != value:
+            raise StpError(f"model.{key} is {str(spec[key])[:60]}, not {arch}'s at width {width:g} ({value})")
