@@ -55,7 +55,7 @@ def _section(preset: dict, name: str) -> dict:
 
 def preset_integer(value, what: str, low: int, high: int) -> int:
     """An integer the chain's file names depend on: strictly an integer (not 2.9, not true)."""
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and value.strip().lstrip("-").isascii() and value.strip().lstrip("-").isdigit():
         value = int(value)
     if type(value) is not int or not low <= value <= high:
         raise StpError(f"{what} must be an integer in {low}..{high}, got {value!r}")

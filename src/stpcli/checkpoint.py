@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -21,7 +20,7 @@ import numpy as np
 
 from stpcli import __version__
 from stpcli.errors import StpError
-from stpcli.files import atomic_save_tensors, first_line, now_iso, sha256_file
+from stpcli.files import atomic_save_tensors, first_line, now_iso, readable_file, sha256_file
 from stpcli.schema import MAX_HEADER, Record, strict_json, validate
 from stpcli.spec import ModelSpec
 
@@ -254,14 +253,7 @@ def _metadata(header: dict, path: Path) -> dict[str, str]:
 
 
 def _existing_file(path: str | Path) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise StpError(f"{path} does not exist")
-    if not path.is_file():
-        raise StpError(f"{path} is not a file")
-    if not os.access(path, os.R_OK):
-        raise StpError(f"{path} is not readable")
-    return path
+    return readable_file(path)
 
 
 def _parse_record(metadata: dict[str, str], path: Path) -> dict[str, Any]:

@@ -40,7 +40,7 @@ def main() -> None:
         except ValueError:  # not the main thread
             pass
     parent = os.environ.pop(PARENT_VARIABLE, "")
-    if parent.isdigit():
+    if parent.isascii() and parent.isdigit():
         threading.Thread(target=_watch_parent, args=(int(parent),), daemon=True, name="stp-parent-watch").start()
     from stpcli.cli.terminal import guard_standard_streams
 

@@ -47,6 +47,27 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
 
 
+MAX_TEXT_FILE = 10 << 20  # bytes of a preset or split list read before anything else is done
+
+
+def readable_file(path: str | Path, what: str = "", max_bytes: int | None = None) -> Path:
+    """``path`` if it is a regular, readable file (of at most ``max_bytes``); otherwise one error that
+    says what it is instead: missing, a folder, a FIFO or device, unreadable, too large."""
+    path = Path(path)
+    label = f"{what} {path}".strip()
+    if not path.exists():
+        raise StpError(f"{label} does not exist")
+    if path.is_dir():
+        raise StpError(f"{label} is a folder, not a file")
+    if not path.is_file():
+        raise StpError(f"{label} is not a regular file (a FIFO, socket or device)")
+    if not os.access(path, os.R_OK):
+        raise StpError(f"{label} is not readable")
+    if max_bytes is not None and path.stat().st_size > max_bytes:
+        raise StpError(f"{label} is {path.stat().st_size / 2**20:.1f} MiB; at most {max_bytes / 2**20:g} MiB is read")
+    return path
+
+
 def write_error(path: Path, exc: OSError) -> StpError:
     reason = exc.strerror or first_line(exc)
     return StpError(f"cannot write {path}: {reason}")

@@ -23,7 +23,7 @@ from stpcli.chain import Step, compared, pipeline_steps
 from stpcli.errors import StpError
 from stpcli.files import create_out_dir, lock_holder, lock_output
 from stpcli.names import log_path, state_path
-from stpcli.signals import PARENT_VARIABLE
+from stpcli.signals import PARENT_VARIABLE, stop_if_signalled
 
 STOP_GRACE_SECONDS = 120  # a stopped stage finishes its step and writes its state; then it is killed
 
@@ -69,6 +69,7 @@ def run_child(args: Sequence[str], *, log: Path, echo: Callable[[str], None] | N
     writes it. The child watches this process (``STP_PARENT_PID``) and stops itself if it dies,
     even by ``kill -9``. When ``stop_requested()`` turns true, or this process is interrupted, the
     child gets SIGTERM and a grace period."""
+    stop_if_signalled()  # a stop that arrived while this driver imported its modules: no child starts
     environment = dict(os.environ if env is None else env, **{PARENT_VARIABLE: str(os.getpid())},
                        PYTHONUNBUFFERED="1")  # the log, and the echo, as the stage writes, not 8 kB later
     with open(log, "ab") as handle:
@@ -79,6 +80,7 @@ def run_child(args: Sequence[str], *, log: Path, echo: Callable[[str], None] | N
         forward = _forwarder(reader, echo)
         try:
             while child.poll() is None:
+                stop_if_signalled()
                 if stop_requested():
                     _stop(child)
                 forward()
@@ -89,6 +91,18 @@ def run_child(args: Sequence[str], *, log: Path, echo: Callable[[str], None] | N
         finally:
             forward(final=True)
     return child.returncode
+
+
+def last_error(log: Path, tail_bytes: int = 16_384) -> str | None:
+    """The one-line reason a stage gave for stopping (its last 'error: ' line), from the end of its log."""
+    try:
+        with open(log, "rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - tail_bytes))
+            lines = handle.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    found = next((line for line in reversed(lines) if line.startswith("error: ")), None)
+    return found.removeprefix("error: ")[:300] if found else None
 
 
 def _forwarder(reader, echo: Callable[[str], None] | None):
@@ -164,7 +178,8 @@ def run_pipeline(preset: dict, preset_path: Path, out_dir: Path, *, data: str | 
             raise StpError(f"pipeline interrupted during {step.command}: the finished stages are kept and {where}; "
                            f"rerun the same command to continue (its output: {log})", exit_code=130) from None
         if code:
-            raise StpError(f"pipeline stopped: stp {step.command} exited with status {code} (its output: {log})",
-                           exit_code=code)
+            reason = last_error(log)
+            raise StpError(f"pipeline stopped: stp {step.command} exited with status {code}"
+                           + (f": {reason}" if reason else "") + f" (its output: {log})", exit_code=code)
         rebuilt.update(step.outputs)
     return [out_dir / f"{name}.safetensors" for name in compared(preset)]

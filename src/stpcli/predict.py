@@ -19,7 +19,7 @@ from stpcli.data.imagefolder import IMAGE_EXTENSIONS
 from stpcli.data.loader import normalise
 from stpcli.data.source import image_decoder
 from stpcli.errors import StpError
-from stpcli.files import first_line
+from stpcli.files import first_line, readable_file
 from stpcli.report import method_of
 from stpcli.restore import input_stats, model_from_checkpoint
 from stpcli.run import Run
@@ -32,10 +32,8 @@ def find_images(paths: list[Path]) -> list[Path]:
         if path.is_dir():
             found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
                             and not any(part.startswith(".") for part in p.relative_to(path).parts))
-        elif path.is_file():
-            found.append(path)
         else:
-            raise StpError(f"{path} does not exist")
+            found.append(readable_file(path))
     if not found:
         raise StpError(f"no image files under {', '.join(map(str, paths))}")
     return found

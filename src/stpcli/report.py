@@ -60,7 +60,7 @@ def neuron_label(plan, module_name: str) -> str:
     """A neuron layer by what it follows: ``layers.3.neuron`` -> ``3: conv3-128``, a residual block's
     second neuron -> ``5: block-64 (2)``."""
     parts = module_name.split(".")
-    if len(parts) < 3 or parts[0] != "layers" or not parts[1].isdigit() or int(parts[1]) >= len(plan):
+    if len(parts) < 3 or parts[0] != "layers" or not (parts[1].isascii() and parts[1].isdigit()) or int(parts[1]) >= len(plan):
         return module_name
     index, neuron = int(parts[1]), parts[2]
     suffix = f" ({neuron.removeprefix('neuron')})" if neuron.removeprefix("neuron") else ""

@@ -260,7 +260,10 @@ def _no_constant(name: str) -> Any:
 def strict_json(text: str | bytes) -> Any:
     """JSON as the standard defines it: a key given twice (which one would a reader take?) and
     NaN/Infinity (Python's extension) are errors (ValueError), not silently accepted."""
-    return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("values nested too deeply") from None
 
 
 MAX_HEADER = 100_000_000  # bytes of a safetensors header; the library's own limit

@@ -6,3 +6,10 @@ from __future__ import annotations
 
 PENDING_SIGNALS: list[int] = []  # SIGTERM/SIGINT received and not yet acted on
 PARENT_VARIABLE = "STP_PARENT_PID"
+
+
+def stop_if_signalled() -> None:
+    """Act on a SIGINT/SIGTERM that arrived while a module was being imported (kept, not raised, so
+    as not to leave the module half made): stop now, before any further work starts."""
+    if PENDING_SIGNALS:
+        raise KeyboardInterrupt

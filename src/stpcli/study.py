@@ -34,7 +34,7 @@ from stpcli.defaults import RECIPES
 from stpcli.errors import StpError
 from stpcli.files import atomic_write_text
 from stpcli.names import log_path
-from stpcli.pipeline import must_run, run_child, step_command, wait_for_earlier_writers
+from stpcli.pipeline import last_error, must_run, run_child, step_command, wait_for_earlier_writers
 from stpcli.report import METHODS, compare
 from stpcli.run import DataOptions, Run
 from stpcli.schema import MAX_LAYERS_PER_GROUP
@@ -180,7 +180,9 @@ class Runner:
         if self.stopped:  # we sent the SIGTERM: the stage kept its state for the next run
             self.say(f"[study] seed {chain.seed} {chain.label}: {step.command} stopped at the time limit")
             return False
-        self.failures.append(f"seed {chain.seed} {chain.label} {step.command} (exit {code}, see {log})")
+        reason = last_error(log)
+        self.failures.append(f"seed {chain.seed} {chain.label} {step.command} (exit {code}"
+                             + (f": {reason}" if reason else "") + f", see {log})")
         self.say(f"[study] seed {chain.seed} {chain.label}: {step.command} failed with exit {code}; log: {log}")
         return False
 

@@ -20,8 +20,8 @@ from stpcli.cli.terminal import OutputError, flush_standard_output, shown
 from stpcli.defaults import DEFAULT_LIF_BACKEND, LIF_BACKENDS
 from stpcli.engine.recipe import TRAIN_OPTIONS, TrainConfig
 from stpcli.errors import StpError
-from stpcli.files import finish_outputs, first_line
-from stpcli.signals import PENDING_SIGNALS
+from stpcli.files import MAX_TEXT_FILE, finish_outputs, first_line, readable_file
+from stpcli.signals import PENDING_SIGNALS, stop_if_signalled
 
 if typing.TYPE_CHECKING:  # torch-heavy: imported when a command runs, not when the CLI starts
     from stpcli.run import DataOptions, Run
@@ -59,7 +59,8 @@ def stp_command(app: typer.Typer, name: str, **kwargs):
                 if STATE["debug"]:
                     raise
                 if str(exc):  # a reader that closed its pipe (| head) is not told anything
-                    error_console.print(f"error: {shown(exc)}", markup=False, highlight=False, soft_wrap=True)
+                    error_console.print(f"error: {readable_length(shown(exc))}", markup=False, highlight=False,
+                                        soft_wrap=True)
                 raise typer.Exit(exc.exit_code) from None
             except KeyboardInterrupt:
                 error_console.print("error: interrupted (nothing was written)", markup=False)
@@ -83,6 +84,16 @@ def stp_command(app: typer.Typer, name: str, **kwargs):
         return app.command(name, **kwargs)(run)
 
     return wrap
+
+
+MAX_MESSAGE = 600  # characters of an error line; a huge value quoted in it is cut in the middle
+
+
+def readable_length(message: str) -> str:
+    """An error line of readable length: its start and its end (where hints are) kept."""
+    if len(message) <= MAX_MESSAGE:
+        return message
+    return f"{message[:MAX_MESSAGE // 2]} … ({len(message) - MAX_MESSAGE + 60:,} characters left out) … {message[-MAX_MESSAGE // 2 + 60:]}"
 
 
 def _shutdown_distributed() -> None:
@@ -214,7 +225,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one)."""
 
     def construct_mapping(self, node, deep=False):
-        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        # a key twice among the mapping's own keys is an error; a merged key (<<: *anchor) it repeats
+        # is YAML's override, so the merge is flattened after the check
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge"]
         for key in keys:
             if keys.count(key) > 1:
                 raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} appears twice", node.start_mark)
@@ -222,9 +235,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def read_yaml(path: Path, what: str) -> dict:
-    """A YAML mapping from a file, or one clear error (missing, binary, invalid, not a mapping)."""
-    if not path.is_file():
-        raise StpError(f"{what} {path} does not exist")
+    """A YAML mapping from a file, or one clear error (missing, not a regular file, too large, binary,
+    invalid, nested beyond reason, not a mapping)."""
+    readable_file(path, what, MAX_TEXT_FILE)
     try:
         text = path.read_bytes().decode("utf-8")
         data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
@@ -232,6 +245,8 @@ def read_yaml(path: Path, what: str) -> dict:
         raise StpError(f"{what} {path} is not a text file") from None
     except yaml.YAMLError as exc:
         raise StpError(f"{what} {path} is not valid YAML ({first_line(exc)})") from None
+    except RecursionError:
+        raise StpError(f"{what} {path} nests its values too deeply to be a preset") from None
     if not isinstance(data, dict):
         raise StpError(f"{what} {path} must be a mapping of option names to values")
     if not data:
@@ -277,9 +292,7 @@ def make_run(name: str, values: dict) -> Run:
     from stpcli.engine.runtime import setup_runtime
     from stpcli.run import Run
 
-    if PENDING_SIGNALS:  # a stop that arrived while the command's modules were being imported
-        raise KeyboardInterrupt
-
+    stop_if_signalled()  # a stop that arrived while the command's modules were being imported
     runtime = setup_runtime(values.get("device", "auto"), values.get("precision", "fp32"),
                             values.get("compile", False), values.get("lif_backend", DEFAULT_LIF_BACKEND))
     return Run(name, runtime, console)

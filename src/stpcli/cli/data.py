@@ -9,6 +9,7 @@ import typer
 
 from stpcli.cli.common import CacheDir, Force, OnBadImage, console, stp_command
 from stpcli.data.catalogue import KNOWN_DATASETS
+from stpcli.engine.recipe import check_seed
 from stpcli.errors import StpError
 from stpcli.files import check_output, lock_output
 from stpcli.progress import progress_bar
@@ -77,11 +78,15 @@ def multispectral_example_command(
 
     if not 2 <= per_class <= 10_000:
         raise StpError(f"--per-class must lie in 2..10000, got {per_class}")
+    check_seed(seed)
     target = out.expanduser()
     if target.exists():
         raise StpError(f"{target} exists; choose a new folder (it is written whole, never into an existing one)")
     create_folder(target.parent, "OUT")
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as exc:
+        raise StpError(f"cannot write {target}: {exc.strerror or exc}") from None
     try:
         write_example(staging, per_class, seed)
         os.replace(staging, target)

@@ -302,7 +302,7 @@ def rerun_config(ctx: typer.Context, entry: dict) -> str:
         if name is None or name in ("source", "out", "config", "force", "resume") or value is None:
             continue
         value = value["path"] if isinstance(value, dict) and "path" in value else value
-        if isinstance(value, str) and value.isdigit():
+        if isinstance(value, str) and value.isascii() and value.isdigit():
             value = int(value)  # a one-value --epochs-per-stage reads as 2, not '2' (the option takes both)
         options[flags[name]] = value
     return yaml.safe_dump({entry["stage"]: options}, sort_keys=False)

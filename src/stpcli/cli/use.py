@@ -110,9 +110,10 @@ def export_command(
     force: Force = False,
     json_output: JsonOutput = False,
 ):
-    """Write a model in an exchange format: NIR (an SNN, for neuromorphic tools: snnTorch, Norse,
-    Sinabs, Lava) or ONNX (an ANN, or an SNN with its time steps unrolled, for onnxruntime,
-    TensorRT and edge NPUs). See the README's "Deploying" section for each consumer's settings.
+    """Write a model in an exchange format: NIR (an SNN, for neuromorphic tools; the portable graph
+    is verified in snnTorch 1.0.0 and Norse 1.1.0 at T = 1; Sinabs 3.1.3 runs it only after patches,
+    Lava was not tried) or ONNX (an ANN, or an SNN, for onnxruntime and other edge runtimes). See the
+    README's "Deploying" section for each consumer's settings.
 
     Example: stp export sa_t1.safetensors --format onnx --quantize int8 --out sa_t1.int8.onnx
     """

@@ -14,6 +14,7 @@ stp's earlier behaviour, 8-bit grey).
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -76,12 +77,18 @@ def read_bands(path: Path) -> tuple[np.ndarray, list[str] | None]:
     if path.suffix.lower() in TIFF_SUFFIXES:
         import tifffile
 
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            array = page.asarray()
-            separate = getattr(page, "planarconfig", 1) == 2  # tifffile.PLANARCONFIG.SEPARATE
-            tag = tif.pages.first.tags.get(42112)  # GDAL_METADATA
-            text = str(tag.value) if tag is not None else ""
+        logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # its complaints become our one-line errors
+        try:
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                array = page.asarray()
+                separate = getattr(page, "planarconfig", 1) == 2  # tifffile.PLANARCONFIG.SEPARATE
+                tag = tif.pages.first.tags.get(42112)  # GDAL_METADATA
+                text = str(tag.value) if tag is not None else ""
+        except OSError:
+            raise
+        except Exception as exc:  # a damaged TIFF fails anywhere inside tifffile, with any exception type
+            raise ValueError(f"not a readable TIFF ({type(exc).__name__}: {str(exc)[:100]})") from None
         found = {int(m.group(1)): m.group(2).strip() for m in re.finditer(
             r'<Item name="DESCRIPTION" sample="(\d+)"[^>]*>([^<]*)</Item>', text)}
         names = [found[i] for i in sorted(found)] if found else None
@@ -110,7 +117,7 @@ def resolve_bands(text: str, count: int, names: Sequence[str] | None, where: str
     """``--bands`` ("4,3,2", or names such as "B04,B03,B02") as 1-based indices into ``count`` bands."""
     chosen = []
     for item in (part.strip() for part in text.split(",") if part.strip()):
-        if item.isdigit():
+        if item.isascii() and item.isdigit():  # '²' and '３' are digits to str.isdigit, not band numbers
             index = int(item)
         elif names is not None and item in names:
             index = list(names).index(item) + 1

@@ -144,12 +144,13 @@ def decode_image(path: Path, image_size: int) -> tuple[torch.Tensor, bool]:
 def first_readable(listing: FolderListing) -> tuple[Path, tuple[int, str]]:
     """The first file whose bands read, and its (band count, stored type): it speaks for the
     dataset (files that do not decode are counted by ``decode_all``)."""
+    reason = ""
     for name in listing.names:
         try:
             return listing.root / name, probe(listing.root / name)
-        except (OSError, ValueError, SyntaxError):
-            continue
-    raise StpError(f"no image in {listing.root} decodes")
+        except (OSError, ValueError, SyntaxError) as exc:
+            reason = reason or f" (the first, {name}: {str(exc)[:150]})"
+    raise StpError(f"no image in {listing.root} decodes{reason}")
 
 
 def decode_all(listing: FolderListing, image_size: int, on_bad_image: str, progress=None,

@@ -22,7 +22,7 @@ from stpcli.data.catalogue import DatasetCheck, check_dataset, known_dataset
 from stpcli.data.split import PARTS, check_split
 from stpcli.errors import StpError
 from stpcli.files import atomic_write, first_line
-from stpcli.schema import MAX_IMAGE_SIZE
+from stpcli.schema import MAX_BANDS, MAX_IMAGE_SIZE
 
 BUILTIN = "builtin:synthetic"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -87,8 +87,13 @@ def choose_decoding(listing, bands: str | None, normalisation: str,
         chosen_names = [names[i - 1] for i in chosen] if names else None
         return Decoding("bands", chosen, tuple(chosen_names) if chosen_names else None), chosen_names
     plain = kind == "uint8" and count <= 4
+    if normalisation in ("imagenet", "stretch") and count > 4:
+        raise StpError(f"--normalise {normalisation} reads 8-bit RGB images, and {first} holds {count} bands of "
+                       f"{kind}: use --normalise dataset (each band's statistics), or choose 3 bands with --bands")
     if normalisation in ("imagenet", "stretch") or plain:
         return Decoding(), None
+    if count > MAX_BANDS:
+        raise StpError(f"{first} has {count} bands; a model reads at most {MAX_BANDS}: choose them with --bands")
     every = tuple(range(1, count + 1))  # as the record states it: one cache for every stage
     return Decoding("bands", every, tuple(names) if names else None), names
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from stpcli.errors import StpError
+from stpcli.files import readable_file
 
 PARTS = ("train", "val", "test")
 
@@ -115,7 +116,11 @@ def list_files(train_list: Path) -> dict[str, Path]:
     return {part: train_list.with_name(name[:at] + part + name[at + len("train"):]) for part in PARTS}
 
 
+MAX_SPLIT_LIST = 64 << 20  # bytes: a million image paths, and a bound on the work before any training
+
+
 def _read_lines(path: Path) -> list[tuple[int, str]]:
+    readable_file(path, "split list", MAX_SPLIT_LIST)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:

@@ -32,7 +32,7 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _natural(key: str):
-    return [int(part) if part.isdigit() else part for part in key.split(".")]
+    return [int(part) if part.isascii() and part.isdigit() else part for part in key.split(".")]
 
 
 def _bn_prefix(state: dict[str, torch.Tensor], conv_prefix: str) -> str | None:
@@ -41,7 +41,7 @@ def _bn_prefix(state: dict[str, torch.Tensor], conv_prefix: str) -> str | None:
     candidates = []
     if parts[-1].startswith("conv"):
         candidates.append(".".join(parts[:-1] + ["bn" + parts[-1][4:]]) + ".")
-    if parts[-1].isdigit():
+    if parts[-1].isascii() and parts[-1].isdigit():
         candidates.append(".".join(parts[:-1] + [str(int(parts[-1]) + 1)]) + ".")
     return next((c for c in candidates if c + "running_mean" in state), None)
 

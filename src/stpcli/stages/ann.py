@@ -34,8 +34,8 @@ def check_train_ann(*, arch: str, width: float, image_size: int, dropout: float,
     config.check(training_required=True)
     if normalisation not in NORMALISATIONS:
         raise StpError(f"--normalise must be one of {', '.join(NORMALISATIONS)}, got {normalisation!r}")
-    if scale is not None and not (math.isfinite(scale) and 0 < scale <= 1e6):
-        raise StpError(f"--scale must be a positive factor such as 1e-4, got {scale}")
+    if scale is not None and not (math.isfinite(scale) and 1e-12 <= scale <= 1e6):
+        raise StpError(f"--scale must be a positive factor in [1e-12, 1e6] such as 1e-4, got {scale}")
     if scale is not None and normalisation in ("imagenet", "stretch"):
         raise StpError(f"--scale applies to --normalise dataset or scale, not {normalisation}")
     spec = make_spec(arch, 2, image_size, width, dropout)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from stpcli.stages.teacher import resolve_teacher
 from stpcli.stages.training import split_accuracy, train_and_finish
 
 MAX_CALIBRATION_IMAGES = 1_000_000
+MAX_THRESHOLD_SCALE = 100.0  # DIET-SNN uses 0.2-0.3, TP 1.0
 
 
 def convert(run: Run, source: Checkpoint, *, timesteps: int, config: TrainConfig, data: DataOptions, io: StageIO,
@@ -89,8 +89,8 @@ def check_convert(*, timesteps: int, config: TrainConfig, settings: SpikingSetti
     config.check()
     if not 0 < conversion.percentile <= 100:
         raise StpError(f"--percentile must lie in (0, 100], got {conversion.percentile}")
-    if not conversion.scale > 0 or not math.isfinite(conversion.scale):
-        raise StpError(f"--scale must be positive, got {conversion.scale}")
+    if not 0 < conversion.scale <= MAX_THRESHOLD_SCALE:
+        raise StpError(f"--scale (the thresholds' factor) must lie in (0, {MAX_THRESHOLD_SCALE:g}], got {conversion.scale}")
     if not 0 < conversion.calibration_images <= MAX_CALIBRATION_IMAGES:
         raise StpError(f"--calibration-images must lie in 1..{MAX_CALIBRATION_IMAGES}, got {conversion.calibration_images}")
     if conversion.balancing not in BALANCINGS:
