@@ -198,7 +198,8 @@ def check_tensors_match_record(record: dict, shapes: dict[str, tuple[int, ...]],
     from stpcli.spiking.settings import SpikingSettings
 
     binary = record["kind"] == "snn" and SpikingSettings.from_record(record.get("snn")).binary
-    expected = tensor_shapes(build_plan(cast(ModelSpec, record["model"])), record["kind"], binary)
+    expected = tensor_shapes(build_plan(cast(ModelSpec, record["model"])), record["kind"], binary,
+                             quantized=bool(record.get("quantized")))
     if expected == shapes:
         return
     missing, extra = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
@@ -309,16 +310,19 @@ def validate_record(record: Any, source: str) -> None:
 
 
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+# the tensors that hold integers (suffix -> safetensors dtype, what it is)
+INTEGER_TENSORS = {".num_batches_tracked": ("I64", "an int64 count"), ".weight_int": ("I8", "int8 weights"),
+                   ".threshold_int": ("I32", "int32 thresholds"), ".shortcut_int": ("I32", "int32 shortcut scales")}
 
 
 def check_values(file: CheckpointFile) -> None:
     """Every tensor finite and of the type its role needs (floating point; a BatchNorm's step count an
     integer); an SNN's thresholds positive and its leaks in [0, 1]."""
     for name, (dtype, _, _, _) in file.tensors.items():
-        counter = name.endswith(".num_batches_tracked")
-        if (dtype != "I64") if counter else (dtype not in FLOAT_DTYPES):
+        needed = next((need for suffix, need in INTEGER_TENSORS.items() if name.endswith(suffix)), None)
+        if (dtype != needed[0]) if needed else (dtype not in FLOAT_DTYPES):
             raise StpError(f"{file.path}: {name} holds {dtype} values; the model needs "
-                           + ("an int64 count" if counter else "floating-point values"))
+                           + (needed[1] if needed else "floating-point values"))
         values = file.array(name)
         finite = (values & 0x7F80) != 0x7F80 if dtype == "BF16" else np.isfinite(values) if values.dtype.kind == "f" else True
         if not np.all(finite):

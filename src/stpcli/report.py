@@ -99,6 +99,7 @@ def compare(run: Run, paths: list[Path], data: DataOptions) -> list[dict]:
             "image_size": ckpt.record["input"]["image_size"],
             "kind": ckpt.kind,
             "method": result["method"],
+            "weight_bits": (ckpt.record.get("quantized") or {}).get("weight_bits"),
             "timesteps": ckpt.timesteps,
             "layers": sum(1 for e in build_plan(ckpt.model_spec) if has_weights(e)),
             "accuracy": result["overall_accuracy"],

@@ -9,8 +9,10 @@ from stpcli.data.loader import InputStats
 from stpcli.errors import StpError
 from stpcli.files import first_line
 from stpcli.models.ann import ANN
+from stpcli.models.plan import build_plan
 from stpcli.schema import MAX_TIMESTEPS
 from stpcli.spiking.network import SNN
+from stpcli.spiking.quantize import IntegerSNN
 from stpcli.spiking.settings import SpikingSettings
 
 
@@ -18,6 +20,8 @@ def model_from_checkpoint(ckpt: Checkpoint, timesteps: int | None = None):
     """Rebuild the ANN or SNN a checkpoint describes and load its tensors."""
     check_tensors_match_model(ckpt)
     model = _build(ckpt, timesteps)
+    if isinstance(model, IntegerSNN):
+        return model
     try:
         model.load_state_dict(ckpt.tensors)
     except Exception as exc:
@@ -28,6 +32,10 @@ def model_from_checkpoint(ckpt: Checkpoint, timesteps: int | None = None):
 def _build(ckpt: Checkpoint, timesteps: int | None = None):
     if ckpt.kind == "ann":
         return ANN(ckpt.model_spec)
+    if ckpt.record.get("quantized"):  # its integer form, which reads the stored image values
+        if timesteps not in (None, 1):
+            raise StpError(f"{ckpt.path} is a quantized one-time-step network; it runs at T = 1 only")
+        return IntegerSNN(ckpt.model_spec, build_plan(ckpt.model_spec), ckpt.tensors)
     steps = timesteps or ckpt.timesteps
     if steps is None:
         raise StpError(f"{ckpt.path} is an SNN checkpoint without time steps")

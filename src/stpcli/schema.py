@@ -199,6 +199,11 @@ class NeuronRecord(_Strict):
     recipe: Literal["stp", "reference"] = "stp"
 
 
+class Quantized(_Strict):
+    weight_bits: Literal[8, 4, 2]
+    input_layer_bits: Literal[8, 4, 2]
+
+
 class Record(_Strict):
     format: Literal["stp-checkpoint"]
     format_version: Annotated[int, Field(ge=1)]
@@ -210,6 +215,7 @@ class Record(_Strict):
     split: Split
     timesteps: Annotated[int, Field(ge=1, le=MAX_TIMESTEPS)] | None = None
     snn: NeuronRecord | None = None
+    quantized: Quantized | None = None
     history: Annotated[list[HistoryEntry], Field(max_length=MAX_HISTORY)]
 
     @model_validator(mode="after")
@@ -224,6 +230,8 @@ class Record(_Strict):
             raise ValueError(f"input has {len(self.input.mean)} bands for a model with {self.model.in_channels} input channels")
         if self.kind == "snn" and self.timesteps is None:
             raise ValueError("an SNN checkpoint needs timesteps")
+        if self.quantized is not None and (self.kind != "snn" or self.timesteps != 1):
+            raise ValueError("a quantized checkpoint is a one-time-step SNN")
         return self
 
 

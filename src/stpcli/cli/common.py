@@ -32,7 +32,7 @@ if not console.is_terminal:  # logs and pipes: wide enough for the tables, never
     console = Console(width=140)
 error_console = Console(stderr=True)
 STATE = {"debug": False}
-STAGE_COMMANDS = ("train-ann", "add-unit", "convert", "temporal-prune", "spatial-prune")
+STAGE_COMMANDS = ("train-ann", "add-unit", "convert", "temporal-prune", "spatial-prune", "quantize")
 
 
 def stp_command(app: typer.Typer, name: str, **kwargs):

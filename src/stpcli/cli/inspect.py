@@ -188,6 +188,11 @@ def _print_info(details: dict, chain) -> None:
                   f"mean ({mean}), std ({std})", markup=False)
     if record.get("snn"):
         console.print(neuron_line(record["snn"]), markup=False, soft_wrap=True)
+    if record.get("quantized"):
+        q = record["quantized"]
+        console.print(f"quantized: {q['weight_bits']}-bit weights (first layer {q['input_layer_bits']}-bit), one step per "
+                      "output channel, integer thresholds; it reads stored image values (stp hardware: which chip it "
+                      "fits)", markup=False, soft_wrap=True)
     console.print(f"input {record['input']['image_size']} px; data {safe(record['data']['path'])} "
                   f"(fingerprint {record['data']['fingerprint'][:12]}); {split_origin(details['split'])}, "
                   f"counts {details['split']['counts']}", markup=False)
@@ -278,7 +283,9 @@ def comparison_table(rows: list[dict]) -> Table:
     for row, name in zip(rows, names):
         shown_name = name if names.count(name) == 1 else str(Path(row["checkpoint"]).parent.name + "/" + name)
         data = [f"{Path(row['data']).name} ({row['image_size']} px)"] if mixed else []
-        table.add_row(safe(shown_name), *map(safe, data), row["method"], str(row["timesteps"] or "-"),
+        bits = row.get("weight_bits")
+        table.add_row(safe(shown_name), *map(safe, data), row["method"] + (f" {bits}-bit" if bits else ""),
+                      str(row["timesteps"] or "-"),
                       str(row["layers"]), _fmt(row["accuracy"]), _fmt(row["average_accuracy"]),
                       _fmt(row["kappa"], 3), _fmt(row["spikes_per_neuron"], 3), _fmt(row["energy_uj"], 2),
                       _fmt(row["ann_energy_ratio"], 2))
@@ -341,3 +348,34 @@ def split_origin(split: dict) -> str:
     if split.get("lists"):
         return f"split from {safe(split['lists']['train'])} (and its val/test lists)"
     return f"split seed {split['seed']}, train ratio {split['train_ratio']}"
+
+
+@stp_command(app, "hardware")
+def hardware_command(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to check (a quantized one-time-step SNN fits best).")],
+    target: Annotated[str, typer.Option("--target", help="akida1 | speck | loihi2 | all.")] = "all",
+    json_output: JsonOutput = False,
+):
+    """Which neuromorphic chip a network fits, from each chip's published limits: layer and pooling
+    kinds, kernels, strides, channels, bit widths, and Speck's per-core memory. Each problem comes
+    with the change that would make it fit.
+
+    Example: stp hardware sa_t1_w4.safetensors --target akida1
+    """
+    from stpcli.checkpoint import read_checkpoint
+    from stpcli.hardware import TARGETS, check
+
+    targets = list(TARGETS) if target == "all" else [target]
+    if any(t not in TARGETS for t in targets):
+        raise StpError(f"--target must be one of {', '.join(TARGETS)} or all, got {target!r}")
+    record = read_checkpoint(checkpoint).record
+    report = {t: [vars(f) for f in check(record, t)] for t in targets}
+    if json_output:
+        _print_json({"checkpoint": str(checkpoint), "targets": report})
+        return
+    for name, findings in report.items():
+        verdict = "fits" if not findings else f"does not fit ({len(findings)} reason{'s' * (len(findings) > 1)})"
+        console.print(f"[bold]{TARGETS[name]}[/bold]: {verdict}")
+        for finding in findings:
+            console.print(f"  {safe(finding['where'])}: {finding['problem']}; fix: {finding['fix']}", markup=False,
+                          soft_wrap=True)

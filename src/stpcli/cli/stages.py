@@ -219,3 +219,30 @@ def spatial_prune_command(
     spatial_prune(run, load_checkpoint(values["source"]), unit_group=values["unit_group"],
                   count=values["count"], config=make_train_config(values), data=make_data(values),
                   io=make_io(values), teacher=values["teacher"])
+
+
+@stp_command(app, "quantize")
+@with_options(SNN_TRAINING, RECORDED_DATA, COMMAND_OPTIONS)
+def quantize_command(
+    ctx: typer.Context,
+    source: Source,
+    out: Out,
+    weight_bits: Annotated[int, typer.Option("--weight-bits", help="Bits of every weight after the first layer: 8 | 4 | 2 (signed, one step per output channel).")] = 8,
+    input_layer_bits: Annotated[int, typer.Option("--input-layer-bits", help="Bits of the first layer's weights, which read the stored image values: 8 | 4 | 2.")] = 8,
+    epochs: Annotated[int, typer.Option("--epochs", help="Fine-tuning epochs with fake-quantized weights (0: quantize as trained).")] = 4,
+    **options,
+):
+    """A one-time-step SNN as integers for a chip: fine-tune with fake-quantized weights, then store
+    integer weights, per-channel steps and integer thresholds (biases folded in); stp evaluate runs
+    that integer network. See `stp hardware` for which chip it fits.
+
+    Example: stp quantize sa_t1.safetensors --weight-bits 4 --epochs 4 --out sa_t1_w4.safetensors
+    """
+    from stpcli.checkpoint import load_checkpoint
+    from stpcli.stages.quantize import quantize
+
+    values = resolve(ctx, locals())
+    run = make_run("quantize", values)
+    quantize(run, load_checkpoint(values["source"]), weight_bits=values["weight_bits"],
+             input_layer_bits=values["input_layer_bits"], config=make_train_config(values), data=make_data(values),
+             io=make_io(values))

@@ -28,6 +28,7 @@ from stpcli import __version__
 from stpcli.checkpoint import Checkpoint
 from stpcli.data.loader import normalise
 from stpcli.errors import StpError
+from stpcli.export.integer_onnx import integer_onnx_bytes
 from stpcli.export.one_step import one_step_network
 from stpcli.restore import input_stats, model_from_checkpoint
 from stpcli.spiking.neuron import traceable
@@ -37,7 +38,11 @@ CALIBRATION_IMAGES = 256
 
 
 def onnx_bytes(ckpt: Checkpoint) -> bytes:
-    """The checkpoint's model as ONNX (input ``image`` N x C x S x S normalised, output ``logits``)."""
+    """The checkpoint's model as ONNX (input ``image`` N x C x S x S normalised, output ``logits``);
+    a quantized SNN as its integer graph (``export.integer_onnx``)."""
+    if ckpt.record.get("quantized"):
+        return with_metadata(integer_onnx_bytes(ckpt), ckpt, {"stp.arithmetic": "integer (ConvInteger, int32 "
+                                                                "accumulators, int32 thresholds)"})
     model = model_from_checkpoint(ckpt).eval()
     if ckpt.kind == "snn" and ckpt.timesteps == 1:
         model = one_step_network(model)

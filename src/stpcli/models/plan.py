@@ -174,7 +174,8 @@ def _bn(prefix: str, channels: int) -> dict[str, tuple[int, ...]]:
         f"{prefix}.num_batches_tracked": ()}
 
 
-def tensor_shapes(plan: list[PlanEntry], kind: str, binary: bool = False) -> dict[str, tuple[int, ...]]:
+def tensor_shapes(plan: list[PlanEntry], kind: str, binary: bool = False,
+                  quantized: bool = False) -> dict[str, tuple[int, ...]]:
     """The names and shapes of the tensors an ANN (``kind="ann"``: convolutions without bias, then
     BN) or an SNN (BN folded into biased convolutions, a threshold and a leak per neuron layer)
     built from ``plan`` holds, worked out without building it (and without torch), so a file can
@@ -182,14 +183,21 @@ def tensor_shapes(plan: list[PlanEntry], kind: str, binary: bool = False) -> dic
     modules' own state dicts for every architecture."""
     shapes: dict[str, tuple[int, ...]] = {}
 
+    def integer(name: str, weight: tuple[int, ...]) -> None:  # a quantized SNN's integer form (spiking/quantize.py)
+        if quantized:
+            shapes[f"{name}.weight_int"], shapes[f"{name}.weight_step"] = weight, weight[:1]
+
     def conv(name: str, cin: int, cout: int, kernel: int) -> None:
         shapes[f"{name}.weight"] = (cout, cin, kernel, kernel)
         if kind == "snn":
             shapes[f"{name}.bias"] = (cout,)
+            integer(name, (cout, cin, kernel, kernel))
 
-    def neuron(name: str) -> None:
+    def neuron(name: str, channels: int = 0) -> None:
         if kind == "snn":
             shapes[f"{name}.threshold"] = shapes[f"{name}.leak"] = ()
+            if quantized:
+                shapes[f"{name}.threshold_int"] = (channels,)
 
     for i, entry in enumerate(plan):
         at, layer = f"layers.{i}", entry["type"]
@@ -197,7 +205,7 @@ def tensor_shapes(plan: list[PlanEntry], kind: str, binary: bool = False) -> dic
             conv(f"{at}.conv", entry["in"], entry["out"], entry["kernel"])
             if kind == "ann":
                 shapes.update(_bn(f"{at}.bn", entry["out"]))
-            neuron(f"{at}.neuron")
+            neuron(f"{at}.neuron", entry["out"])
         elif layer == "block":
             cin, cout = entry["in"], entry["out"]
             projection = entry["stride"] != 1 or cin != cout
@@ -205,7 +213,7 @@ def tensor_shapes(plan: list[PlanEntry], kind: str, binary: bool = False) -> dic
                 conv(f"{at}.conv{name}", a, b, 3)
                 if kind == "ann":
                     shapes.update(_bn(f"{at}.bn{name}", cout))
-                neuron(f"{at}.neuron{name}")
+                neuron(f"{at}.neuron{name}", cout)
             if projection and kind == "ann":
                 conv(f"{at}.shortcut.conv", cin, cout, 1)
                 shapes.update(_bn(f"{at}.shortcut.bn", cout))
@@ -213,10 +221,14 @@ def tensor_shapes(plan: list[PlanEntry], kind: str, binary: bool = False) -> dic
                 conv(f"{at}.shortcut", cin, cout, 1)
             elif kind == "snn" and binary:
                 shapes[f"{at}.shortcut_scale"] = ()
+                if quantized:
+                    shapes[f"{at}.shortcut_int"] = (cout,)
         elif layer in ("fc", "output"):
             shapes[f"{at}.fc.weight"], shapes[f"{at}.fc.bias"] = (entry["out"], entry["in"]), (entry["out"],)
+            if kind == "snn":
+                integer(f"{at}.fc", (entry["out"], entry["in"]))
             if layer == "fc":
-                neuron(f"{at}.neuron")
+                neuron(f"{at}.neuron", entry["out"])
     return shapes
 
 

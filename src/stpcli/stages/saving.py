@@ -66,8 +66,9 @@ def child_record(parent: Checkpoint, **changes) -> dict:
 
 
 def finish_stage(run: Run, model, record: dict, entry: StageEntry, io: StageIO,
-                 parent: Checkpoint | None) -> Checkpoint:
-    """Attach the lineage entry and write the checkpoint (rank 0), then drop the state file."""
+                 parent: Checkpoint | None, extra: dict | None = None) -> Checkpoint:
+    """Attach the lineage entry and write the checkpoint (rank 0) with the model's tensors and
+    ``extra`` ones, then drop the state file."""
     if parent is not None and parent.path is not None:
         entry.parent_path = str(parent.path.resolve())
         entry.parent_sha256 = parent.sha256
@@ -75,7 +76,7 @@ def finish_stage(run: Run, model, record: dict, entry: StageEntry, io: StageIO,
     record = dict(record)
     record["history"] = history + [entry.as_dict()]
     record["metrics"] = entry.metrics
-    tensors = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().cpu() for k, v in {**model.state_dict(), **(extra or {})}.items()}
     ckpt = Checkpoint(tensors=tensors, record=record)
     if run.runtime.is_main:
         save_checkpoint(ckpt, io.out)
