@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES, make_imagefolder
+from conftest import CLASSES, make_imagefolder, run_cli
 from PIL import Image
 
 from stpcli.data import synthetic
@@ -104,6 +104,17 @@ def test_pack_round_trip_keeps_names_labels_fingerprint(tmp_path, dataset_dir):
     assert loaded.source["fingerprint"] == data.source["fingerprint"] and loaded.source["kind"] == "pack"
     with pytest.raises(StpError, match="packed at 32"):
         load_dataset(str(out), 64)
+
+
+def test_info_describes_a_pack_and_the_stages_refuse_it_in_one_line(tmp_path, dataset_dir):
+    out = tmp_path / "pack.safetensors"
+    run_cli(["data", "pack", dataset_dir, "--image-size", "32", "--out", out])
+    described = run_cli(["info", out]).output
+    assert "an stp data pack: 36 images of 3 classes at 32 px" in described
+    for command in (["convert", out, "--out", tmp_path / "x.safetensors"], ["evaluate", out]):
+        refusal = run_cli(command, expect=2).output
+        assert "is an stp data pack" in refusal and "pass it as --data" in refusal and "Traceback" not in refusal
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_synthetic_dataset_is_deterministic_and_balanced():

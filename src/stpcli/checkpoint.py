@@ -259,6 +259,9 @@ def _existing_file(path: str | Path) -> Path:
 
 def _parse_record(metadata: dict[str, str], path: Path) -> dict[str, Any]:
     if METADATA_KEY not in metadata:
+        from stpcli.data.pack import PACK_KEY, pack_summary
+        if PACK_KEY in metadata:
+            raise StpError(f"{path} is {pack_summary(metadata[PACK_KEY])}, not a checkpoint: pass it as --data")
         raise StpError(f"{path} is a safetensors file but not an stp checkpoint (no '{METADATA_KEY}' metadata)")
     try:
         record = strict_json(metadata[METADATA_KEY])

@@ -153,8 +153,12 @@ def info_command(
     Example: stp info sa_t1.safetensors --verify
     """
     from stpcli.checkpoint import read_checkpoint
+    from stpcli.data.pack import describe_pack, is_pack
     from stpcli.describe import info, verify_chain
 
+    if is_pack(Path(checkpoint)):  # info describes a data pack too; every other command refuses one
+        console.print(describe_pack(Path(checkpoint)), markup=False, soft_wrap=True)
+        return
     ckpt = read_checkpoint(checkpoint)
     if config:
         typer.echo(rerun_config(ctx, ckpt.history[-1]), nl=False)

@@ -24,6 +24,7 @@ from stpcli.schema import PackRecord, validate
 
 PACK_FORMAT = "stp-data-pack"
 PACK_VERSION = 3  # 2: content hash (version 1 has none); 3: raw (lossless) packs of bands
+PACK_KEY = "stp-data"  # the safetensors metadata key of a pack's record; a checkpoint has none
 
 
 def payload_sha256(data: torch.Tensor, offsets: torch.Tensor, labels: torch.Tensor, names: list[str]) -> str:
@@ -63,7 +64,7 @@ def write_pack(images: torch.Tensor, labels: torch.Tensor, names: list[str], cla
         "created": now_iso(),
     }
     tensors = {"jpeg": data, "offsets": offset_tensor, "labels": labels}
-    atomic_save_tensors(tensors, {"stp-data": json.dumps(record)}, out)
+    atomic_save_tensors(tensors, {PACK_KEY: json.dumps(record)}, out)
     return out.stat().st_size
 
 
@@ -73,7 +74,7 @@ def _write_raw_pack(images: torch.Tensor, labels: torch.Tensor, names: list[str]
     record = {"format": PACK_FORMAT, "format_version": PACK_VERSION, "classes": classes, "names": names,
               "image_size": int(images.shape[-1]), "encoding": "raw", "bands": bands, "source": source,
               "content_sha256": raw_sha256(images, labels, names), "created": now_iso()}
-    atomic_save_tensors({"images": images, "labels": labels}, {"stp-data": json.dumps(record)}, out)
+    atomic_save_tensors({"images": images, "labels": labels}, {PACK_KEY: json.dumps(record)}, out)
     return out.stat().st_size
 
 
@@ -99,12 +100,29 @@ def _read_raw_pack(handle, record: dict, path: Path, image_size: int):
     return resize_values(images, image_size), labels
 
 
+def pack_summary(text: str) -> str:
+    """What a data pack holds, in words, from its record's text (read as JSON, not trusted further)."""
+    try:
+        record = json.loads(text)
+        classes, size, names = record["classes"], record["image_size"], record["names"]
+        count = f"{len(names):,} images of {len(classes)} classes at {int(size)} px"
+    except (ValueError, KeyError, TypeError):
+        return "an stp data pack (its record does not read)"
+    return f"an stp data pack: {count}"
+
+
+def describe_pack(path: Path) -> str:
+    """``stp info`` on a pack: its path and what it holds."""
+    with safe_open(str(path), framework="pt") as handle:
+        return f"{path} is {pack_summary(handle.metadata()[PACK_KEY])}"
+
+
 def is_pack(path: Path) -> bool:
     if not path.is_file():
         return False
     try:
         with safe_open(str(path), framework="pt") as handle:
-            return "stp-data" in (handle.metadata() or {})
+            return PACK_KEY in (handle.metadata() or {})
     except Exception:
         return False
 
@@ -119,7 +137,7 @@ def read_pack(path: Path, image_size: int):
     """
     try:
         with safe_open(str(path), framework="pt") as handle:
-            record = json.loads(handle.metadata()["stp-data"])
+            record = json.loads(handle.metadata()[PACK_KEY])
             if isinstance(record, dict) and record.get("encoding") == "raw":
                 validate(PackRecord, record, str(path), "data pack record")
                 if image_size > record["image_size"]:
