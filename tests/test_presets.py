@@ -103,3 +103,20 @@ def test_the_example_presets_pass_the_check(tmp_path):
     for preset in sorted(Path(__file__).parents[1].joinpath("examples", "configs").glob("*.yaml")):
         check_chain(preset, pipeline_steps(read_yaml(preset, "preset")), device="cpu")
     run_cli(["schema"])  # the CLI still loads after the checks imported it
+
+
+def test_each_recipe_twin_is_its_paper_preset_plus_the_recipe_sweep():
+    """A twin (examples/configs/*-recipes.yaml) must run its paper preset's stages exactly, so that
+    its stp rows and the paper preset's measure the same thing: only the study key may differ."""
+    from pathlib import Path
+
+    from stpcli.cli.common import read_yaml
+
+    folder = Path(__file__).parents[1] / "examples" / "configs"
+    twins = sorted(folder.glob("*-recipes.yaml"))
+    assert twins
+    for twin in twins:
+        original = read_yaml(folder / twin.name.replace("-recipes", ""), "preset")
+        twinned = read_yaml(twin, "preset")
+        assert twinned.pop("study") == {"recipe": ["stp", "reference"]}, twin.name
+        assert twinned == original, twin.name

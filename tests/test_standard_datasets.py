@@ -135,6 +135,10 @@ def test_a_folder_is_compared_with_the_published_dataset_it_should_be(uc_merced_
     assert read_checkpoint(out).record["history"][-1]["options"]["dataset"] == "ucm21"
     refused(["train-ann", *TINY, "--data", uc_merced_like, "--dataset", "eurosat-rgb", "--out", tmp_path / "x.safetensors"],
             "2 class folder(s) are no EuroSAT RGB class, e.g. 'agricultural'", out=tmp_path / "x.safetensors")
+    wrong = tmp_path / "not-rsscn7"  # the wrong dataset is named even when a class folder is empty
+    (wrong / "empty").mkdir(parents=True)
+    refused(["train-ann", *TINY, "--data", wrong, "--dataset", "rsscn7", "--out", tmp_path / "y.safetensors"],
+            "1 class folder(s) are no RSSCN7 class, e.g. 'empty'; is this RSSCN7?", out=tmp_path / "y.safetensors")
 
 
 def _eurosat_ms(root, bands=13):

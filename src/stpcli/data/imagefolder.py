@@ -40,13 +40,18 @@ class FolderListing:
     content_sha256: str  # names and every file's bytes: what the decode cache is keyed by
 
 
+def class_folders(root: Path) -> list[str]:
+    """The class folders of an ImageFolder root, sorted (a class's label is its index)."""
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def scan(root: str | Path) -> FolderListing:
     root = Path(root)
     if not root.exists():
         raise StpError(f"dataset folder {root} does not exist")
     if not root.is_dir():
         raise StpError(f"dataset {root} is neither a folder nor an stp pack file")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = class_folders(root)
     if not classes:
         raise StpError(f"dataset folder {root} has no class folders (expected <root>/<class>/<image>)")
     for cls in classes:

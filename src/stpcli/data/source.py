@@ -135,6 +135,8 @@ def load_dataset(data: str | None, image_size: int, on_bad_image: str = "fail",
         packed = origin.get("bands") or {}
         return Dataset(images, labels, names, classes, source, list(origin.get("skipped", [])),
                        Decoding.from_record(packed), packed.get("band_names"), check)
+    if known is not None and path.is_dir():  # the wrong dataset is named before any folder is scanned
+        compare_with_known(known, imagefolder.class_folders(path), [])
     listing = imagefolder.scan(path)
     check = compare_with_known(known, listing.classes, listing.labels)
     source = {"kind": "folder", "path": str(path.resolve()), "fingerprint": listing.fingerprint,
