@@ -7,6 +7,7 @@ import os
 # The Triton LIF kernels run on the CPU through Triton's interpreter; triton reads this when it is
 # first imported, so it is set before anything imports it (tests/test_triton_lif.py).
 os.environ.setdefault("TRITON_INTERPRET", "1")
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,11 @@ from stpcli.cli import app
 
 TINY = ["--arch", "vgg11", "--width", "0.125", "--image-size", "32", "--batch-size", "16", "--device", "cpu"]
 CLASSES = ["fields", "lakes", "roads"]
+
+# Tests send Ctrl-C (SIGINT) to the stp processes they start. A suite started in the background
+# (`make test &`, nohup, some CI runners) inherits SIGINT ignored, and an ignored signal stays
+# ignored across exec, so those children would never see it; a handled one is reset to the default.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

@@ -86,7 +86,10 @@ def test_a_rendezvous_nobody_joins_ends_in_bounded_time_naming_the_variables(tmp
     started = time.monotonic()
     result = stp(*TRAIN, "--out", out, env=_launch_env(rank, 29640 + rank, 3), timeout=60)
     assert time.monotonic() - started < 30
-    one_line_error(result, "no distributed rendezvous within 3 s", f"WORLD_SIZE=2 RANK={rank}", "MASTER_PORT")
+    waiting, _, error = result.stderr.partition("\n")  # it said what it waits for, then why it stopped
+    assert waiting.startswith("waiting for ") and f"RANK={rank}" in waiting and "up to 3 s" in waiting, result.stderr
+    one_line_error(result.__class__(result.args, result.returncode, result.stdout, error),
+                   "no distributed rendezvous within 3 s", f"WORLD_SIZE=2 RANK={rank}", "MASTER_PORT")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -95,7 +98,9 @@ def test_ctrl_c_and_sigterm_stop_a_waiting_rendezvous_at_once(tmp_path, rank, si
     out = tmp_path / "na.safetensors"
     child = subprocess.Popen([sys.executable, "-m", "stpcli", *TRAIN, "--out", str(out)], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=_launch_env(rank, 29650 + rank, 120))
-    time.sleep(8)  # past start-up, into the wait
+    # signalled once it says it waits (past start-up, into the wait, however loaded the machine)
+    said = child.stderr.readline()
+    assert said.startswith("waiting for ") and "Ctrl-C stops" in said, said
     assert child.poll() is None
     sent = time.monotonic()
     child.send_signal(sig)

@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -114,8 +115,17 @@ def setup_runtime(device: str = "auto", precision: str = "fp32", compile: bool =
 def rendezvous(launch: Launch):
     """Meet the other processes of ``launch`` through a TCPStore at MASTER_ADDR:MASTER_PORT, in
     steps of at most a second so that Ctrl-C and SIGTERM are handled while waiting (a blocking
-    C++ wait holds off Python's signal handlers), and for at most ``launch.rendezvous_timeout``."""
-    deadline = time.monotonic() + launch.rendezvous_timeout
+    C++ wait holds off Python's signal handlers), and for at most ``launch.rendezvous_timeout``.
+    A wait longer than a second says once, on standard error, what it waits for."""
+    started = time.monotonic()
+    deadline = started + launch.rendezvous_timeout
+    announced = []
+
+    def waiting(what: str) -> None:
+        if not announced and time.monotonic() - started >= 1.0:
+            announced.append(what)
+            print(f"waiting for {what} ({launch.describe()}; up to {launch.rendezvous_timeout:g} s, Ctrl-C stops)",
+                  file=sys.stderr, flush=True)
     agent = (os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and os.environ.get("MASTER_ADDR") == launch.master_addr
              and os.environ.get("MASTER_PORT") == str(launch.master_port))  # torchrun's agent hosts the store
     serve = launch.rank == 0 and not agent
@@ -129,6 +139,7 @@ def rendezvous(launch: Launch):
         while not _listening(launch.master_addr, launch.master_port):
             if time.monotonic() >= deadline:
                 raise expired("rank 0 never answered")
+            waiting("rank 0 to serve the rendezvous")
             time.sleep(0.2)
     try:
         store = dist.TCPStore(launch.master_addr, launch.master_port, launch.world_size, serve,
@@ -142,6 +153,7 @@ def rendezvous(launch: Launch):
     while (joined := prefixed.add("joined", 0)) < launch.world_size:
         if time.monotonic() >= deadline:
             raise expired(f"{joined} of {launch.world_size} processes joined")
+        waiting(f"{launch.world_size - joined} more process(es) to join the rendezvous")
         time.sleep(0.1)
     store.set_timeout(timedelta(minutes=30))  # training steps and rank 0's checkpoint writes take their time
     return prefixed
