@@ -315,7 +315,7 @@ def test_figures_use_one_colour_per_method_and_vector_formats(tmp_path):
              "energy_uj": 3.0 + i} for i, (name, method) in enumerate([("s_t1", "TP"), ("sa_t1", "STP")])]
     svg = plots.accuracy_vs_energy(rows, "t", tmp_path / "c.svg").read_text()
     assert plots.METHOD_COLOURS["TP"] in svg and plots.METHOD_COLOURS["STP"] in svg
-    study = [{"method": "TP", "units": "", "timesteps": 1, "mean": 80.0, "std": 1.0},
-             {"method": "STP AS5 M1", "units": "AS5 M1", "timesteps": 1, "mean": 81.0, "std": 1.0}]
+    study = [{"series": "TP", "method": "TP", "units": "", "timesteps": 1, "mean": 80.0, "std": 1.0},
+             {"series": "STP AS5 M1", "method": "STP", "units": "AS5 M1", "timesteps": 1, "mean": 81.0, "std": 1.0}]
     svg = plots.accuracy_vs_timesteps(study, "t", tmp_path / "s.svg").read_text()
     assert plots.METHOD_COLOURS["TP"] in svg and plots.METHOD_COLOURS["STP"] in svg

@@ -113,6 +113,48 @@ def test_training_writes_curves_and_the_csv_has_validation_loss_and_spike_rate(p
     assert "spike_rate" not in (folder / "na.metrics.csv").read_text().splitlines()[0]
 
 
+def test_progress_line_estimates_the_time_left_from_the_epochs_after_the_first():
+    from stpcli.engine.train import time_left
+
+    first_only = [{"epoch": 1, "seconds": 30.0}]
+    assert time_left(first_only, 5) == "  ~2 min left"  # 4 epochs x 30 s
+    warmed = [{"epoch": 1, "seconds": 100.0}, {"epoch": 2, "seconds": 10.0}, {"epoch": 3, "seconds": 20.0}]
+    assert time_left(warmed, 6) == "  ~45 s left"  # 3 epochs x 15 s: the warm-up epoch is left out
+    assert time_left(warmed, 3) == ""
+    assert time_left([{"epoch": 1, "seconds": 3600.0}], 4) == "  ~3.0 h left"
+
+
+def test_accuracy_axis_spans_at_least_twenty_points_within_zero_and_hundred(tmp_path, monkeypatch):
+    from stpcli import plots
+
+    spans, span = [], plots._accuracy_span
+    monkeypatch.setattr(plots, "_accuracy_span", lambda axis, acc: (span(axis, acc), spans.append(axis.get_ylim())))
+    rows = [{"checkpoint": "ann.safetensors", "method": "ANN", "accuracy": 91.0, "energy_uj": 10.0},
+            {"checkpoint": "stp.safetensors", "method": "STP", "accuracy": 90.0, "energy_uj": 1.0}]
+    plots.accuracy_vs_energy(rows, "close", tmp_path / "close.png")
+    plots.accuracy_vs_energy([{**row, "accuracy": row["accuracy"] + 8.5} for row in rows], "top", tmp_path / "top.png")
+    (low, high), (top_low, top_high) = spans
+    assert high - low >= 20 and low < 90 and high > 91  # a 1-point gap drawn as 1 point of 20, not of 1.2
+    assert top_high == 100 and top_high - top_low >= 20  # 98.5 and 99.5: the span stops at 100
+    assert (tmp_path / "close.png").stat().st_size > 5_000
+
+
+def test_study_series_are_told_apart_by_recipe_and_unit_setting():
+    """A recipe sweep draws the reference recipe dashed in its method's colour; a Unit sweep gives
+    each setting its own colour and each method its own marker."""
+    from stpcli.plots import METHOD_COLOURS, series_styles
+
+    recipes = series_styles([{"series": f"TP ({recipe})", "method": "TP", "units": "", "recipe": recipe}
+                             for recipe in ("stp", "reference")])
+    assert recipes["TP (stp)"]["linestyle"] == "-" and recipes["TP (reference)"]["linestyle"] == "--"
+    assert recipes["TP (stp)"]["color"] == recipes["TP (reference)"]["color"] == METHOD_COLOURS["TP"]
+    units = series_styles([{"series": f"{method} {setting}", "method": method, "units": setting, "recipe": ""}
+                           for setting in ("AS1 M1", "AS5 M1") for method in ("STP", "STP (Units kept)")])
+    assert units["STP AS1 M1"]["color"] != units["STP AS5 M1"]["color"]
+    assert units["STP AS1 M1"]["color"] == units["STP (Units kept) AS1 M1"]["color"]
+    assert units["STP AS1 M1"]["marker"] != units["STP (Units kept) AS1 M1"]["marker"]
+
+
 # method, compare plot, info --config ---------------------------------------------------------
 
 def test_compare_names_the_method_of_every_row_and_plots_accuracy_against_energy(pipeline, tmp_path):

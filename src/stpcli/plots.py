@@ -53,6 +53,7 @@ def training_curves(history: list[dict], title: str, path: Path) -> Path:
     if spiking:
         axes[3].plot(epochs, [row["spike_rate"] for row in history], marker="o", color="tab:orange")
         axes[3].set(title="spikes per neuron (validation)", xlabel="epoch", ylabel="spikes per neuron over T")
+        axes[3].yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
     for axis in axes:
         axis.grid(alpha=0.3)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -136,50 +137,106 @@ def _spread_labels(axis, points: list[tuple[float, float, str]], colour_of, font
 
 
 def accuracy_vs_energy(rows: list[dict], title: str, path: Path) -> Path:
-    """One point per checkpoint (or study row): energy per image (log scale) against test accuracy,
-    coloured by method, labelled; a study's rows carry their standard deviations as error bars."""
-    figure, axis = plt.subplots(figsize=(7.5, 4.8))
+    """Energy per image (log scale) against test accuracy: one labelled point per checkpoint,
+    coloured by method; or, for a study's rows (which carry ``series``: method, Units and recipe),
+    one line per series through its time steps, each point labelled with its T, with the standard
+    deviations over seeds as error bars and the series in a legend beside the axes."""
+    study = any("series" in row for row in rows)
+    figure, axis = plt.subplots(figsize=(9.5 if study else 7.5, 4.8))
     labels: list[tuple[float, float, str]] = []
     colour_of_label: dict[str, str] = {}
-    for row in rows:
-        method = row.get("method", row["kind"])
-        colour = _colour(method)
-        axis.errorbar(row["energy_uj"], row["accuracy"], xerr=row.get("energy_std") or None,
-                      yerr=row.get("accuracy_std") or None, fmt="o", color=colour, ms=6, capsize=3, label=method)
-        label = os.path.basename(str(row["checkpoint"])).removesuffix(".safetensors")
-        if row.get("timesteps"):
-            label += f" (T={row['timesteps']})"
-        labels.append((row["energy_uj"], row["accuracy"], label))
-        colour_of_label[label] = colour
-    handles, names = axis.get_legend_handles_labels()
-    unique = dict(zip(names, handles))
-    axis.legend(unique.values(), unique.keys(), fontsize=8, loc="lower right")
+    if study:
+        for series, style in series_styles(rows).items():
+            points = sorted((row for row in rows if row["series"] == series), key=lambda row: row["energy_uj"])
+            axis.errorbar([row["energy_uj"] for row in points], [row["accuracy"] for row in points],
+                          xerr=[row.get("energy_std") or 0.0 for row in points],
+                          yerr=[row.get("accuracy_std") or 0.0 for row in points], capsize=2, ms=5, lw=1.2,
+                          elinewidth=0.7, alpha=0.9, label=series, **style)
+        for timesteps in sorted({row["timesteps"] for row in rows if row.get("timesteps")}):  # one label per T,
+            group = [row for row in rows if row.get("timesteps") == timesteps]  # above its highest error bar
+            top = max(group, key=lambda row: row["accuracy"] + (row.get("accuracy_std") or 0.0))
+            axis.annotate(f"T={timesteps}", (sorted(row["energy_uj"] for row in group)[len(group) // 2],
+                                              top["accuracy"] + (top.get("accuracy_std") or 0.0)),
+                          textcoords="offset points", xytext=(0, 4), ha="center", fontsize=9, color="#333333")
+        axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:
+        for row in rows:
+            method = row.get("method") or row["kind"]
+            colour = _colour(method)
+            axis.errorbar(row["energy_uj"], row["accuracy"], fmt="o", color=colour, ms=6, capsize=3, label=method)
+            label = os.path.basename(str(row["checkpoint"])).removesuffix(".safetensors")
+            if row.get("timesteps"):
+                label += f" (T={row['timesteps']})"
+            labels.append((row["energy_uj"], row["accuracy"], label))
+            colour_of_label[label] = colour
+        handles, names = axis.get_legend_handles_labels()
+        unique = dict(zip(names, handles))
+        axis.legend(unique.values(), unique.keys(), fontsize=8, loc="lower right")
     _plain_log_axis(axis)
     axis.set(xlabel="energy per image (µJ, 45 nm model, log scale)", ylabel="test accuracy (%)", title=title)
     axis.grid(alpha=0.3)
     axis.margins(x=0.15, y=0.12)
-    _spread_labels(axis, labels, lambda text: colour_of_label.get(text, "black"))
+    _accuracy_span(axis, [row["accuracy"] for row in rows])
+    _spread_labels(axis, labels, lambda text: colour_of_label.get(text, "#555555"))
     return _save(figure, path)
 
 
+METHOD_MARKERS = {"ANN": "D", "TP": "o", "STP (Units kept)": "^", "STP": "s"}
+RECIPE_LINES = {"reference": "--"}  # the stp recipe (or none recorded) draws solid lines
+
+
+def series_styles(rows: list[dict]) -> dict[str, dict]:
+    """How each series of a study's rows is drawn (``series``, ``method``, ``units``, ``recipe``):
+    its method's colour, or with several Unit settings one colour per setting and a marker per
+    method; a dashed line for the reference recipe."""
+    settings = sorted({row.get("units") or "" for row in rows} - {""})
+    palette = plt.get_cmap("tab10").colors
+    styles: dict[str, dict] = {}
+    for row in rows:
+        several = len(settings) > 1 and bool(row.get("units"))
+        styles.setdefault(row["series"], {
+            "color": palette[settings.index(row["units"]) % len(palette)] if several else _colour(row["method"]),
+            "marker": METHOD_MARKERS.get(row["method"], "o") if several else "o",
+            "linestyle": RECIPE_LINES.get(row.get("recipe") or "", "-")})
+    return styles
+
+
+MIN_ACCURACY_SPAN = 20.0  # points of accuracy an axis shows at least: a 2-point gap stays a small gap
+
+
+def _accuracy_span(axis, accuracies: list[float]) -> None:
+    """The accuracy axis over at least ``MIN_ACCURACY_SPAN`` points (within 0..100), so that close
+    accuracies are not magnified into large differences."""
+    low, high = axis.get_ylim()
+    missing = MIN_ACCURACY_SPAN - (high - low)
+    if missing > 0:
+        low, high = low - missing / 2, high + missing / 2
+        if low < 0:
+            low, high = 0.0, high - low
+        if high > 100:
+            low, high = max(0.0, low - (high - 100)), 100.0
+    axis.set_ylim(low, high)
+
+
 def accuracy_vs_timesteps(rows: list[dict], title: str, path: Path) -> Path:
-    """A study's mean test accuracy per method and T, with the standard deviation over seeds as error bars."""
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    methods = sorted({row["method"] for row in rows if row.get("timesteps")})
-    for index, method in enumerate(methods):
-        points = sorted((row["timesteps"], row["mean"], row["std"] or 0.0) for row in rows
-                        if row["method"] == method and row.get("timesteps"))
-        offset = (index - (len(methods) - 1) / 2) * 0.06
-        axis.errorbar([t + offset for t, _, _ in points], [m for _, m, _ in points],
-                      yerr=[s for _, _, s in points], marker="o", capsize=4, label=method, color=_colour(method))
+    """A study's mean test accuracy per series (``series``: method, Units and recipe) and T, with
+    the standard deviation over seeds as error bars; the ANN as a horizontal line."""
+    figure, axis = plt.subplots(figsize=(9, 4.5))
+    spiking = [row for row in rows if row.get("timesteps")]
+    styles = series_styles(spiking)
+    for index, (series, style) in enumerate(styles.items()):
+        points = sorted((row["timesteps"], row["mean"], row["std"] or 0.0) for row in spiking if row["series"] == series)
+        shift = 2 ** ((index - (len(styles) - 1) / 2) * 0.04)  # side by side, so that error bars do not hide each other
+        axis.errorbar([t * shift for t, _, _ in points], [m for _, m, _ in points], yerr=[s for _, _, s in points],
+                      capsize=3, elinewidth=0.7, label=series, **style)
     for row in rows:
         if not row.get("timesteps"):
-            axis.axhline(row["mean"], color=_colour(row["method"]), linestyle="--", label=f"{row['method']} (mean)")
+            axis.axhline(row["mean"], color=_colour(row["method"]), linestyle=":", label=f"{row['series']} (mean)")
     axis.set_xscale("log", base=2)
-    ticks = sorted({row["timesteps"] for row in rows if row.get("timesteps")})
+    ticks = sorted({row["timesteps"] for row in spiking})
     axis.set_xticks(ticks, [str(t) for t in ticks])
     axis.xaxis.set_minor_locator(NullLocator())
     axis.set(xlabel="time steps T", ylabel="test accuracy (%), mean ± std over seeds", title=title)
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return _save(figure, path)

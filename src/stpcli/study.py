@@ -328,13 +328,12 @@ def write_reports(out_dir: Path, preset_path: Path, seeds: list[int], runs: list
     atomic_write_text(out_dir / "study.md", lambda handle: handle.write("\n".join(lines) + "\n"))
     written = [out_dir / n for n in ("study.json", "study.csv", "study.md")]
     if table:
-        labelled = [{**row, "method": row_label(row)} for row in table]
+        labelled = [{**row, "series": row_label(row)} for row in table]
         written.append(plots.accuracy_vs_timesteps(labelled, f"{preset_path.stem}: accuracy against T",
                                                    out_dir / "study_accuracy_vs_T.png"))
-        points = [{"checkpoint": row_label(r), "kind": "snn" if r["timesteps"] else "ann",
-                   "method": r["method"], "timesteps": r["timesteps"], "accuracy": r["mean"],
-                   "accuracy_std": r["std"], "energy_uj": r["energy_uj"], "energy_std": r["energy_std"]}
-                  for r in table]
+        points = [{"series": row_label(r), "method": r["method"], "units": r["units"], "recipe": r.get("recipe"),
+                   "timesteps": r["timesteps"], "accuracy": r["mean"], "accuracy_std": r["std"],
+                   "energy_uj": r["energy_uj"], "energy_std": r["energy_std"]} for r in table]
         written.append(plots.accuracy_vs_energy(points, f"{preset_path.stem}: mean accuracy against energy (± std over seeds)",
                                                 out_dir / "study_accuracy_vs_energy.png"))
     return written

@@ -231,14 +231,29 @@ def _end_of_epoch(loop: _Loop, row: dict, resume_identity: dict, csv_path: Path 
     if loop.runtime.is_main:
         console.print(
             f"[{loop.label}] epoch {row['epoch']}/{loop.config.epochs}  loss {row['train_loss']:.4f}  "
-            f"train {row['train_acc']:.2f}%  val {row['val_acc']:.2f}%  lr {row['lr']:.3g}  {row['seconds']:.1f}s",
-            markup=False, highlight=False, soft_wrap=True)
+            f"train {row['train_acc']:.2f}%  val {row['val_acc']:.2f}%  lr {row['lr']:.3g}  {row['seconds']:.1f}s"
+            + time_left(loop.history, loop.config.epochs), markup=False, highlight=False, soft_wrap=True)
         record = {"epoch": row["epoch"], "history": loop.history, "best_val": loop.best_val,
                   "best_epoch": loop.best_epoch, "options": resume_identity}
         save_state(loop.state_path, loop.model, loop.optimizer, record, loop.best_state)
         if csv_path is not None:
             _write_csv(csv_path, loop.history)
     loop.runtime.barrier()
+
+
+def time_left(history: list[dict], epochs: int) -> str:
+    """'  ~2 min left': the epochs still to run times the time an epoch has taken (the first one, which
+    pays for warm-up, only while it is the only one measured)."""
+    left = epochs - history[-1]["epoch"]
+    if left <= 0:
+        return ""
+    measured = [row["seconds"] for row in history[1:]] or [history[0]["seconds"]]
+    seconds = left * sum(measured) / len(measured)
+    if seconds < 60:
+        return f"  ~{seconds:.0f} s left"
+    if seconds < 3600:
+        return f"  ~{seconds / 60:.0f} min left"
+    return f"  ~{seconds / 3600:.1f} h left"
 
 
 def _validate(model, images, labels, num_classes, stats, runtime) -> tuple[Scores, float | None]:
