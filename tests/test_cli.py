@@ -171,9 +171,10 @@ def test_temporal_prune_takes_epochs_and_lr_schedule_per_time_step(pipeline, tmp
     assert load_checkpoint(out).history[-1]["options"]["epochs-per-stage"] == "1,2"
 
 
-def test_pipeline_runs_both_chains_skips_what_exists_and_rebuilds_what_depends_on_a_missing_file(dataset_dir, tmp_path):
-    """Each stage runs as its own stp command; as make does, a rerun rebuilds a missing file and
-    what depends on it, nothing else."""
+def test_pipeline_keeps_what_is_current_and_rebuilds_what_changed_with_what_follows(dataset_dir, tmp_path):
+    """Each stage runs as its own stp command with make's rule by lineage: a rerun keeps every file
+    made the same way, rebuilds a missing file and what depends on it, and rebuilds a stage whose
+    preset options changed (naming the option) with the stages after it, nothing else."""
     preset = tmp_path / "tiny.yaml"
     preset.write_text("batch-size: 16\ntrain-ann: {arch: vgg11, width: 0.125, image-size: 32, epochs: 1}\n"
                       "add-unit: {as: 4, m: 1, epochs: 0}\nconvert: {timesteps: 3, epochs: 1, calibration-images: 16}\n"
@@ -193,12 +194,19 @@ def test_pipeline_runs_both_chains_skips_what_exists_and_rebuilds_what_depends_o
                                                          "sa_t2.safetensors", "sa_t1.safetensors"]
     assert [r["method"] for r in rows] == ["ANN", "TP", "TP", "STP", "STP"]
     before = {name: (out / name).stat().st_mtime_ns for name in made}
-    again = run_cli(["pipeline", preset, "--out-dir", out, "--device", "cpu", "--seed", "7"])
-    assert again.stdout.count("skipping") == 8
-    (out / "sb_t2.safetensors").unlink()  # temporal pruning reuses nothing else; T=1 and both Sa follow
-    run_cli(["pipeline", preset, "--out-dir", out, "--device", "cpu", "--seed", "7"])
+    forgot = run_cli(["pipeline", preset, "--out-dir", out, "--device", "cpu", "--seed", "7"], expect=2)
+    assert f"was trained on --data {dataset_dir}; pass that --data to keep it" in forgot.output
+    rerun = ["pipeline", preset, "--out-dir", out, "--data", dataset_dir, "--device", "cpu", "--seed", "7"]
+    again = run_cli(rerun)
+    assert again.stdout.count("is up to date") == 10 and "rebuilding" not in again.stdout  # 10 files, 8 stages
+    assert {name for name in made if (out / name).stat().st_mtime_ns != before[name]} == set()
+    (out / "s_t2.safetensors").unlink()  # TP's T=2: temporal pruning reuses T=3, rebuilds T=2 and T=1
+    preset.write_text(preset.read_text().replace("spatial-prune: {epochs: 0}", "spatial-prune: {epochs: 1}"))
+    edited = run_cli(rerun)  # and both Sa, whose option changed, nothing else
+    assert edited.stdout.count("options changed: --epochs 0 -> 1") == 2
+    assert f"rebuilding {out / 's_t1.safetensors'}: its input {out / 's_t2.safetensors'} changed" in edited.stdout
     changed = {name for name in made if (out / name).stat().st_mtime_ns != before[name]}
-    assert changed == {"sb_t2.safetensors", "sb_t1.safetensors", "sa_t2.safetensors", "sa_t1.safetensors"}
+    assert changed == {"s_t2.safetensors", "s_t1.safetensors", "sa_t2.safetensors", "sa_t1.safetensors"}
 
 
 def test_the_lif_backend_is_an_explicit_recorded_setting(pipeline, tmp_path):

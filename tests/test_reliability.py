@@ -203,6 +203,41 @@ def test_kill_9_then_resume_gives_the_uninterrupted_weights(dataset_dir, tmp_pat
     assert not state.exists()
 
 
+def test_ctrl_c_under_make_then_make_again_resumes_and_gives_the_uninterrupted_tensors(dataset_dir, tmp_path):
+    """The Makefile's rules run --if-changed: Ctrl-C (SIGINT to make's process group) during a stage,
+    then make again, continues that stage from its state, and a third make has nothing to do."""
+    root = Path(__file__).resolve().parent.parent
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text("device: cpu\nseed: 2\nbatch-size: 16\ntrain-ann: {arch: vgg11, width: 0.125, image-size: 32, "
+                      "epochs: 1}\nadd-unit: {as: 4, m: 1, epochs: 0}\nconvert: {timesteps: 2, epochs: 3, "
+                      "calibration-images: 16}\n")
+
+    def make(out: Path, **popen):
+        return subprocess.Popen(["make", "-C", str(root / "examples"), f"{out}/sb_t5.safetensors", f"OUT={out}",
+                                 f"CONFIG={preset}", f"DATA={dataset_dir}", f"STP={sys.executable} -m stpcli"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    assert make(reference).wait() == 0
+    first = make(interrupted, start_new_session=True)
+    _wait_for_epoch(interrupted / "sb_t5.state.safetensors", first, 1)
+    os.killpg(first.pid, signal.SIGINT)
+    first.communicate(timeout=120)
+    if (interrupted / "sb_t5.safetensors").exists():
+        pytest.skip("the stage finished before the signal arrived")
+    again = make(interrupted)
+    output = again.communicate(timeout=300)[0]
+    assert again.returncode == 0, output
+    assert "resuming from" in output and "train-ann" not in output  # make reruns the interrupted stage only
+    a, b = load_checkpoint(reference / "sb_t5.safetensors"), load_checkpoint(interrupted / "sb_t5.safetensors")
+    assert a.tensors.keys() == b.tensors.keys() and all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+    epochs = [line.split(",")[0] for line in (interrupted / "sb_t5.metrics.csv").read_text().splitlines()[1:]]
+    assert epochs == ["1", "2", "3"]  # the epoch counter continued
+    preset.touch()
+    third = make(interrupted).communicate(timeout=300)[0]
+    assert third.count("is up to date") == 3 and "rebuilding" not in third
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 130)])
 def test_signals_stop_at_a_safe_point_and_keep_the_state(dataset_dir, tmp_path, sig, code):
     out = tmp_path / "na.safetensors"

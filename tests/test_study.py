@@ -35,8 +35,10 @@ def test_study_stops_at_its_time_limit_and_a_rerun_completes_it(dataset_dir, tmp
     assert (out / "seed3" / "na.safetensors").is_file()
     assert not (out / "seed3" / "as4-m1" / "sa_t1.safetensors").exists()
     assert json.loads((out / "study.json").read_text())["complete"] is False
-    second = run_cli([*args, "--jobs", "2"])
-    assert "train-ann ->" not in second.stdout  # the finished ANN was not trained again
+    trained = (out / "seed3" / "na.safetensors").stat().st_mtime_ns
+    run_cli([*args, "--jobs", "2"])
+    assert (out / "seed3" / "na.safetensors").stat().st_mtime_ns == trained  # the finished ANN was kept
+    assert "is up to date" in (out / "seed3" / "na.log").read_text()
     report = json.loads((out / "study.json").read_text())
     assert report["complete"] is True
     methods = {(r["method"], r["timesteps"]) for r in report["rows"]}
@@ -92,8 +94,9 @@ def test_the_makefile_runs_the_chain_stp_pipeline_runs():
     """examples/Makefile and stpcli.chain describe the same files made by the same commands."""
     makefile = (Path(__file__).parents[1] / "examples" / "Makefile").read_text()
     rules = {}
-    rule = r"^(\$\(OUT\)/[^\s:]+(?: \$\(OUT\)/[^\s:]+)*) ?&?: (\$\(OUT\)/\S+)\n\t\$\(call RUN,([\w-]+)\)"
-    for targets, source, recipe in re.findall(rule, makefile, re.M):
+    rule = r"^(\$\(OUT\)/[^\s:]+(?: \$\(OUT\)/[^\s:]+)*) ?&?: (\$\(OUT\)/\S+)( \$\(CONFIG\))?\n\t\$\(call RUN,([\w-]+)\)"
+    for targets, source, config, recipe in re.findall(rule, makefile, re.M):
+        assert config, f"{targets}: the preset is a prerequisite of every rule (an edited option is noticed)"
         names = [t.removeprefix("$(OUT)/").removesuffix(".safetensors") for t in targets.split()]
         rules[names[-1]] = (recipe, source.removeprefix("$(OUT)/").removesuffix(".safetensors"), names)
     preset = {"convert": {"timesteps": 5}, "temporal-prune": {"schedule": "3,2,1"}}

@@ -30,8 +30,9 @@ STOP_GRACE_SECONDS = 120  # a stopped stage finishes its step and writes its sta
 
 def step_command(step: Step, folder: Path, preset: Path, *, seed: int | None = None, data: str | None = None,
                  device: str | None = None, redo: bool = False) -> list[str]:
-    """The command line of one step, with the preset's options; ``redo`` rebuilds an existing output,
-    otherwise an interrupted stage is resumed (and temporal pruning reuses the T files it finished)."""
+    """The command line of one step, with the preset's options and make's rule (``--if-changed``: an
+    output made the same way is kept, a changed one rebuilt, an interrupted one resumed), or with
+    ``redo`` every output rebuilt (``--force``)."""
     args = [sys.executable, "-m", "stpcli", step.command]
     if step.source is not None:
         args.append(str(folder / f"{step.source}.safetensors"))
@@ -43,21 +44,7 @@ def step_command(step: Step, folder: Path, preset: Path, *, seed: int | None = N
         args += ["--data", data]
     if device is not None:
         args += ["--device", device]
-    if redo:
-        return args + ["--force"]
-    files = [folder / f"{name}.safetensors" for name in step.outputs]
-    if any(path.exists() for path in files):  # temporal pruning with a T file missing: --resume reuses
-        args.append("--force")                # the Ts that still descend from their parent
-    if step.command == "temporal-prune" or any(state_path(path).exists() for path in files):
-        args.append("--resume")
-    return args
-
-
-def must_run(step: Step, folder: Path, rebuilt: set[str], force: bool = False) -> bool:
-    """The make-like rule of ``stp pipeline`` and ``stp study``: a step runs when one of its files is
-    missing, or when its input was rebuilt in this run (``rebuilt``: the files made so far), or
-    with ``force``; otherwise its files are kept."""
-    return force or step.source in rebuilt or not all((folder / f"{name}.safetensors").exists() for name in step.outputs)
+    return args + ["--force" if redo else "--if-changed"]
 
 
 def run_child(args: Sequence[str], *, log: Path, echo: Callable[[str], None] | None = None,
@@ -151,22 +138,18 @@ def run_pipeline(preset: dict, preset_path: Path, out_dir: Path, *, data: str | 
     """Na, the STP chain and the TP baseline of ``preset`` in ``out_dir``; returns the files a
     comparison shows (``stpcli.report.compare``).
 
-    As make does: a step whose file exists is skipped unless its input was rebuilt in this run
-    (``force``: every step is rebuilt). ``out_dir`` is created once the preset's chain is known.
+    Each step runs with make's rule (``step_command``): a stage whose output was made from the same
+    input with the same options says so and does nothing; ``force`` rebuilds every step. ``out_dir``
+    is created once the preset's chain is known.
     Each step's output goes to ``<out_dir>/<file>.log`` and to ``echo``.
     """
     steps = pipeline_steps(preset)
     create_out_dir(out_dir)
     lock_output(out_dir / "pipeline")  # one driver per folder
-    rebuilt: set[str] = set()
     for step in steps:
-        redo = force or step.source in rebuilt
         outputs = [out_dir / f"{name}.safetensors" for name in step.outputs]
-        if not must_run(step, out_dir, rebuilt, force):
-            say(f"[pipeline] {out_dir / step.target}.safetensors exists; skipping {step.command}")
-            continue
         wait_for_earlier_writers(outputs, say)
-        args = step_command(step, out_dir, preset_path, seed=seed, data=data, device=device, redo=redo)
+        args = step_command(step, out_dir, preset_path, seed=seed, data=data, device=device, redo=force)
         log = log_path(out_dir / f"{step.target}.safetensors")
         say(f"[pipeline] stp {shlex.join(args[3:])}  (log: {log})")
         try:
@@ -181,5 +164,4 @@ def run_pipeline(preset: dict, preset_path: Path, out_dir: Path, *, data: str | 
             reason = last_error(log)
             raise StpError(f"pipeline stopped: stp {step.command} exited with status {code}"
                            + (f": {reason}" if reason else "") + f" (its output: {log})", exit_code=code)
-        rebuilt.update(step.outputs)
     return [out_dir / f"{name}.safetensors" for name in compared(preset)]

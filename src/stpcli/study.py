@@ -2,8 +2,9 @@
 the statistics a paper table needs.
 
 Every stage runs as its own ``stp`` command in a child process, so every stage
-stays a checkpoint file: a finished stage (its file exists) is skipped, an
-interrupted one (its state file exists) is resumed, chains run side by side
+stays a checkpoint file; each runs with make's rule (``--if-changed``): a stage made from the
+same input with the same options is kept, one whose preset options changed is rebuilt with the
+stages after it, an interrupted one (its state file exists) is resumed; chains run side by side
 (``jobs``), and a time limit stops the children cleanly (SIGTERM: they keep
 their state) so that running the study again continues it.
 
@@ -34,7 +35,7 @@ from stpcli.defaults import RECIPES
 from stpcli.errors import StpError
 from stpcli.files import atomic_write_text
 from stpcli.names import log_path
-from stpcli.pipeline import last_error, must_run, run_child, step_command, wait_for_earlier_writers
+from stpcli.pipeline import last_error, run_child, step_command, wait_for_earlier_writers
 from stpcli.report import METHODS, compare
 from stpcli.run import DataOptions, Run
 from stpcli.schema import MAX_LAYERS_PER_GROUP
@@ -127,7 +128,6 @@ class Runner:
         self.stopped = False
         self.finished = 0  # stages this run completed
         self.failures: list[str] = []
-        self.rebuilt: dict[int, set[str]] = {}  # per seed, the files this run made (its chains share Na and Nb)
 
     def out_of_time(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
@@ -148,21 +148,14 @@ class Runner:
     def run_chain(self, chain: Chain) -> None:
         folder = self.out_dir / f"seed{chain.seed}"
         folder.mkdir(parents=True, exist_ok=True)
-        rebuilt = self.rebuilt.setdefault(chain.seed, set())
         for step in chain.steps:
-            if self.stop_requested():
+            if self.stop_requested() or not self.run_step(chain, step, folder):
                 return
-            if not must_run(step, folder, rebuilt):
-                continue
-            if not self.run_step(chain, step, folder, redo=step.source in rebuilt):
-                return
-            rebuilt.update(step.outputs)
 
-    def run_step(self, chain: Chain, step: Step, folder: Path, redo: bool) -> bool:
+    def run_step(self, chain: Chain, step: Step, folder: Path) -> bool:
         out = folder / f"{step.target}.safetensors"
         out.parent.mkdir(parents=True, exist_ok=True)
-        args = step_command(step, folder, self.preset_path, seed=chain.seed, data=self.data, device=self.device,
-                            redo=redo)
+        args = step_command(step, folder, self.preset_path, seed=chain.seed, data=self.data, device=self.device)
         environment = dict(os.environ)
         if self.jobs > 1 and "OMP_NUM_THREADS" not in environment:
             environment["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))

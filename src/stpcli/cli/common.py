@@ -301,8 +301,10 @@ def make_run(name: str, values: dict) -> Run:
 def make_io(values: dict) -> StageIO:
     from stpcli.stages.saving import StageIO
 
+    if values.get("if_changed") and values.get("force"):
+        raise StpError("--if-changed decides itself whether --out is rebuilt; drop --force (or --if-changed)")
     return StageIO(Path(values["out"]), force=values.get("force", False), resume=values.get("resume", False),
-                   command=command_line())
+                   command=command_line(), if_changed=values.get("if_changed", False))
 
 
 def make_data(values: dict) -> DataOptions:
@@ -351,6 +353,7 @@ def resolve(ctx: typer.Context, local_values: dict[str, Any]) -> dict[str, Any]:
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output checkpoint (.safetensors); its folder is created if missing.")]
 Force = Annotated[bool, typer.Option("--force", metavar="", help="Overwrite an existing output / start over.")]
 Resume = Annotated[bool, typer.Option("--resume", metavar="", help="Continue an interrupted run from its state file.")]
+IfChanged = Annotated[bool, typer.Option("--if-changed", metavar="", help="Make's rule, by lineage (what the Makefile, stp pipeline and stp study run): keep --out when it was made from the same input with the same options, rebuild it (saying which option changed) when not, resume an interrupted run.")]
 Config = Annotated[Path | None, typer.Option("--config", help="YAML file of option values; flags win.")]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")]
 Precision = Annotated[str, typer.Option("--precision", help="fp32 | bf16 (autocast).")]
@@ -390,6 +393,7 @@ RECORDED_DATA = [("data", Data, None), ("allow_data_change", AllowDataChange, Fa
                  ("cache_dir", CacheDir, None)]
 COMMAND_OPTIONS = [("device", Device, "auto"), ("precision", Precision, "fp32"), ("compile", Compile, False),
                ("lif_backend", LifBackend, DEFAULT_LIF_BACKEND), ("force", Force, False), ("resume", Resume, False),
+               ("if_changed", IfChanged, False),
                ("config", Config, None)]
 ANN_TRAINING = training_options(lr=0.01, optimizer="sgd", weight_decay=5e-4, lr_schedule="cosine")
 SNN_TRAINING = training_options(lr=1e-4, optimizer="adam", weight_decay=0.0, lr_schedule="step", distill=True)

@@ -29,8 +29,9 @@ def pipeline_command(
     force: Force = False,
 ):
     """Run STP (Na -> Nb -> Sb(T5) -> Sb(T1) -> Sa) and the TP baseline, each stage as its own stp
-    command (as examples/Makefile runs them), skipping stages whose file exists and resuming
-    interrupted ones; then compare them. The comparison is printed and saved as compare.txt and
+    command with --if-changed, as examples/Makefile runs them: a stage made from the same input with
+    the same options is kept, one whose options in the preset changed is rebuilt with the stages
+    after it (saying which option changed), an interrupted one is resumed; then compare them. The comparison is printed and saved as compare.txt and
     compare.json beside the checkpoints.
 
     Example: stp pipeline examples/configs/demo.yaml --out-dir runs/demo --seed 1

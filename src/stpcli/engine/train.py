@@ -95,12 +95,17 @@ class _Loop:
     best_val: float | None = None
     best_epoch: int = -1
     best_state: dict | None = None
+    resumes_itself: bool = False  # run with --if-changed: the same command resumes, without --resume
 
 
 def fit(model, data: SplitData, config: TrainConfig, runtime: Runtime, *, stats: InputStats,
         state_path: Path, csv_path: Path | None, resume_identity: dict,
-        resume: bool, console: Console, label: str, teacher: torch.nn.Module | None = None) -> FitResult:
+        resume: bool, console: Console, label: str, teacher: torch.nn.Module | None = None,
+        restart_if_changed: bool = False) -> FitResult:
     """Train ``model`` in place; on return it holds the best-on-validation weights.
+
+    ``resume`` continues from ``state_path``, whose options must equal ``resume_identity`` (or, with
+    ``restart_if_changed``, training starts over when they differ).
 
     With ``config.distill_weight > 0`` the loss also pulls the model's outputs
     towards ``teacher``'s (run in eval mode on the same augmented batch).
@@ -109,10 +114,11 @@ def fit(model, data: SplitData, config: TrainConfig, runtime: Runtime, *, stats:
         raise ValueError("distillation needs a teacher model")
     started = time.time()
     loop = _prepare(model, data, config, runtime, stats, teacher, label, state_path)
+    loop.resumes_itself = restart_if_changed
     if data.indices["val"].numel() == 0 and runtime.is_main:
         console.print(f"[{label}] no validation part (--val-ratio 0): 'val' below is the training images' "
                       "accuracy, and the best epoch is chosen on it", markup=False)
-    start_epoch = _resume(loop, resume_identity, console) if resume else 0
+    start_epoch = _resume(loop, resume_identity, console, restart_if_changed) if resume else 0
     with _StopRequest() as stop:
         for epoch in range(start_epoch, config.epochs):
             epoch_start = time.time()
@@ -157,11 +163,15 @@ def _prepare(model, data: SplitData, config: TrainConfig, runtime: Runtime, stat
                  len(data.dataset.classes), teacher, label, state_path)
 
 
-def _resume(loop: _Loop, resume_identity: dict, console: Console) -> int:
+def _resume(loop: _Loop, resume_identity: dict, console: Console, restart_if_changed: bool) -> int:
     """Restore model, optimiser, history and best-so-far from the state file; the epoch to start at."""
     if not loop.state_path.exists():
         raise StpError(f"--resume: no training state {loop.state_path} to resume from")
     changed = changed_options(read_state_record(loop.state_path).get("options", {}), resume_identity)
+    if changed and restart_if_changed:
+        console.print(f"[{loop.label}] the interrupted run in {loop.state_path} had other {', '.join(changed)}; "
+                      "starting over", markup=False)
+        return 0
     if changed:
         raise StpError(f"--resume: {', '.join(changed)} differ(s) from the interrupted run's; rerun with the "
                        "same values (only --lr may change), or drop --resume and pass --force to start over")
@@ -214,7 +224,7 @@ def train_one_epoch(loop: _Loop, epoch: int, stop: _StopRequest, console: Consol
             if bad:
                 raise _non_finite(loop.label, epoch, step, loop.state_path, loop.history)
             if stopping:
-                raise Interrupted(_interrupt_message(stop.signal_name, loop.label, epoch, loop.history, loop.state_path))
+                raise Interrupted(_interrupt_message(stop.signal_name, loop, epoch))
     if runtime.any_rank(not _finite(loss_sum))[0]:
         raise _non_finite(loop.label, epoch, steps, loop.state_path, loop.history)
     totals = torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(seen), device=device)])
@@ -276,11 +286,13 @@ def _non_finite(label, epoch, step, state_path, history) -> StpError:
                     f"training stopped; {kept}; rerun with --resume and a lower --lr", exit_code=3)
 
 
-def _interrupt_message(signal_name, label, epoch, history, state_path):
-    if history:
-        return (f"[{label}] stopped by {signal_name} during epoch {epoch + 1}; the state after epoch "
-                f"{len(history)} is in {state_path}; rerun the same command with --resume to continue")
-    return f"[{label}] stopped by {signal_name} during epoch {epoch + 1}, before any epoch completed; nothing to resume"
+def _interrupt_message(signal_name: str, loop: _Loop, epoch: int) -> str:
+    if loop.history:
+        return (f"[{loop.label}] stopped by {signal_name} during epoch {epoch + 1}; the state after epoch "
+                f"{len(loop.history)} is in {loop.state_path}; rerun the same command"
+                + (" to continue" if loop.resumes_itself else " with --resume to continue"))
+    return (f"[{loop.label}] stopped by {signal_name} during epoch {epoch + 1}, before any epoch completed; "
+            "nothing to resume")
 
 
 def changed_options(recorded: dict, current: dict) -> list[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from stpcli.checkpoint import Checkpoint
+from stpcli.checkpoint import Checkpoint, read_record
 from stpcli.data.bands import band_statistics
 from stpcli.data.catalogue import known_dataset
 from stpcli.data.source import IMAGENET_MEAN, IMAGENET_STD, data_record, load_dataset, split_data
@@ -70,6 +70,17 @@ def train_ann(run: Run, *, arch: str, width: float, image_size: int, dropout: fl
     check_train_ann(arch=arch, width=width, image_size=image_size, dropout=dropout, train_ratio=train_ratio,
                     val_ratio=val_ratio, config=config, pretrained=pretrained, normalisation=normalisation,
                     scale=scale, split_file=split_file, known=known)
+    options = {"arch": arch, "width": width, "image-size": image_size, "dropout": dropout,
+               "train-ratio": train_ratio, "val-ratio": val_ratio, "pretrained": pretrained, "bands": bands,
+               "normalise": normalisation, "scale": scale, "split-file": split_file,
+               "dataset": known,
+               **config.recorded(), **data.recorded()}
+    del options["allow-data-change"]  # train-ann defines the data a chain records
+    if io.if_changed and data.location is None:
+        _refuse_dropping_data(io.out)
+    existing = io.current(run, None, options)
+    if existing is not None:
+        return existing
     io.check(will_train=True, inputs=(Path(pretrained) if pretrained else None,
                                      *(list_files(Path(split_file)).values() if split_file else ())))
     with run.progress("decoding images") as advance:
@@ -112,16 +123,22 @@ def train_ann(run: Run, *, arch: str, width: float, image_size: int, dropout: fl
     counts = {part: len(split["files"][part]) for part in ("train", "val", "test")}
     run.say(f"[train-ann] {arch} x{width} on {dataset.source['path']}: {len(dataset.classes)} classes, "
             f"{counts['train']} train / {counts['val']} val / {counts['test']} test images at {image_size}px")
-    options = {"arch": arch, "width": width, "image-size": image_size, "dropout": dropout,
-               "train-ratio": train_ratio, "val-ratio": val_ratio, "pretrained": pretrained, "bands": bands,
-               "normalise": normalisation, "scale": scale, "split-file": split_file,
-               "dataset": known,
-               **config.recorded(), **data.recorded()}
-    del options["allow-data-change"]  # train-ann defines the data a chain records
     return train_and_finish(run, model, split_parts, config, record, io,
                             resume_identity={"arch": arch, "width": width, "image_size": image_size, "dropout": dropout,
                                              "split_sha256": split["sha256"], "pretrained": pretrained},
                             metrics={}, options=options, parent=None)
+
+
+def _refuse_dropping_data(out: Path) -> None:
+    """A rerun without --data of an ANN trained on other data would retrain it on the embedded
+    dataset: far more likely a forgotten option than a wish, and hours of work lost."""
+    try:
+        recorded = read_record(out)["history"][0]["options"].get("data")
+    except (StpError, KeyError, IndexError, TypeError):
+        return
+    if recorded is not None:
+        raise StpError(f"{out} was trained on --data {recorded}; pass that --data to keep it, or --force to "
+                       "retrain it on the embedded dataset")
 
 
 def input_record(dataset, parts, image_size: int, normalisation: str, scale: float | None) -> dict:
@@ -157,6 +174,10 @@ def add_unit(run: Run, source: Checkpoint, *, unit_group: int, count: int, confi
     config.check()
     require_kind(source, "add-unit", "ann")
     with_units(source.model_spec, unit_group, count)  # --as/--m checked before anything is read
+    options = {"as": unit_group, "m": count, **config.recorded(), **data.recorded()}
+    existing = io.current(run, source, options)
+    if existing is not None:
+        return existing
     io.check(will_train=config.epochs > 0, inputs=(source.path,))
     base = model_from_checkpoint(source)
     torch.manual_seed(config.seed)
@@ -171,4 +192,4 @@ def add_unit(run: Run, source: Checkpoint, *, unit_group: int, count: int, confi
     return train_and_finish(run, model, data_parts, config, record, io,
                             resume_identity={"as": unit_group, "m": count, "parent": source.sha256},
                             metrics={"test_accuracy_before_training": before},
-                            options={"as": unit_group, "m": count, **config.recorded(), **data.recorded()}, parent=source)
+                            options=options, parent=source)

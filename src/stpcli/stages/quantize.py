@@ -45,6 +45,10 @@ def quantize(run: Run, source: Checkpoint, *, weight_bits: int, config: TrainCon
         raise StpError(f"{source.path} is quantized already; quantize the float SNN it came from")
     check_quantize(weight_bits, input_layer_bits, config)
     config = config.for_recipe(recorded_recipe(source))
+    options = {"weight-bits": weight_bits, "input-layer-bits": input_layer_bits, **config.recorded(), **data.recorded()}
+    existing = io.current(run, source, options)
+    if existing is not None:
+        return existing
     snn = model_from_checkpoint(source)
     io.check(will_train=config.epochs > 0, inputs=(source.path,))
     parts = load_checkpoint_data(run, source, data)
@@ -63,7 +67,6 @@ def quantize(run: Run, source: Checkpoint, *, weight_bits: int, config: TrainCon
             f"fine-tuning {before:.2f}% (float SNN {source.record.get('metrics', {}).get('test_accuracy', float('nan')):.2f}%)")
     metrics: dict = {"test_accuracy_before_training": before}
     torch.manual_seed(config.seed)
-    options = {"weight-bits": weight_bits, "input-layer-bits": input_layer_bits, **config.recorded(), **data.recorded()}
     if config.epochs > 0:
         result = train_stage(run, snn, parts, config, record, io,
                              {"weight_bits": weight_bits, "input_layer_bits": input_layer_bits, "parent": source.sha256})

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from stpcli.checkpoint import Checkpoint, StageEntry, save_checkpoint
+from stpcli.checkpoint import Checkpoint, StageEntry, load_checkpoint, save_checkpoint
 from stpcli.errors import StpError
 from stpcli.files import check_output, clear_stale, lock_holder, lock_output, remove_leftovers, sha256_file
 from stpcli.names import curves_path, metrics_path, state_path
@@ -20,6 +21,7 @@ class StageIO:
     force: bool = False
     resume: bool = False
     command: str = ""  # the command line the lineage records (empty for a Python call)
+    if_changed: bool = False  # make's rule, by lineage: see ``current``
 
     @property
     def state_path(self) -> Path:
@@ -38,6 +40,29 @@ class StageIO:
         """The output and every file written beside it: training state, metrics CSV, curves."""
         return (self.out, self.state_path, self.csv_path, self.plot_path)
 
+    def current(self, run: Run, parent: Checkpoint | None, options: dict) -> Checkpoint | None:
+        """The rule ``--if-changed`` (the Makefile, ``stp pipeline`` and ``stp study``) reruns a stage
+        by, called before ``check``: an output this stage made from the same input (by sha256) with the
+        same ``options`` is returned, as it is (nothing to do); one made otherwise is rebuilt, saying
+        what changed; an interrupted run is resumed from its state file (or started over, saying so,
+        when its options differ)."""
+        if not self.if_changed:
+            return None
+        if self.out.is_file():
+            try:
+                existing = load_checkpoint(self.out)
+            except StpError as exc:
+                reasons = [f"it does not read ({exc})"]
+            else:
+                reasons = differences(existing.history[-1] if existing.history else {}, run.name, parent, options)
+            if not reasons:
+                run.say(f"[{run.label}] {self.out} is up to date (same input, same options); nothing to do")
+                return existing
+            run.say(f"[{run.label}] rebuilding {self.out}: " + "; ".join(reasons))
+            self.force = True
+        self.resume = self.state_path.exists()
+        return None
+
     def check(self, will_train: bool, inputs: tuple[Path | None, ...] = (), resume_needs_state: bool = True,
               also: tuple[Path, ...] = ()) -> None:
         """Everything about the output that can fail, checked before any data is read; then the
@@ -47,6 +72,8 @@ class StageIO:
         if lock_holder(self.out) is None:  # a live writer's files are its own; lock_output refuses below
             for path in self.companions + tuple(c for other in also for c in StageIO(other).companions):
                 clear_stale(path)
+        if self.if_changed and not will_train:
+            self.resume = False  # a state file of an earlier run that trained: nothing here resumes it
         check_output(self.out, self.force, inputs, suffix=".safetensors")
         if self.resume and not will_train:
             raise StpError("--resume needs a stage that trains (--epochs > 0)")
@@ -56,6 +83,35 @@ class StageIO:
             raise StpError(f"an interrupted run left {self.state_path}; pass --resume to continue it "
                            "or --force to start over")
         lock_output(self.out)
+
+
+LOCATING_OPTIONS = ("data", "allow-data-change", "on-bad-image", "cache-dir")
+"""Where a later stage finds the data its input records (checked by fingerprint), not what it makes."""
+SAME_RESULT_OPTIONS = ("lif-backend", "teacher")
+"""Recorded, but not options a rerun compares: LIF backends give the same results; a teacher is an input."""
+
+
+def differences(entry: dict, stage: str, parent: Checkpoint | None, options: dict) -> list[str]:
+    """Why a checkpoint whose last lineage entry is ``entry`` is not what ``stage`` makes from
+    ``parent`` with ``options``: another stage, another input, options with other values."""
+    if entry.get("stage") != stage:
+        return [f"it was made by {entry.get('stage') or 'another tool'}, not {stage}"]
+    reasons = []
+    if parent is not None and (entry.get("parent") or {}).get("sha256") != parent.sha256:
+        reasons.append(f"its input {parent.path} changed")
+    recorded, options = entry.get("options") or {}, json.loads(json.dumps(options))  # as the record holds them
+    ignored = set(SAME_RESULT_OPTIONS) | (set(LOCATING_OPTIONS) if parent is not None else set())
+    changed = [f"--{key} {_shown(recorded.get(key, '(not recorded)'))} -> {_shown(options.get(key))}"
+               for key in sorted(set(recorded) | set(options)) if key not in ignored and key in options
+               and recorded.get(key, _MISSING) != options.get(key)]
+    return reasons + ([("options changed: " + ", ".join(changed))] if changed else [])
+
+
+_MISSING = object()
+
+
+def _shown(value) -> str:
+    return "default" if value is None else str(value)
 
 
 def child_record(parent: Checkpoint, **changes) -> dict:

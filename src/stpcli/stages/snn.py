@@ -18,7 +18,7 @@ from stpcli.restore import check_timesteps, input_stats, model_from_checkpoint, 
 from stpcli.run import DataOptions, Run, load_checkpoint_data
 from stpcli.spiking.convert import balance_thresholds, snn_from_ann
 from stpcli.spiking.settings import Conversion, SpikingSettings
-from stpcli.stages.saving import StageIO, child_record
+from stpcli.stages.saving import StageIO, child_record, differences
 from stpcli.stages.teacher import resolve_teacher
 from stpcli.stages.training import split_accuracy, train_and_finish
 
@@ -39,6 +39,16 @@ def convert(run: Run, source: Checkpoint, *, timesteps: int, config: TrainConfig
     conversion = conversion or Conversion.for_recipe(settings.recipe)
     config = config.for_recipe(settings.recipe)
     check_convert(timesteps=timesteps, config=config, settings=settings, conversion=conversion)
+    options = {"timesteps": timesteps, "recipe": settings.recipe, "percentile": conversion.percentile,
+               "scale": conversion.scale, "calibration-images": conversion.calibration_images,
+               "balancing": conversion.balancing, "balance-steps": conversion.balance_steps,
+               "fold-thresholds": conversion.fold_thresholds, "dropout": settings.dropout,
+               "conv-dropout": settings.conv_dropout, "conv-dropout-placement": settings.conv_dropout_placement,
+               "initial-membrane": settings.initial_membrane, "spike-amplitude": settings.spike_amplitude,
+               **config.recorded(), **data.recorded()}
+    existing = io.current(run, source, options)
+    if existing is not None:
+        return existing
     io.check(will_train=config.epochs > 0, inputs=(source.path, teacher))
     distil_from = resolve_teacher(source, teacher, config)
     parts = load_checkpoint_data(run, source, data)
@@ -69,16 +79,7 @@ def convert(run: Run, source: Checkpoint, *, timesteps: int, config: TrainConfig
                                              "parent": source.sha256},
                             metrics={"test_accuracy_after_conversion": converted,
                                      "val_accuracy_after_conversion": converted_val},
-                            options={"timesteps": timesteps, "recipe": settings.recipe,
-                                     "percentile": conversion.percentile, "scale": conversion.scale,
-                                     "calibration-images": conversion.calibration_images,
-                                     "balancing": conversion.balancing, "balance-steps": conversion.balance_steps,
-                                     "fold-thresholds": conversion.fold_thresholds, "dropout": settings.dropout,
-                                     "conv-dropout": settings.conv_dropout,
-                                     "conv-dropout-placement": settings.conv_dropout_placement,
-                                     "initial-membrane": settings.initial_membrane,
-                                     "spike-amplitude": settings.spike_amplitude, **config.recorded(),
-                                     **data.recorded()},
+                            options=options,
                             parent=source,
                             teacher=distil_from)
 
@@ -166,23 +167,31 @@ def temporal_prune(run: Run, source: Checkpoint, *, schedule: list[int], configs
         raise StpError(f"--out {io.out.name} is also the T={clash} file of --schedule "
                        f"{','.join(map(str, schedule))}; name --out after the last time step "
                        f"({timestep_path(io.out, schedule[-1]).name}) or without a _tN suffix")
-    io.check(will_train=True, inputs=(source.path, teacher), resume_needs_state=False, also=tuple(paths[:-1]))
-    distil_from = resolve_teacher(source, teacher, configs[0])
-    parts = load_checkpoint_data(run, source, data)
     options = {"schedule": ",".join(map(str, schedule)),
                "epochs-per-stage": _one_or_each([c.epochs for c in configs]),
                "lr-schedule": _one_or_each([c.schedule for c in configs]),
                **{k: v for k, v in configs[0].recorded().items() if k not in ("epochs", "lr-schedule")},
                **data.recorded()}
+    if io.if_changed:  # T by T: a T file made from the previous one with these options is kept, others rebuilt
+        io.force = io.resume = True
+    io.check(will_train=True, inputs=(source.path, teacher), resume_needs_state=False, also=tuple(paths[:-1]))
+    distil_from = resolve_teacher(source, teacher, configs[0])
+    parts = None
     outputs, parent = [], source
     for timesteps, path, config in zip(schedule, paths, configs):
-        t_io = StageIO(path, force=io.force, resume=io.resume, command=io.command)
-        reused = _reusable(path, parent, timesteps, force=t_io.force and not t_io.resume)
+        t_io = StageIO(path, force=io.force, resume=io.resume, command=io.command, if_changed=io.if_changed)
+        t_options = {**options, "timesteps": timesteps}
+        reused, why = _reusable(path, parent, t_options, force=t_io.force and not t_io.resume)
         if reused is not None:
-            run.say(f"[temporal-prune] T={timesteps}: reusing {path} (its parent is {parent.path})")
+            run.say(f"[temporal-prune] T={timesteps}: {path} is up to date (made from {parent.path} with the "
+                    "same options); reusing it")
             outputs.append(reused)
             parent = reused
             continue
+        if why:
+            run.say(f"[temporal-prune] T={timesteps}: rebuilding {path}: {why}")
+        if parts is None:
+            parts = load_checkpoint_data(run, source, data)
         if path != io.out:
             t_io.check(will_train=True, inputs=(source.path,), resume_needs_state=False)
         if t_io.resume and not t_io.state_path.exists():
@@ -197,7 +206,7 @@ def temporal_prune(run: Run, source: Checkpoint, *, schedule: list[int], configs
                                   parts, config, record, t_io,
                                   resume_identity={"timesteps": timesteps, "parent": parent.sha256},
                                   metrics={"test_accuracy_before_training": start},
-                                  options={**options, "timesteps": timesteps}, parent=parent,
+                                  options=t_options, parent=parent,
                                   teacher=distil_from)
         run.say(f"[temporal-prune] T={timesteps} -> {path}")
         outputs.append(parent)
@@ -219,18 +228,17 @@ def _one_or_each(values: list) -> str:
     return str(values[0]) if len(set(values)) == 1 else ",".join(map(str, values))
 
 
-def _reusable(path: Path, parent: Checkpoint, timesteps: int, force: bool) -> Checkpoint | None:
+def _reusable(path: Path, parent: Checkpoint, options: dict, force: bool) -> tuple[Checkpoint | None, str]:
+    """(the T file at ``path`` when temporal pruning made it from ``parent`` with ``options``, else
+    None; why it is not, when it exists)."""
     if force or not path.exists():
-        return None
+        return None, ""
     try:
         existing = load_checkpoint(path, expect_kind="snn")
-    except StpError:
-        return None
-    last = existing.history[-1] if existing.history else {}
-    if (existing.timesteps == timesteps and last.get("stage") == "temporal-prune"
-            and (last.get("parent") or {}).get("sha256") == parent.sha256):
-        return existing
-    return None
+    except StpError as exc:
+        return None, f"it does not read ({exc})"
+    reasons = differences(existing.history[-1] if existing.history else {}, "temporal-prune", parent, options)
+    return (None, "; ".join(reasons)) if reasons else (existing, "")
 
 
 def spatial_prune(run: Run, source: Checkpoint, *, unit_group: int | None, count: int | None,
@@ -244,6 +252,10 @@ def spatial_prune(run: Run, source: Checkpoint, *, unit_group: int | None, count
         unit_group, count, named = units_to_remove(source.model_spec, unit_group, count)
     except StpError as exc:
         raise StpError(str(exc).replace("the checkpoint", str(source.path), 1)) from None
+    options = {"as": unit_group, "m": count, **config.recorded(), **data.recorded()}
+    existing = io.current(run, source, options)
+    if existing is not None:
+        return existing
     io.check(will_train=config.epochs > 0, inputs=(source.path, teacher))
     distil_from = resolve_teacher(source, teacher, config)
     small, first = remove_units(model_from_checkpoint(source), unit_group, count, named)
@@ -258,5 +270,4 @@ def spatial_prune(run: Run, source: Checkpoint, *, unit_group: int | None, count
                             resume_identity={"as": unit_group, "m": count, "parent": source.sha256},
                             metrics={"test_accuracy_before_training": before,
                                      "removed_layers": list(range(first, first + count))},
-                            options={"as": unit_group, "m": count, **config.recorded(), **data.recorded()}, parent=source,
-                            teacher=distil_from)
+                            options=options, parent=source, teacher=distil_from)

@@ -31,7 +31,8 @@ def train_stage(run: Run, model, data: SplitData, config: TrainConfig, record: d
         resume_identity["teacher"] = teacher.sha256
     result = fit(model, data, config, run.runtime, stats=stats, state_path=io.state_path,
                  csv_path=io.csv_path, resume_identity=resume_identity, resume=io.resume, console=run.console,
-                 label=run.label, teacher=teacher.model if teacher is not None else None)
+                 label=run.label, teacher=teacher.model if teacher is not None else None,
+                 restart_if_changed=io.if_changed)
     if run.runtime.is_main and result.history:
         plots.training_curves(result.history, f"{run.label}: {io.out.name}", io.plot_path)
     return result
