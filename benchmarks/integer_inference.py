@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from inference import DEMO, WIDE, make_wide_pair, seconds_per_call
 
 ROOT = Path(__file__).resolve().parents[1]

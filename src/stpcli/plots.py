@@ -190,7 +190,7 @@ def series_styles(rows: list[dict]) -> dict[str, dict]:
     its method's colour, or with several Unit settings one colour per setting and a marker per
     method; a dashed line for the reference recipe."""
     settings = sorted({row.get("units") or "" for row in rows} - {""})
-    palette = plt.get_cmap("tab10").colors
+    palette = [plt.get_cmap("tab10")(i) for i in range(10)]
     styles: dict[str, dict] = {}
     for row in rows:
         several = len(settings) > 1 and bool(row.get("units"))

@@ -119,7 +119,7 @@ def rendezvous(launch: Launch):
     A wait longer than a second says once, on standard error, what it waits for."""
     started = time.monotonic()
     deadline = started + launch.rendezvous_timeout
-    announced = []
+    announced: list[str] = []
 
     def waiting(what: str) -> None:
         if not announced and time.monotonic() - started >= 1.0:

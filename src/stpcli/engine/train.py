@@ -286,7 +286,7 @@ def _non_finite(label, epoch, step, state_path, history) -> StpError:
                     f"training stopped; {kept}; rerun with --resume and a lower --lr", exit_code=3)
 
 
-def _interrupt_message(signal_name: str, loop: _Loop, epoch: int) -> str:
+def _interrupt_message(signal_name: str | None, loop: _Loop, epoch: int) -> str:
     if loop.history:
         return (f"[{loop.label}] stopped by {signal_name} during epoch {epoch + 1}; the state after epoch "
                 f"{len(loop.history)} is in {loop.state_path}; rerun the same command"
