@@ -81,6 +81,37 @@ def test_the_integer_network_runs_spike_for_spike_in_stp_numpy_and_onnxruntime(n
     assert evaluated["overall_accuracy"] == pytest.approx(100 * float((logits.argmax(1) == labels.numpy()).mean()))
 
 
+@pytest.mark.parametrize("network", ["vgg", "resnet"])
+def test_the_integer_nir_graph_runs_in_snntorch_and_norse_as_the_integer_network(network, quantized, tmp_path):
+    """The NIR export of a quantized checkpoint holds its integers (weights, per-channel thresholds)
+    and runs, unpatched, in the consumers a user installs, giving the integer network's logits."""
+    nir = pytest.importorskip("nir")
+    from test_deploy import run_in_norse, run_in_snntorch
+
+    ckpt, images, _ = _test_images(quantized[network])
+    logits, _ = run_integer(quantized[network], images.numpy())
+    out = tmp_path / "int.nir"
+    run_cli(["export", quantized[network], "--format", "nir", "--out", out])
+    graph = nir.read(str(out))
+    readout = next(source for source, target in graph.edges if target == "output")
+    convolutions = [name for name, node in graph.nodes.items() if isinstance(node, nir.Conv2d) and name != readout]
+    assert len(convolutions) > 5
+    for name in convolutions:  # every synapse but the readout holds integers
+        for values in (graph.nodes[name].weight, graph.nodes[name].bias):
+            assert np.array_equal(values, np.round(values)), name
+    theta = ckpt.tensors["layers.0.neuron.threshold_int"].numpy()
+    assert np.array_equal(graph.nodes["layer0_conv"].bias, -theta)  # each channel's threshold, as its bias
+    assert all(np.all(node.v_threshold == 0.5) for node in graph.nodes.values() if isinstance(node, nir.LIF))
+    x = images.float()
+    for consumer in (run_in_snntorch, run_in_norse):
+        with torch.no_grad():
+            theirs = consumer(graph, x, 1).reshape(logits.shape).double().numpy()
+        assert np.array_equal(theirs.argmax(1), logits.argmax(1)), consumer.__name__
+        assert np.abs(theirs - logits).max() <= 1e-4 * max(1.0, np.abs(logits).max()), consumer.__name__
+    refused(["export", quantized[network], "--format", "nir", "--nir-graph", "stp", "--out", tmp_path / "x.nir"],
+            "exports as --nir-graph portable", tmp_path / "x.nir")
+
+
 def test_each_integer_threshold_is_the_neurons_firing_condition_in_exact_arithmetic(quantized):
     """theta from the stored numbers, by the equation: a neuron fires iff delta A + b + lambda f V > V,
     so A > theta must hold exactly when that does, for A at and around theta."""

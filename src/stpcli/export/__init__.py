@@ -15,7 +15,7 @@ from stpcli.checkpoint import Checkpoint
 from stpcli.defaults import EXPORT_FORMATS as FORMATS
 from stpcli.defaults import MIN_INT8_AGREEMENT
 from stpcli.errors import StpError
-from stpcli.export.nir_graph import GRAPHS, nir_graph
+from stpcli.export.nir_graph import GRAPHS, integer_graph, nir_graph
 from stpcli.export.onnx_model import (
     CALIBRATION_IMAGES,
     QUANTIZATIONS,
@@ -62,7 +62,13 @@ def export(ckpt: Checkpoint, fmt: str, out: Path, *, graph: str = "portable", qu
     if fmt == "nir":
         nir = _need("nir", "--format nir")
         buffer = io.BytesIO()  # h5py writes into memory: on a full disk it would crash the process
-        nir.write(buffer, nir_graph(model_from_checkpoint(ckpt), graph))
+        if ckpt.record.get("quantized"):
+            if graph != "portable":
+                raise StpError("a quantized checkpoint's integer network exports as --nir-graph portable "
+                               "(its integers, exact in any consumer)")
+            nir.write(buffer, integer_graph(ckpt))
+        else:
+            nir.write(buffer, nir_graph(model_from_checkpoint(ckpt), graph))
         atomic_write_bytes(out, buffer.getvalue())
         return {"format": "nir", "graph": graph, "bytes": out.stat().st_size}
     _need("onnx", "--format onnx")

@@ -22,6 +22,14 @@ Whatever the architecture, the chain alternates ``Synapse`` (one convolution wit
 * ``fold_initial``: the first step's leak x initial membrane (lambda f V) is added to the bias of
   the synapse feeding each neuron layer, so a consumer that starts every neuron at rest
   computes stp's first step exactly (at T = 1, everything).
+
+``integer_chain`` is the same chain for a quantized checkpoint's integer network (``stp quantize``):
+integer weights, the stored image values as input, sum pooling (kernels of ones); each channel's
+integer threshold theta as the integer bias -theta of the synapse that feeds it, every neuron's
+threshold 1/2 (A > theta iff A - theta > 1/2 for integers: the half makes "> v" and ">= v" the same
+test, whichever a consumer applies, and one threshold per layer is what snnTorch's importer takes);
+relays of weight 1 with bias 1 - m, fired when the input is at least m; only the output synapse is
+float, its weights the integers times their step, its bias the float bias.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ import numpy as np
 import torch
 
 from stpcli.errors import StpError
+from stpcli.models.plan import PlanEntry
+from stpcli.spec import ModelSpec
 from stpcli.spiking.network import SNN
 from stpcli.spiking.neuron import LIF
 
@@ -72,6 +82,15 @@ def _diagonal(channels: int, kernel: tuple[int, int], value: float) -> np.ndarra
     for c in range(channels):
         weight[c, c] = value
     return weight
+
+
+def _pooling(kind: str, entry, shape: tuple[int, int, int]):
+    """(kernel, stride, padding, output shape) of a pooling or global pooling entry on ``shape``."""
+    kernel = (entry["kernel"],) * 2 if kind == "pool" else (shape[1], shape[2])
+    stride = (entry["stride"],) * 2 if kind == "pool" else (1, 1)
+    padding = (entry["padding"],) * 2 if kind == "pool" else (0, 0)
+    out = (shape[0], _side(shape[1], kernel[0], stride[0], padding[0]), _side(shape[2], kernel[1], stride[1], padding[1]))
+    return kernel, stride, padding, out
 
 
 @torch.no_grad()
@@ -116,13 +135,11 @@ def snn_chain(snn: SNN, fold_initial: bool) -> list[Synapse | Neurons]:
             shape = last.shape
             amplitude, levels = spike_amplitude(layer.neuron2), (1, 1.0)
         elif kind in ("pool", "global_pool"):
-            k = (entry["kernel"],) * 2 if kind == "pool" else (shape[1], shape[2])
-            s = (entry["stride"],) * 2 if kind == "pool" else (1, 1)
-            p = (entry["padding"],) * 2 if kind == "pool" else (0, 0)
-            out = (shape[0], _side(shape[1], k[0], s[0], p[0]), _side(shape[2], k[1], s[1], p[1]))
-            chain.append(Synapse(f"{prefix}_pool", _diagonal(shape[0], k, amplitude / (k[0] * k[1])),
-                                 np.zeros(shape[0]), s, p, out))
-            levels = (levels[0] * k[0] * k[1], levels[1] * amplitude / (k[0] * k[1]))
+            window, step, pad, out = _pooling(kind, entry, shape)
+            area = window[0] * window[1]
+            chain.append(Synapse(f"{prefix}_pool", _diagonal(shape[0], window, amplitude / area),
+                                 np.zeros(shape[0]), step, pad, out))
+            levels = (levels[0] * area, levels[1] * amplitude / area)
             shape, amplitude = out, 1.0  # the pooling synapse now carries the amplitude
         elif kind == "flatten":
             pending_flatten = True
@@ -185,3 +202,80 @@ def passthrough_exact(layer: Neurons) -> bool:
     """Whether a relay layer also relays exactly at T > 1: a spike relay (current 2V) leaves a
     residue that stays below V only with leak <= 1/2; a thermometer relay is exact at T = 1 only."""
     return layer.passthrough == 0 or (layer.relay_levels == 1 and layer.leak <= 0.5)
+
+
+def integer_chain(spec: ModelSpec, plan: list[PlanEntry], tensors: dict[str, torch.Tensor]) -> list[Synapse | Neurons]:
+    """The chain of a quantized checkpoint's integer network (see the module docstring): what
+    ``export.integer_runtime`` computes, as convolutions and one-step neuron layers."""
+    size = spec["image_size"]
+    shape: tuple[int, int, int] = (spec["in_channels"], size, size)
+    chain: list[Synapse | Neurons] = []
+    levels = 1  # the largest value the next synapse reads (255 for pixels does not matter: no relay reads them)
+    pending_flatten = False
+
+    def integers(name: str) -> np.ndarray:
+        return tensors[name].detach().cpu().numpy().astype(np.float64)
+
+    def fire(name: str, synapse: Synapse, threshold: str, relays: int = 0, relay_levels: int = 1) -> Neurons:
+        """The neurons fed by ``synapse``: its bias becomes -theta (and 1 - m on relay m)."""
+        synapse.bias = -integers(threshold)
+        if relays:
+            synapse.bias = np.concatenate([synapse.bias, np.tile(1.0 - np.arange(1, relay_levels + 1), relays // relay_levels)])
+        return Neurons(name, 0.5, 0.0, 0.0, synapse.out_shape, relays, relay_levels)
+
+    for index, entry in enumerate(plan):
+        kind, at, prefix = entry["type"], f"layers.{index}", f"layer{index}"
+        if kind == "conv":
+            weight = integers(f"{at}.conv.weight_int")
+            k, s, p = weight.shape[-1], entry["stride"], entry["padding"]
+            out = (weight.shape[0], _side(shape[1], k, s, p), _side(shape[2], k, s, p))
+            synapse = Synapse(f"{prefix}_conv", weight, np.zeros(out[0]), (s, s), (p, p), out)
+            chain += [synapse, fire(f"{prefix}_lif", synapse, f"{at}.neuron.threshold_int")]
+            shape, levels = out, 1
+        elif kind == "block":
+            first, second = integers(f"{at}.conv1.weight_int"), integers(f"{at}.conv2.weight_int")
+            cout, cin, stride = first.shape[0], first.shape[1], entry["stride"]
+            out = (cout, _side(shape[1], 3, stride, 1), _side(shape[2], 3, stride, 1))
+            relays = cin * levels
+            widened = np.zeros((cout + relays, cin, 3, 3))
+            widened[:cout] = first
+            for c in range(cin):  # relay m of channel c fires when the input is at least m
+                widened[cout + c * levels:cout + (c + 1) * levels, c, 1, 1] = 1.0
+            relay = Synapse(f"{prefix}_conv1", widened, np.zeros(cout + relays), (stride, stride), (1, 1),
+                            (cout + relays, *out[1:]))
+            if f"{at}.shortcut.weight_int" in tensors:
+                shortcut = integers(f"{at}.shortcut.weight_int")[:, :, 0, 0]
+            else:
+                shortcut = np.diag(integers(f"{at}.shortcut_int").reshape(-1))
+            joined = np.zeros((cout, cout + relays, 3, 3))
+            joined[:, :cout] = second
+            for c in range(cin):
+                joined[:, cout + c * levels:cout + (c + 1) * levels, 1, 1] = shortcut[:, c:c + 1]
+            summed = Synapse(f"{prefix}_conv2", joined, np.zeros(cout), (1, 1), (1, 1), out)
+            chain += [relay, fire(f"{prefix}_lif1", relay, f"{at}.neuron1.threshold_int", relays, levels),
+                      summed, fire(f"{prefix}_lif2", summed, f"{at}.neuron2.threshold_int")]
+            shape, levels = out, 1
+        elif kind in ("pool", "global_pool"):
+            window, step, pad, out = _pooling(kind, entry, shape)
+            chain.append(Synapse(f"{prefix}_pool", _diagonal(shape[0], window, 1.0), np.zeros(shape[0]), step, pad, out))
+            shape, levels = out, levels * window[0] * window[1]
+        elif kind == "flatten":
+            pending_flatten = True
+        elif kind in ("fc", "output"):
+            weight = integers(f"{at}.fc.weight_int")
+            bias = np.zeros(weight.shape[0])
+            if kind == "output":  # the readout: the integer sums times their step, plus the bias
+                step = tensors[f"{at}.fc.weight_step"].detach().cpu().double().numpy().reshape(-1, 1)
+                weight, bias = weight * step, tensors[f"{at}.fc.bias"].detach().cpu().double().numpy()
+            weight = weight.reshape(weight.shape[0], *(shape if pending_flatten or shape[1:] != (1, 1) else (shape[0], 1, 1)))
+            pending_flatten = False
+            out = (weight.shape[0], 1, 1)
+            synapse = Synapse(f"{prefix}_fc", weight, bias, (1, 1), (0, 0), out)
+            chain.append(synapse)
+            shape = out
+            if kind == "fc":
+                chain.append(fire(f"{prefix}_lif", synapse, f"{at}.neuron.threshold_int"))
+                levels = 1
+        else:
+            raise StpError(f"layer {index} ({kind}) cannot be expressed as a chain of convolutions")
+    return chain

@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from stpcli.export.chain import Neurons, Synapse, passthrough_exact, snn_chain
-from stpcli.models.plan import synaptic_layers
+from stpcli.checkpoint import Checkpoint
+from stpcli.export.chain import Neurons, Synapse, integer_chain, passthrough_exact, snn_chain
+from stpcli.models.plan import build_plan, synaptic_layers
 from stpcli.spiking.network import SNN
 from stpcli.spiking.neuron import LIF
 
@@ -51,32 +52,9 @@ def _array(tensor: torch.Tensor) -> np.ndarray:
 
 def portable_graph(snn: SNN):
     """The portable graph (see the module docstring)."""
-    import nir
-
     one_step = snn.timesteps == 1
     chain = snn_chain(snn, fold_initial=one_step)
-    size = snn.spec["image_size"]
-    shape: tuple[int, ...] = (snn.spec["in_channels"], size, size)
-    nodes: dict[str, Any] = {"input": nir.Input(input_type={"input": np.array(shape)})}
-    edges: list[tuple[str, str]] = []
-    previous = "input"
-    exact_beyond_one_step = True
-    for position, part in enumerate(chain):
-        if isinstance(part, Synapse):
-            feeds = chain[position + 1] if position + 1 < len(chain) else None
-            gain = 1.0
-            if isinstance(feeds, Neurons) and not one_step and feeds.leak < 1.0:
-                gain = 1.0 / (1.0 - feeds.leak)  # r = 1: the Euler step's dt / tau = 1 - leak, undone here
-            nodes[part.name] = nir.Conv2d(input_shape=tuple(shape[1:]), weight=(part.weight * gain).astype(np.float32),
-                                          stride=part.stride, padding=part.padding, dilation=1, groups=1,
-                                          bias=(part.bias * gain).astype(np.float32))
-        else:
-            nodes[part.name] = _portable_neurons(nir, part, one_step)
-            exact_beyond_one_step &= passthrough_exact(part) and part.leak < 1.0
-        edges.append((previous, part.name))
-        previous, shape = part.name, part.out_shape if isinstance(part, Synapse) else part.shape
-    nodes["output"] = nir.Output(output_type={"output": np.array(shape)})
-    edges.append((previous, "output"))
+    exact_beyond_one_step = all(passthrough_exact(part) and part.leak < 1.0 for part in chain if isinstance(part, Neurons))
     metadata = {"producer": "stp", "graph": "portable", "timesteps": snn.timesteps, "dt": PORTABLE_DT,
                 "encoding": "direct: the analog image is the input at every time step",
                 "readout": "logits = output summed over the time steps; shape (classes, 1, 1)",
@@ -88,6 +66,51 @@ def portable_graph(snn: SNN):
                     "metadata['initial_membrane']" if exact_beyond_one_step else
                     "no: a layer with leak 1 needs a subtracting IF, or a residual relay lags (see the README)"),
                 "verified_consumers": VERIFIED}
+    return _chain_graph(chain, (snn.spec["in_channels"], snn.spec["image_size"], snn.spec["image_size"]), one_step,
+                        metadata)
+
+
+def integer_graph(ckpt: Checkpoint):
+    """A quantized checkpoint's integer network as a portable graph (``export.chain.integer_chain``)."""
+    spec = ckpt.model_spec
+    quantized = ckpt.record["quantized"]
+    metadata = {"producer": "stp", "graph": "portable, integer", "timesteps": 1, "dt": PORTABLE_DT,
+                "encoding": "the stored image values (0..255 for 8-bit images), no normalisation: it is folded "
+                            "into the first layer's thresholds",
+                "weights": f"integers ({quantized['weight_bits']}-bit, {quantized['input_layer_bits']}-bit in the "
+                           "first layer); sum pooling; the output layer's weights are its integers times their "
+                           "per-class step, its bias the float bias",
+                "thresholds": "a channel's integer threshold theta is the integer bias -theta of the synapse "
+                              "that feeds it; every neuron's v_threshold is 1/2, so an integer potential A fires "
+                              "when A > theta, whether a consumer tests A - theta > 1/2 or >= 1/2",
+                "readout": "logits = output; shape (classes, 1, 1)",
+                "exact_in_consumers": "yes: every spike (integer sums below 2^24 are exact in float32)",
+                "verified_consumers": VERIFIED}
+    return _chain_graph(integer_chain(spec, build_plan(spec), ckpt.tensors),
+                        (spec["in_channels"], spec["image_size"], spec["image_size"]), True, metadata)
+
+
+def _chain_graph(chain: list[Synapse | Neurons], shape: tuple[int, ...], one_step: bool, metadata: dict):
+    import nir
+
+    nodes: dict[str, Any] = {"input": nir.Input(input_type={"input": np.array(shape)})}
+    edges: list[tuple[str, str]] = []
+    previous = "input"
+    for position, part in enumerate(chain):
+        if isinstance(part, Synapse):
+            feeds = chain[position + 1] if position + 1 < len(chain) else None
+            gain = 1.0
+            if isinstance(feeds, Neurons) and not one_step and feeds.leak < 1.0:
+                gain = 1.0 / (1.0 - feeds.leak)  # r = 1: the Euler step's dt / tau = 1 - leak, undone here
+            nodes[part.name] = nir.Conv2d(input_shape=tuple(shape[1:]), weight=(part.weight * gain).astype(np.float32),
+                                          stride=part.stride, padding=part.padding, dilation=1, groups=1,
+                                          bias=(part.bias * gain).astype(np.float32))
+        else:
+            nodes[part.name] = _portable_neurons(nir, part, one_step)
+        edges.append((previous, part.name))
+        previous, shape = part.name, part.out_shape if isinstance(part, Synapse) else part.shape
+    nodes["output"] = nir.Output(output_type={"output": np.array(shape)})
+    edges.append((previous, "output"))
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
 
 
