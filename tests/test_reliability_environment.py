@@ -93,6 +93,33 @@ def test_a_rendezvous_nobody_joins_ends_in_bounded_time_naming_the_variables(tmp
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_rendezvous_address_that_answers_something_else_is_one_line(tmp_path):
+    """It printed a C++ stack of about 50 lines per retry before the one-line error (#33 item 16):
+    here the address answers as a web proxy does, not as a rendezvous."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def answer_like_a_proxy():
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            with client:
+                client.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+    threading.Thread(target=answer_like_a_proxy, daemon=True).start()
+    try:
+        result = stp(*TRAIN, "--out", tmp_path / "na.safetensors", env=_launch_env(1, port, 4), timeout=60)
+    finally:
+        server.close()
+    one_line_error(result, "cannot join the rendezvous at 127.0.0.1", "RANK=1")
+    assert "frame #" not in result.stderr and list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("rank,sig", [(0, signal.SIGINT), (1, signal.SIGTERM)])
 def test_ctrl_c_and_sigterm_stop_a_waiting_rendezvous_at_once(tmp_path, rank, sig):
     out = tmp_path / "na.safetensors"

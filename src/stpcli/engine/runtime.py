@@ -142,8 +142,9 @@ def rendezvous(launch: Launch):
             waiting("rank 0 to serve the rendezvous")
             time.sleep(0.2)
     try:
-        store = dist.TCPStore(launch.master_addr, launch.master_port, launch.world_size, serve,
-                              timeout=timedelta(seconds=max(1.0, deadline - time.monotonic())), wait_for_workers=False)
+        with _native_stderr_silenced():  # its C++ retries log a 50-line stack each; the error below says it in one
+            store = dist.TCPStore(launch.master_addr, launch.master_port, launch.world_size, serve,
+                                  timeout=timedelta(seconds=max(1.0, deadline - time.monotonic())), wait_for_workers=False)
     except (RuntimeError, OSError) as exc:  # DistNetworkError / DistStoreError: a port in use, a host unknown
         raise StpError(f"cannot {'serve' if serve else 'join'} the rendezvous at {launch.master_addr}:"
                        f"{launch.master_port} ({first_line(exc, 120)}; {launch.describe()})") from None
@@ -157,6 +158,21 @@ def rendezvous(launch: Launch):
         time.sleep(0.1)
     store.set_timeout(timedelta(minutes=30))  # training steps and rank 0's checkpoint writes take their time
     return prefixed
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Standard error's file descriptor pointed at /dev/null for the duration (C++ code writes to it
+    directly, past Python's sys.stderr), then restored."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _listening(host: str, port: int) -> bool:
