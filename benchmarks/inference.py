@@ -214,11 +214,18 @@ def main() -> None:
                       if "spikes_compared" in check else "")
             print(f"SNN {runtime} against stp on the test split: argmax {100 * check['argmax_agreement']:.2f} %, "
                   f"max |logit difference| {check['max_abs_logit_difference']:.2e}{spikes}")
+    finish(options, ratios, {"pairs": report})
+
+
+def finish(options, ratios: dict[str, float], results: dict) -> None:
+    """The ``ratios:`` line, and with --json the settings, ``results`` and the ratios as JSON."""
+    import onnxruntime as ort
+
     print("ratios: " + " ".join(f"{k}={v:.2f}" for k, v in ratios.items()))
     if options.json:
         settings = {"device": "cpu", "threads": options.threads, "rounds": options.rounds, "repeats": options.repeats,
                     "torch": torch.__version__, "onnxruntime": ort.__version__}
-        options.json.write_text(json.dumps({"settings": settings, "pairs": report, "ratios": ratios}, indent=2) + "\n")
+        options.json.write_text(json.dumps({"settings": settings, **results, "ratios": ratios}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

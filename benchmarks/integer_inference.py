@@ -18,7 +18,6 @@ does not depend on fine-tuning; their accuracies here are therefore the untuned 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from inference import DEMO, WIDE, make_wide_pair, seconds_per_call
+from inference import DEMO, WIDE, finish, make_wide_pair, seconds_per_call
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks/out/integer"
@@ -137,11 +136,7 @@ def main() -> None:
             same = f"{100 * row['argmax_agreement_with_stp']:.1f}%" if "argmax_agreement_with_stp" in row else "-"
             print(f"{row['model']:<28} {row['bytes'] / 1e6:>8.2f} {row['images_per_s']:>9.0f} {row['latency_ms']:>11.3f} "
                   f"{row['test_accuracy']:>10.2f} {same:>7}")
-    print("ratios: " + " ".join(f"{k}={v:.2f}" for k, v in ratios.items()))
-    if options.json:
-        settings = {"device": "cpu", "threads": options.threads, "rounds": options.rounds, "repeats": options.repeats,
-                    "torch": torch.__version__, "onnxruntime": ort.__version__}
-        options.json.write_text(json.dumps({"settings": settings, "snns": report, "ratios": ratios}, indent=2) + "\n")
+    finish(options, ratios, {"snns": report})
 
 
 if __name__ == "__main__":
