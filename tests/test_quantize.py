@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from fractions import Fraction
 
 import numpy as np
@@ -102,6 +103,8 @@ def test_the_integer_nir_graph_runs_in_snntorch_and_norse_as_the_integer_network
     theta = ckpt.tensors["layers.0.neuron.threshold_int"].numpy()
     assert np.array_equal(graph.nodes["layer0_conv"].bias, -theta)  # each channel's threshold, as its bias
     assert all(np.all(node.v_threshold == 0.5) for node in graph.nodes.values() if isinstance(node, nir.LIF))
+    exact = re.search(r"input values up to ([\d,]+)", graph.metadata["exact_in_consumers"])
+    assert exact and int(exact.group(1).replace(",", "")) >= 255  # 8-bit images: every sum exact in float32
     x = images.float()
     for consumer in (run_in_snntorch, run_in_norse):
         with torch.no_grad():

@@ -84,10 +84,40 @@ def integer_graph(ckpt: Checkpoint):
                               "that feeds it; every neuron's v_threshold is 1/2, so an integer potential A fires "
                               "when A > theta, whether a consumer tests A - theta > 1/2 or >= 1/2",
                 "readout": "logits = output; shape (classes, 1, 1)",
-                "exact_in_consumers": "yes: every spike (integer sums below 2^24 are exact in float32)",
                 "verified_consumers": VERIFIED}
-    return _chain_graph(integer_chain(spec, build_plan(spec), ckpt.tensors),
-                        (spec["in_channels"], spec["image_size"], spec["image_size"]), True, metadata)
+    chain = integer_chain(spec, build_plan(spec), ckpt.tensors)
+    later, largest_input = _float32_exactness(chain)
+    metadata["exact_in_consumers"] = (
+        f"every spike, in float32, for input values up to {largest_input:,}: every integer sum a consumer "
+        f"forms stays below 2^24 (after the first layer at most {later:,})" if later < FLOAT32_EXACT else
+        f"no: a layer's integer sums can reach {later:,}, beyond float32's exact integers (2^24)")
+    return _chain_graph(chain, (spec["in_channels"], spec["image_size"], spec["image_size"]), True, metadata)
+
+
+FLOAT32_EXACT = 2 ** 24  # every integer of smaller magnitude, and every sum of them that stays below it, is exact
+
+
+def _float32_exactness(chain: list[Synapse | Neurons]) -> tuple[int, int]:
+    """(the largest |partial sum| any synapse after the first can form, the largest input value for
+    which the first synapse's sums stay below 2^24), from the integer chain's weights and biases:
+    a synapse's sums are bounded by sum |w| x its largest input + |b|; neurons put out 0 or 1."""
+    largest_in, later, first = 1, 0, None
+    for position, part in enumerate(chain):
+        if isinstance(part, Neurons):
+            largest_in = 1
+            continue
+        if position == len(chain) - 1:
+            break  # the readout: float weights, not an integer sum
+        weights = np.abs(part.weight).reshape(part.weight.shape[0], -1).sum(axis=1)
+        if first is None:
+            first = int((FLOAT32_EXACT - 1 - np.abs(part.bias).max()) // max(1.0, weights.max()))
+            largest_in = 1  # what a neuron layer after it puts out
+            continue
+        bound = int((weights * largest_in + np.abs(part.bias)).max())
+        later = max(later, bound)
+        if position + 1 < len(chain) and not isinstance(chain[position + 1], Neurons):
+            largest_in = bound  # a pooling sum feeds the next synapse directly
+    return later, max(0, first or 0)
 
 
 def _chain_graph(chain: list[Synapse | Neurons], shape: tuple[int, ...], one_step: bool, metadata: dict):
