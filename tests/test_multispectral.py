@@ -191,3 +191,13 @@ def test_bands_chosen_by_name_are_read_by_name_from_every_file(tmp_path):
     dataset = load_dataset(str(tmp_path / "scenes"), 32, bands="B04,B03", cache_dir=tmp_path / "cache")
     for name, image in zip(dataset.names, dataset.images):
         assert torch.equal(image, torch.from_numpy(expected[name])), name
+
+
+def test_an_rgb_model_given_a_13_band_tiff_says_what_the_file_holds(pipeline, scenes):
+    """It said "cannot identify image file" (#33 item 18): PIL cannot open a 13-band TIFF."""
+    tiff = next(scenes.rglob("*.tif"))
+    result = run_cli(["predict", pipeline["na"], tiff, *CPU], expect=None)
+    assert result.exit_code != 0
+    said = " ".join(result.output.split())  # the console wraps long lines
+    assert f"it holds {len(BANDS)} bands of int16, and this reads 8-bit RGB images" in said, result.output
+    assert "cannot identify" not in result.output and "Traceback" not in result.output

@@ -133,8 +133,18 @@ def to_rgb8(img: Image.Image) -> tuple[Image.Image, bool]:
 
 def decode_image(path: Path, image_size: int) -> tuple[torch.Tensor, bool]:
     """Decode one file to uint8 [3, S, S]: RGB, shorter side to S, centre crop; and whether
-    a high-bit-depth image was stretched."""
-    with Image.open(path) as source:
+    a high-bit-depth image was stretched. A file PIL cannot open whose bands tifffile reads (a
+    multispectral TIFF) is refused saying what it holds."""
+    try:
+        opened = Image.open(path)
+    except UnidentifiedImageError:
+        try:
+            bands, stored = probe(path)
+        except (OSError, ValueError, SyntaxError):
+            raise UnidentifiedImageError(f"cannot identify image file '{path}'") from None
+        raise ValueError(f"it holds {bands} bands of {stored}, and this reads 8-bit RGB images; a model "
+                         "trained on such files with --bands reads them") from None
+    with opened as source:
         if Image.MAX_IMAGE_PIXELS and source.width * source.height > Image.MAX_IMAGE_PIXELS:
             # PIL only warns up to twice its limit; no scene image is that large
             raise Image.DecompressionBombError(f"{source.width}x{source.height} pixels exceeds the decoding limit")
