@@ -122,6 +122,8 @@ def test_progress_line_estimates_the_time_left_from_the_epochs_after_the_first()
     assert time_left(warmed, 6) == "  ~45 s left"  # 3 epochs x 15 s: the warm-up epoch is left out
     assert time_left(warmed, 3) == ""
     assert time_left([{"epoch": 1, "seconds": 3600.0}], 4) == "  ~3.0 h left"
+    suspended = [{"epoch": e, "seconds": 600.0 if e == 4 else 9.0} for e in range(1, 6)]  # stopped 10 min in epoch 4
+    assert time_left(suspended, 15) == "  ~2 min left"  # 10 epochs x 9 s (the median), not x 157 s (the mean)
 
 
 def test_accuracy_axis_spans_at_least_twenty_points_within_zero_and_hundred(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import signal
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,13 +253,13 @@ def _end_of_epoch(loop: _Loop, row: dict, resume_identity: dict, csv_path: Path 
 
 
 def time_left(history: list[dict], epochs: int) -> str:
-    """'  ~2 min left': the epochs still to run times the time an epoch has taken (the first one, which
-    pays for warm-up, only while it is the only one measured)."""
+    """'  ~2 min left': the epochs still to run times the median time an epoch has taken (the first
+    one, which pays for warm-up, only while it is the only one measured; the median, so that an epoch
+    stretched by a suspended process or a sleeping laptop does not inflate the rest)."""
     left = epochs - history[-1]["epoch"]
     if left <= 0:
         return ""
-    measured = [row["seconds"] for row in history[1:]] or [history[0]["seconds"]]
-    seconds = left * sum(measured) / len(measured)
+    seconds = left * statistics.median([row["seconds"] for row in history[1:]] or [history[0]["seconds"]])
     if seconds < 60:
         return f"  ~{seconds:.0f} s left"
     if seconds < 3600:
