@@ -49,12 +49,7 @@ class StageIO:
         if not self.if_changed:
             return None
         if self.out.is_file():
-            try:
-                existing = load_checkpoint(self.out)
-            except StpError as exc:
-                reasons = [f"it does not read ({exc})"]
-            else:
-                reasons = differences(existing.history[-1] if existing.history else {}, run.name, parent, options)
+            existing, reasons = made_otherwise(self.out, run.name, parent, options)
             if not reasons:
                 run.say(f"[{run.label}] {self.out} is up to date (same input, same options); nothing to do")
                 return existing
@@ -91,6 +86,17 @@ SAME_RESULT_OPTIONS = ("lif-backend", "teacher")
 """Recorded, but not options a rerun compares: LIF backends give the same results; a teacher is an input."""
 
 
+def made_otherwise(path: Path, stage: str, parent: Checkpoint | None, options: dict,
+                   expect_kind: str | None = None) -> tuple[Checkpoint | None, list[str]]:
+    """(the checkpoint at ``path``, why it is not what ``stage`` makes from ``parent`` with
+    ``options``: nothing when it is)."""
+    try:
+        existing = load_checkpoint(path, expect_kind=expect_kind)
+    except StpError as exc:
+        return None, [f"it does not read ({exc})"]
+    return existing, differences(existing.history[-1] if existing.history else {}, stage, parent, options)
+
+
 def differences(entry: dict, stage: str, parent: Checkpoint | None, options: dict) -> list[str]:
     """Why a checkpoint whose last lineage entry is ``entry`` is not what ``stage`` makes from
     ``parent`` with ``options``: another stage, another input, options with other values."""
@@ -101,9 +107,8 @@ def differences(entry: dict, stage: str, parent: Checkpoint | None, options: dic
         reasons.append(f"its input {parent.path} changed")
     recorded, options = entry.get("options") or {}, json.loads(json.dumps(options))  # as the record holds them
     ignored = set(SAME_RESULT_OPTIONS) | (set(LOCATING_OPTIONS) if parent is not None else set())
-    changed = [f"--{key} {_shown(recorded.get(key, '(not recorded)'))} -> {_shown(options.get(key))}"
-               for key in sorted(set(recorded) | set(options)) if key not in ignored and key in options
-               and recorded.get(key, _MISSING) != options.get(key)]
+    changed = [f"--{key} {_shown(recorded.get(key, '(not recorded)'))} -> {_shown(options[key])}"
+               for key in sorted(options) if key not in ignored and recorded.get(key, _MISSING) != options[key]]
     return reasons + ([("options changed: " + ", ".join(changed))] if changed else [])
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from stpcli.checkpoint import Checkpoint, load_checkpoint
+from stpcli.checkpoint import Checkpoint
 from stpcli.data.loader import normalise
 from stpcli.defaults import BALANCINGS, CONV_DROPOUT_PLACEMENTS, MAX_BALANCE_STEPS, RECIPES, SPIKE_AMPLITUDES
 from stpcli.engine.recipe import TrainConfig
@@ -18,7 +18,7 @@ from stpcli.restore import check_timesteps, input_stats, model_from_checkpoint, 
 from stpcli.run import DataOptions, Run, load_checkpoint_data
 from stpcli.spiking.convert import balance_thresholds, snn_from_ann
 from stpcli.spiking.settings import Conversion, SpikingSettings
-from stpcli.stages.saving import StageIO, child_record, differences
+from stpcli.stages.saving import StageIO, child_record, made_otherwise
 from stpcli.stages.teacher import resolve_teacher
 from stpcli.stages.training import split_accuracy, train_and_finish
 
@@ -233,11 +233,7 @@ def _reusable(path: Path, parent: Checkpoint, options: dict, force: bool) -> tup
     None; why it is not, when it exists)."""
     if force or not path.exists():
         return None, ""
-    try:
-        existing = load_checkpoint(path, expect_kind="snn")
-    except StpError as exc:
-        return None, f"it does not read ({exc})"
-    reasons = differences(existing.history[-1] if existing.history else {}, "temporal-prune", parent, options)
+    existing, reasons = made_otherwise(path, "temporal-prune", parent, options, expect_kind="snn")
     return (None, "; ".join(reasons)) if reasons else (existing, "")
 
 
