@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from test_reliability import refused
 
 from stpcli.checkpoint import (
     FORMAT_VERSION,
@@ -15,11 +16,13 @@ from stpcli.checkpoint import (
     read_record,
     save_checkpoint,
 )
+from stpcli.engine.train import changed_options
 from stpcli.errors import StpError
 from stpcli.files import check_output, finish_outputs, sha256_file
 from stpcli.models.plan import build_plan, tensor_shapes
 from stpcli.models.registry import make_spec
 from stpcli.models.surgery import with_units
+from stpcli.stages.saving import differences
 
 
 def sample_record(kind="snn"):
@@ -132,3 +135,19 @@ def test_refuses_foreign_corrupt_truncated_and_future_files(tmp_path):
         load_checkpoint(tmp_path / "absent.safetensors")
     with pytest.raises(StpError, match="ANN checkpoint"):
         load_checkpoint(good, expect_kind="ann")
+
+
+def test_a_record_from_before_pool_existed_means_average_pooling(tmp_path):
+    """Checkpoints and state files written before train-ann's --pool hold no pool: they average, and
+    a rerun with the default neither rebuilds nor refuses to resume them; --pool max does, by name."""
+    spec = make_spec("vgg11", 10, 32, 0.25)
+    del spec["pool"]
+    assert {entry["mode"] for entry in build_plan(spec) if entry["type"] == "pool"} == {"avg"}
+    entry = {"stage": "train-ann", "options": {"arch": "vgg11"}}
+    assert differences(entry, "train-ann", None, {"arch": "vgg11", "pool": "avg"}) == []
+    assert differences(entry, "train-ann", None, {"arch": "vgg11", "pool": "max"}) == [
+        "options changed: --pool avg -> max"]
+    assert changed_options({"arch": "vgg11"}, {"arch": "vgg11", "pool": "avg"}) == []
+    assert changed_options({"arch": "vgg11"}, {"arch": "vgg11", "pool": "max"}) == ["pool"]
+    refused(["train-ann", "--pool", "min", "--out", tmp_path / "na.safetensors"], "--pool must be one of avg, max",
+            tmp_path / "na.safetensors")

@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_cli
+from test_deploy import TRAIN
 from test_reliability import CPU, refused
 
 from stpcli.checkpoint import load_checkpoint, read_checkpoint
 from stpcli.engine.runtime import setup_runtime
 from stpcli.export.integer_runtime import run_integer
+from stpcli.export.onnx_model import normalised
 from stpcli.hardware import check
 from stpcli.models.plan import build_plan
 from stpcli.models.registry import make_spec
@@ -25,14 +27,16 @@ from stpcli.restore import model_from_checkpoint
 from stpcli.run import DataOptions, Run, load_checkpoint_data
 
 COMMON = ["--batch-size", "16", "--lr", "5e-4", "--device", "cpu"]
+# the deploy tests' VGG and ResNet, and the VGG with max pooling of spikes (train-ann --pool max; Akida 1.0 pools so)
+NETWORKS = TRAIN | {"vgg_max": [*TRAIN["vgg"], "--pool", "max"]}
 
 
 @pytest.fixture(scope="module")
 def quantized(networks, tmp_path_factory):
-    """The deploy tests' VGG and ResNet SNNs at T = 1, quantized at 4 bits with one epoch of fine-tuning."""
+    """The NETWORKS' SNNs at T = 1, quantized at 4 bits with one epoch of fine-tuning."""
     folder = tmp_path_factory.mktemp("quantized")
     files = {}
-    for network in ("vgg", "resnet"):
+    for network in NETWORKS:
         files[network] = folder / f"{network}_w4.safetensors"
         run_cli(["quantize", networks[network][1], "--weight-bits", "4", "--epochs", "1", *COMMON, "--out", files[network]])
     return files
@@ -40,10 +44,8 @@ def quantized(networks, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def networks(dataset_dir, tmp_path_factory):
-    from test_deploy import TRAIN
-
     files = {}
-    for network, options in TRAIN.items():
+    for network, options in NETWORKS.items():
         folder = tmp_path_factory.mktemp(network)
         run_cli(["train-ann", *options, "--image-size", "32", "--epochs", "6", "--data", dataset_dir, "--device", "cpu",
                  "--out", folder / "na.safetensors"])
@@ -59,7 +61,7 @@ def _test_images(path):
     return ckpt, *parts.part("test")
 
 
-@pytest.mark.parametrize("network", ["vgg", "resnet"])
+@pytest.mark.parametrize("network", ["vgg", "resnet", "vgg_max"])
 def test_the_integer_network_runs_spike_for_spike_in_stp_numpy_and_onnxruntime(network, quantized, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     ckpt, images, labels = _test_images(quantized[network])
@@ -162,8 +164,8 @@ def test_quantize_refuses_what_has_no_integer_form(networks, quantized, pipeline
     refused(["quantize", pipeline["na"], "--out", out, *CPU], "needs an SNN checkpoint", out)
 
 
-def _record(arch="vgg11", width=0.25, size=32, bands=3, bits=4, first=8):
-    spec = make_spec(arch, 10, size, width, in_channels=bands)
+def _record(arch="vgg11", width=0.25, size=32, bands=3, bits=4, first=8, pool="avg"):
+    spec = make_spec(arch, 10, size, width, in_channels=bands, pool=pool)
     return {"kind": "snn", "timesteps": 1, "model": spec,
             "quantized": {"weight_bits": bits, "input_layer_bits": first} if bits else None}
 
@@ -182,6 +184,42 @@ def test_the_hardware_check_names_what_does_not_fit_and_why():
     assert [f.problem for f in check(_record(bits=None), "loihi2")] == ["holds float weights"]
     with pytest.raises(Exception, match="--target"):
         check(_record(), "truenorth")
+
+
+def test_a_vgg_with_max_pooling_fits_akida_1_and_not_speck():
+    """VGG11 x0.25 at 32 px, 4-bit hidden and 8-bit input weights: with average pooling Akida 1.0 refuses
+    only its poolings; with max pooling (2x2 by 2, after each group's convolution) nothing; Speck sum-pools."""
+    average = check(_record(), "akida1")
+    assert average and all("averages 2x2 windows" in f.problem and "--pool max" in f.fix for f in average)
+    assert check(_record(pool="max"), "akida1") == []
+    speck = [f for f in check(_record(pool="max"), "speck") if "pools" in f.problem]
+    assert len(speck) == 5 and all(f.fix == "train-ann --pool avg" for f in speck)
+    stem = check(_record("resnet18", 0.125, pool="max"), "akida1")
+    assert any("max-pools 3x3 windows by stride 2" in f.problem for f in stem)
+
+
+def test_max_pooling_is_carried_through_every_stage_and_both_float_exports(networks, quantized, tmp_path):
+    """The max-pooling network's record, its modules in the ANN and the SNN, its description, and its
+    float ONNX export (spikes pooled by MaxPool) against stp; NIR, which has no max pooling, refuses it."""
+    ort = pytest.importorskip("onnxruntime")
+    ckpt, images, _ = _test_images(networks["vgg_max"][1])
+    assert ckpt.model_spec["pool"] == "max" and load_checkpoint(quantized["vgg_max"]).model_spec["pool"] == "max"
+    snn = model_from_checkpoint(ckpt)
+    pools = [layer.pool for entry, layer in zip(snn.plan, snn.layers) if entry["type"] == "pool"]
+    assert len(pools) == 5 and all(isinstance(pool, torch.nn.MaxPool2d) for pool in pools)
+    assert "max pooling" in run_cli(["info", networks["vgg_max"][1]]).stdout
+    onnx_file = tmp_path / "float.onnx"
+    run_cli(["export", networks["vgg_max"][1], "--format", "onnx", "--out", onnx_file])
+    assert "MaxPool" in {n.op_type for n in __import__("onnx").load(str(onnx_file)).graph.node}
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    x = normalised(ckpt, images)
+    (exported,) = session.run(None, {"image": x})
+    with torch.no_grad():
+        ours = snn.eval()(torch.from_numpy(x)).numpy()
+    assert np.array_equal(exported.argmax(1), ours.argmax(1)) and np.abs(exported - ours).max() <= 1e-4
+    for source in (networks["vgg_max"][1], quantized["vgg_max"]):
+        refused(["export", source, "--format", "nir", "--out", tmp_path / "x.nir"], "NIR has no max pooling",
+                tmp_path / "x.nir")
 
 
 def test_the_hardware_command_reports_each_target(quantized):

@@ -22,6 +22,13 @@ PRECISIONS = ("fp32", "bf16")
 # inductor (elementwise steps fused by torch.compile, the same results bit for bit), triton (CUDA kernels)
 LIF_BACKENDS = ("torch", "inductor", "triton")
 DEFAULT_LIF_BACKEND = "torch"
+# train-ann's --pool: how VGG's pooling layers (and ResNet's stem pooling) pool the spike maps; max pooling
+# keeps spikes binary (Akida 1.0 pools that way), average pooling is the paper's
+POOLINGS = ("avg", "max")
+DEFAULT_POOLING = "avg"
+# options added after checkpoints and state files recorded their options, with what a record without
+# them means (so a file from before an option existed is not taken for one made with other options)
+UNRECORDED_OPTIONS = {"pool": DEFAULT_POOLING}
 NORMALISATIONS = ("auto", "imagenet", "dataset", "scale", "stretch")  # train-ann's --normalise
 SURROGATE_GAMMA = 0.3  # slope of the triangle surrogate (docs/method.md)
 BALANCINGS = ("stp", "reference")  # convert's --balancing

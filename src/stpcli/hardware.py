@@ -8,7 +8,8 @@ Sources of the limits (the table below says which applies where):
   input layer 1 or 3 channels, width <= 256, 8-bit weights, kernels 3/5/7 with at most 192
   (3 channels) or 512 (1 channel) 3x3 filters; other convolutions 1x1/3x3/5x5/7x7, stride 1 (2
   with 3x3 only), <= 2048 input channels, 1/2/4-bit weights, pooling 2x2 max inside a layer or
-  global average (height <= 32); fully connected inputs <= 57334; no layer adds two inputs.
+  global average (height <= 32), so VGG fits with ``train-ann --pool max``; fully connected inputs
+  <= 57334; no layer adds two inputs.
   How many neurons one of its cores holds is not published, so stp does not check it.
 * SynSense Speck / DYNAP-CNN: sinabs ``backend/dynapcnn`` (``chips/dynapcnn.py``,
   ``dynapcnn_layer.py::memory_summary``): 9 cores, one layer each; kernel memory 16, 16, 16, 32,
@@ -118,10 +119,14 @@ def check(record: dict, target: str) -> list[Finding]:
                 findings.append(Finding(layer["name"], f"reads {entry['in']} inputs; Akida 1.0 at most 57334",
                                         "a smaller --width or --image-size"))
         for index, entry in enumerate(plan):
-            if entry["type"] == "pool":
+            if entry["type"] == "pool" and entry["mode"] != "max":
                 findings.append(Finding(f"layers.{index}", f"averages {entry['kernel']}x{entry['kernel']} windows; "
                                         "Akida 1.0 pools by 2x2 max inside a layer or by a global average",
-                                        "max pooling of spikes (not offered by stp yet)"))
+                                        "max pooling of spikes (train-ann --pool max)"))
+            elif entry["type"] == "pool" and (entry["kernel"], entry["stride"], entry["padding"]) != (2, 2, 0):
+                findings.append(Finding(f"layers.{index}", f"max-pools {entry['kernel']}x{entry['kernel']} windows by "
+                                        f"stride {entry['stride']}; Akida 1.0 max-pools 2x2 windows by 2",
+                                        "a VGG network (--arch vgg11, vgg14, vgg16)"))
             if entry["type"] == "global_pool" and sides.get(index - 1, 0) > 32:
                 findings.append(Finding(f"layers.{index}", "averages a map higher than 32; Akida 1.0 at most 32",
                                         "a smaller --image-size"))
@@ -130,6 +135,13 @@ def check(record: dict, target: str) -> list[Finding]:
             findings.append(Finding("network", "holds weights wider than 8 bits", "stp quantize --weight-bits 8"))
         findings.append(Finding(layers[0]["name"], "reads analog pixel values; Speck's cores take spike events",
                                 "run the first convolution off-chip, or encode the image as events"))
+        for index, entry in enumerate(plan):
+            if entry["type"] == "pool" and entry["mode"] == "max":
+                findings.append(Finding(f"layers.{index}", "max-pools; Speck pools by sum", "train-ann --pool avg"))
+            elif entry["type"] == "pool" and not (entry["kernel"] == entry["stride"] in (1, 2, 4) and not entry["padding"]):
+                findings.append(Finding(f"layers.{index}", f"pools {entry['kernel']}x{entry['kernel']} windows by stride "
+                                        f"{entry['stride']}; Speck sum-pools 1x1, 2x2 or 4x4 windows by their size",
+                                        "a VGG network"))
         needs = []
         for layer in layers:
             entry = layer["entry"]

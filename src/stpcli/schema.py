@@ -67,6 +67,7 @@ class ModelSpec(_Strict):
     in_channels: Annotated[int, Field(ge=1, le=MAX_BANDS)]
     dropout: Fraction
     units: Units | None = None
+    pool: Literal["avg", "max"] = "avg"  # absent in records before it existed
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -6,7 +6,7 @@ Types only (no imports from the package), so the checkpoint format and the model
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 
 class Units(TypedDict):
@@ -29,3 +29,4 @@ class ModelSpec(TypedDict):
     in_channels: int
     dropout: float
     units: Units | None
+    pool: NotRequired[str]  # "avg" or "max" (absent in records before it existed: "avg")

@@ -28,6 +28,7 @@ from stpcli.cli.terminal import safe
 from stpcli.defaults import FIGURE_FORMATS
 from stpcli.errors import StpError
 from stpcli.files import check_output, lock_output
+from stpcli.models.plan import pooling_mode
 from stpcli.names import figure_path, stem
 
 # checkpoints, reports (torch) and figures (matplotlib) are imported by the command that needs them
@@ -180,7 +181,7 @@ def _print_info(details: dict, chain) -> None:
     units = spec.get("units")
     console.print(f"[bold]{safe(details['path'])}[/bold]  sha256 {details['sha256'][:16]}…")
     console.print(f"kind {record['kind'].upper()}" + (f", T={record['timesteps']}" if record.get("timesteps") else "")
-                  + f"; {spec['arch']} width {spec['width']}; "
+                  + f"; {spec['arch']} width {spec['width']}, {pooling_mode(spec)} pooling; "
                   + (f"{units['count']} Unit(s) in layer group {units['group']}" if units else "no Units")
                   + f"; {details['parameters']:,} tensor elements")
     console.print(f"classes ({len(record['classes'])}): {', '.join(record['classes'])}", markup=False)

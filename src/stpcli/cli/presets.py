@@ -80,7 +80,8 @@ def _check_step(step: Step, values: dict, specs: dict[str, ModelSpec], timesteps
                                              train_ratio=values["train_ratio"], val_ratio=values["val_ratio"],
                                              config=config, pretrained=values["pretrained"],
                                              normalisation=values["normalisation"], scale=values["scale"],
-                                             split_file=values["split_file"], known=values["known"])
+                                             split_file=values["split_file"], known=values["known"],
+                                             pool=values["pool"])
     elif step.command == "add-unit":
         config.check()
         specs[step.target] = with_units(specs[source], values["unit_group"], values["count"])

@@ -29,7 +29,7 @@ from stpcli.cli.common import (
     with_options,
 )
 from stpcli.data.catalogue import KNOWN_DATASETS
-from stpcli.defaults import DEFAULT_RECIPE, DEFAULT_SCHEDULE, DEFAULT_TIMESTEPS, DEFAULT_UNITS, RECIPES
+from stpcli.defaults import DEFAULT_POOLING, DEFAULT_RECIPE, DEFAULT_SCHEDULE, DEFAULT_TIMESTEPS, DEFAULT_UNITS, RECIPES
 from stpcli.errors import StpError
 from stpcli.models.registry import ARCHITECTURES
 
@@ -57,6 +57,7 @@ def train_ann_command(
     split_file: Annotated[str | None, typer.Option("--split-file", help="A published split instead of the seeded one: its training list (e.g. TorchGeo's uc_merced-train.txt), with the val and test lists beside it; one image per line.")] = None,
     epochs: Annotated[int, typer.Option("--epochs")] = 30,
     dropout: Annotated[float, typer.Option("--dropout", help="Dropout in the classifier.")] = 0.5,
+    pool: Annotated[str, typer.Option("--pool", help="avg (the paper's average pooling) | max (max pooling of spikes: they stay binary, as Akida 1.0 pools; see stp hardware). VGG's pooling layers and ResNet's stem; carried through every later stage.")] = DEFAULT_POOLING,
     pretrained: Annotated[str | None, typer.Option("--pretrained", help="Local torchvision ImageNet weights.")] = None,
     bands: Annotated[str | None, typer.Option("--bands", help="Read these bands of each file, in this order: 1-based numbers (4,3,2) or the names the files give (B04,B03,B02). Default: all bands of files that are not 8-bit RGB.")] = None,
     normalisation: Annotated[str, typer.Option("--normalise", help="auto (ImageNet's for 8-bit RGB without --scale, else dataset) | imagenet | dataset (per-band mean and std of the training split) | scale (--scale only) | stretch (per-image 2-98 % stretch to 8-bit grey, stp's earlier behaviour).")] = "auto",
@@ -75,7 +76,7 @@ def train_ann_command(
               dropout=values["dropout"], data=make_data(values), train_ratio=values["train_ratio"],
               val_ratio=values["val_ratio"], config=make_train_config(values), io=make_io(values),
               pretrained=values["pretrained"], bands=values["bands"], normalisation=values["normalisation"],
-              scale=values["scale"], split_file=values["split_file"], known=values["known"])
+              scale=values["scale"], split_file=values["split_file"], known=values["known"], pool=values["pool"])
 
 
 @stp_command(app, "add-unit")

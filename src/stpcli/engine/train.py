@@ -23,6 +23,7 @@ from rich.console import Console
 
 from stpcli.data.loader import InputStats, epoch_generator, iterate_batches
 from stpcli.data.source import SplitData
+from stpcli.defaults import UNRECORDED_OPTIONS
 from stpcli.engine.evaluate import Scores, score
 from stpcli.engine.recipe import TRAIN_OPTIONS, TrainConfig, distillation_loss, make_optimizer
 from stpcli.engine.runtime import Runtime
@@ -299,7 +300,7 @@ def _interrupt_message(signal_name: str | None, loop: _Loop, epoch: int) -> str:
 def changed_options(recorded: dict, current: dict) -> list[str]:
     """The options (by command-line name where one exists) whose values differ; --lr may change."""
     options = {f"train.{name}": option for name, option in TRAIN_OPTIONS.items()}
-    flat_recorded, flat_current = _flatten(recorded), _flatten(current)
+    flat_recorded, flat_current = _flatten(UNRECORDED_OPTIONS | recorded), _flatten(current)
     keys = sorted(set(flat_recorded) | set(flat_current))
     return [options.get(k, k) for k in keys
             if k != "train.lr" and flat_recorded.get(k) != flat_current.get(k)]

@@ -25,6 +25,7 @@ from stpcli.export.onnx_model import (
     quantize_int8,
 )
 from stpcli.files import atomic_write_bytes
+from stpcli.models.plan import pooling_mode
 
 __all__ = ["FORMATS", "GRAPHS", "QUANTIZATIONS", "check_export_options", "export", "nir_graph"]
 
@@ -60,6 +61,9 @@ def export(ckpt: Checkpoint, fmt: str, out: Path, *, graph: str = "portable", qu
     from stpcli.restore import model_from_checkpoint
 
     if fmt == "nir":
+        if pooling_mode(ckpt.model_spec) == "max":
+            raise StpError("NIR has no max pooling (its pooling nodes average or sum) and this network pools by max "
+                           "(train-ann --pool max); export it as --format onnx")
         nir = _need("nir", "--format nir")
         buffer = io.BytesIO()  # h5py writes into memory: on a full disk it would crash the process
         if ckpt.record.get("quantized"):

@@ -86,6 +86,8 @@ def _diagonal(channels: int, kernel: tuple[int, int], value: float) -> np.ndarra
 
 def _pooling(kind: str, entry, shape: tuple[int, int, int]):
     """(kernel, stride, padding, output shape) of a pooling or global pooling entry on ``shape``."""
+    if entry.get("mode") == "max":
+        raise StpError("max pooling cannot be expressed as a convolution (a chain's pooling is an averaging synapse)")
     kernel = (entry["kernel"],) * 2 if kind == "pool" else (shape[1], shape[2])
     stride = (entry["stride"],) * 2 if kind == "pool" else (1, 1)
     padding = (entry["padding"],) * 2 if kind == "pool" else (0, 0)

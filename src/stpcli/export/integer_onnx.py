@@ -5,8 +5,8 @@ The input is the stored 8-bit image as float32 (``image``, N x C x S x S, values
 uint8 once; every synapse is a ``ConvInteger`` or ``MatMulInteger`` with int8 weights and int32
 accumulators; every neuron layer a ``Greater`` against its int32 thresholds, cast back to uint8 for
 the next layer; sum pooling a depthwise ``ConvInteger`` with a kernel of ones (a global one a
-``ReduceSum`` in int32); the output layer's integer sums, exact in float64, give ``delta A + b``,
-returned as float32 (``logits``).
+``ReduceSum`` in int32), max pooling a ``MaxPool`` on the uint8 spikes; the output layer's
+integer sums, exact in float64, give ``delta A + b``, returned as float32 (``logits``).
 """
 
 from __future__ import annotations
@@ -76,6 +76,10 @@ def integer_onnx_bytes(ckpt: Checkpoint) -> bytes:
             total = node("Add", [accumulator, skip], f"block{index}sum")
             x = fire(total, tensors[f"{at}.neuron2.threshold_int"], f"block{index}b")
             channels = entry["out"]
+        elif kind == "pool" and entry["mode"] == "max":  # spikes stay uint8 0/1
+            k = entry["kernel"]
+            x = node("MaxPool", [x], f"pool{index}", kernel_shape=[k, k], strides=[entry["stride"]] * 2,
+                     pads=[entry["padding"]] * 4)
         elif kind == "pool":
             k = entry["kernel"]
             ones = np.ones((channels, 1, k, k), dtype=np.uint8)

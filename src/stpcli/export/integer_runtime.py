@@ -6,7 +6,8 @@ Per layer, on integer inputs x (the stored image values for the first layer; spi
 counts after a sum pooling, after it): ``A = sum q x`` in int32, ``spike = A > theta`` per output
 channel; a residual block adds its shortcut (a 1x1 convolution sharing conv2's steps, or the
 input times an integer kappa) before its comparison; the output layer's logits are ``delta A + b``
-in float64. Average pooling is a sum (its 1/k^2 is in the next layer's threshold).
+in float64. Average pooling is a sum (its 1/k^2 is in the next layer's threshold); max pooling
+keeps spikes 0/1.
 """
 
 from __future__ import annotations
@@ -27,10 +28,15 @@ def _conv(x: np.ndarray, weight: np.ndarray, stride: int, padding: int) -> np.nd
     return np.einsum("nchwij,ocij->nohw", windows, weight, dtype=np.int32, optimize=True)
 
 
-def _sum_pool(x: np.ndarray, kernel: int, stride: int, padding: int) -> np.ndarray:
+def _pool(x: np.ndarray, entry: dict) -> np.ndarray:
+    """Sum pooling (an average pooling's 1/k^2 is in the next threshold), or max pooling of spikes
+    (0/1, so padding with 0 is padding with -inf)."""
+    kernel, stride, padding = entry["kernel"], entry["stride"], entry["padding"]
     if padding:
         x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     windows = np.lib.stride_tricks.sliding_window_view(x, (kernel, kernel), axis=(2, 3))[:, :, ::stride, ::stride]
+    if entry["mode"] == "max":
+        return windows.max(axis=(-1, -2))
     return windows.sum(axis=(-1, -2), dtype=np.int32)
 
 
@@ -72,7 +78,7 @@ def run_integer(checkpoint: CheckpointFile | str, images: np.ndarray) -> tuple[n
             x = _fire(accumulator, tensor(f"{at}.neuron2.threshold_int"))
             spikes.append(x)
         elif kind == "pool":
-            x = _sum_pool(x, entry["kernel"], entry["stride"], entry["padding"])
+            x = _pool(x, entry)
         elif kind == "global_pool":
             x = x.sum(axis=(2, 3), dtype=np.int32)
         elif kind == "flatten":

@@ -1,4 +1,4 @@
-"""The ANN built from a plan: conv + BN + ReLU, average pooling, dropout in the classifier.
+"""The ANN built from a plan: conv + BN + ReLU, average or max pooling, dropout in the classifier.
 
 Every layer knows how to fold its BatchNorm into conv weights and biases
 (``folded()``), which is all the SNN conversion needs from it.
@@ -117,9 +117,11 @@ class OutputLinear(HiddenLinear):
         return self.fc(x)
 
 
-class Pool(nn.AvgPool2d):
-    def __init__(self, entry: PlanEntry):
-        super().__init__(entry["kernel"], entry["stride"], entry["padding"])
+def pooling(entry: PlanEntry) -> nn.Module:
+    """A pool entry's module, for the ANN and the SNN alike (on spikes, max pooling is an OR)."""
+    if entry["mode"] == "max":
+        return nn.MaxPool2d(entry["kernel"], entry["stride"], entry["padding"])
+    return nn.AvgPool2d(entry["kernel"], entry["stride"], entry["padding"])
 
 
 class GlobalPool(nn.Module):
@@ -138,7 +140,7 @@ class Flatten(nn.Flatten):
 ANN_LAYERS = {
     "conv": ConvLayer,
     "block": BasicBlock,
-    "pool": Pool,
+    "pool": pooling,
     "global_pool": GlobalPool,
     "flatten": Flatten,
     "fc": HiddenLinear,

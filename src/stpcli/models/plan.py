@@ -5,7 +5,7 @@ share its indices (``layers.<i>.…``), so Units, Algorithm 2's index mapping,
 BN folding and the MAC count all speak about the same layers.
 
 Entry types: ``conv`` (conv3 + BN + ReLU/LIF), ``block`` (ResNet BasicBlock),
-``pool`` (average pooling), ``flatten``, ``global_pool``, ``fc`` (hidden linear
+``pool`` (average or max pooling: its ``mode``), ``flatten``, ``global_pool``, ``fc`` (hidden linear
 + ReLU/LIF + dropout), ``output`` (the classifier).
 """
 
@@ -15,12 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Required, TypedDict
 
+from stpcli.defaults import DEFAULT_POOLING
 from stpcli.spec import ModelSpec
 
 # One layer of the plan; which keys an entry has depends on its type (LAYER_TYPES).
 PlanEntry = TypedDict("PlanEntry", {
     "type": Required[str], "in": int, "out": int, "kernel": int, "stride": int, "padding": int,
-    "group": int, "unit": bool, "dropout": float,
+    "group": int, "unit": bool, "dropout": float, "mode": str,
 }, total=False)
 
 
@@ -77,6 +78,12 @@ def has_weights(entry: PlanEntry) -> bool:
     return LAYER_TYPES[entry["type"]].weights
 
 
+def pooling_mode(spec: ModelSpec) -> str:
+    """How the spec's pooling layers pool: "avg" or "max" (train-ann's --pool; a record from before
+    the option averages)."""
+    return spec.get("pool", DEFAULT_POOLING)
+
+
 def _unit_flags(spec: ModelSpec, group: int, depth: int) -> list[bool]:
     units = spec.get("units")
     count = units["count"] if units and units["group"] == group else 0
@@ -92,7 +99,7 @@ def _vgg_plan(spec: ModelSpec) -> list[PlanEntry]:
             plan.append({"type": "conv", "in": channels, "out": width, "kernel": 3, "stride": 1,
                          "padding": 1, "group": group, "unit": is_unit})
             channels = width
-        plan.append({"type": "pool", "kernel": 2, "stride": 2, "padding": 0, "group": group})
+        plan.append({"type": "pool", "kernel": 2, "stride": 2, "padding": 0, "group": group, "mode": pooling_mode(spec)})
     side = spec["image_size"] // 2 ** len(spec["depths"])
     plan.append({"type": "flatten"})
     features = channels * side * side
@@ -109,8 +116,7 @@ def _resnet_plan(spec: ModelSpec) -> list[PlanEntry]:
     plan: list[PlanEntry] = [
         {"type": "conv", "in": spec["in_channels"], "out": stem, "kernel": 7, "stride": 2, "padding": 3,
          "group": 0, "unit": False},
-        # average (not max) pooling in the stem so the SNN's pooling acts on spike maps
-        {"type": "pool", "kernel": 3, "stride": 2, "padding": 1, "group": 0},
+        {"type": "pool", "kernel": 3, "stride": 2, "padding": 1, "group": 0, "mode": pooling_mode(spec)},
     ]
     channels = stem
     for group, (depth, width) in enumerate(zip(spec["depths"], spec["channels"]), start=1):
@@ -239,7 +245,7 @@ def describe(entry: PlanEntry) -> str:
     if kind == "block":
         return f"block-{entry['out']}" + (f"/{entry['stride']}" if entry["stride"] > 1 else "")
     if kind == "pool":
-        return f"avgpool{entry['kernel']}"
+        return f"{entry['mode']}pool{entry['kernel']}"
     if kind in ("fc", "output"):
         return f"fc-{entry['out']}"
     return kind.replace("_", "-")

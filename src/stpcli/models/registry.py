@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from stpcli.defaults import DEFAULT_POOLING, POOLINGS
 from stpcli.errors import StpError
 from stpcli.schema import MAX_IMAGE_SIZE, MAX_WIDTH
 from stpcli.spec import ModelSpec
@@ -50,7 +51,7 @@ def scaled(count: int, width: float, floor: int) -> int:
 
 
 def make_spec(arch: str, num_classes: int, image_size: int, width: float = 1.0, dropout: float = 0.5,
-              in_channels: int = 3) -> ModelSpec:
+              in_channels: int = 3, pool: str = DEFAULT_POOLING) -> ModelSpec:
     if arch not in ARCHITECTURES:
         raise StpError(f"unknown architecture {arch!r}; choose one of {', '.join(sorted(ARCHITECTURES))}")
     if not 0 < width <= MAX_WIDTH:
@@ -61,6 +62,8 @@ def make_spec(arch: str, num_classes: int, image_size: int, width: float = 1.0, 
         raise StpError(f"--dropout must lie in [0, 1), got {dropout}")
     if not 16 <= image_size <= MAX_IMAGE_SIZE:
         raise StpError(f"--image-size must lie in 16..{MAX_IMAGE_SIZE}, got {image_size}")
+    if pool not in POOLINGS:
+        raise StpError(f"--pool must be one of {', '.join(POOLINGS)}, got {pool!r}")
     base = ARCHITECTURES[arch]()
     if base["family"] == "vgg" and (image_size < 32 or image_size % 32):
         raise StpError(f"VGG needs an image size that is a multiple of 32 (five 2x2 poolings), got {image_size}")
@@ -78,6 +81,7 @@ def make_spec(arch: str, num_classes: int, image_size: int, width: float = 1.0, 
         "in_channels": in_channels,
         "dropout": dropout,
         "units": None,
+        "pool": pool,
     }
 
 

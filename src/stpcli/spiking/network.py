@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stpcli.models.ann import pooling
 from stpcli.models.plan import PlanEntry, build_plan
 from stpcli.spec import ModelSpec
 from stpcli.spiking.neuron import LIF
@@ -119,7 +120,7 @@ class Stateless(nn.Module):
         super().__init__()
         self.kind = entry["type"]
         if self.kind == "pool":
-            self.pool = nn.AvgPool2d(entry["kernel"], entry["stride"], entry["padding"])
+            self.pool = pooling(entry)
 
     def forward(self, x, timesteps: int, static: bool = False):
         if self.kind == "pool":

@@ -168,7 +168,7 @@ def integer_form(snn: SNN, bits: int, input_bits: int, pixel_max: int) -> dict[s
             if float(worst.max()) >= 2**31:
                 raise StpError(f"layers.{index}.conv2: an accumulator could reach {float(worst.max()):.3g}, beyond 31 bits")
             pooling, bound_in = 1.0, 1.0
-        elif kind == "pool":
+        elif kind == "pool" and entry["mode"] == "avg":  # max pooling keeps spikes 0/1
             pooling /= entry["kernel"] ** 2
             bound_in *= entry["kernel"] ** 2
         elif kind == "global_pool":
@@ -306,6 +306,8 @@ class _IntegerLayer(nn.Module):
             return self.neuron(x @ self.fc_int.T)
         if self.kind == "output":
             return (x @ self.fc_int.T) * self.step + self.bias
+        if self.kind == "pool" and e["mode"] == "max":  # spikes stay spikes
+            return F.max_pool2d(x, e["kernel"], e["stride"], e["padding"])
         if self.kind == "pool":  # sum pooling: spike counts stay integers
             return F.avg_pool2d(x, e["kernel"], e["stride"], e["padding"], divisor_override=1)
         if self.kind == "global_pool":

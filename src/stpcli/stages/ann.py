@@ -12,7 +12,7 @@ from stpcli.data.bands import band_statistics
 from stpcli.data.catalogue import known_dataset
 from stpcli.data.source import IMAGENET_MEAN, IMAGENET_STD, data_record, load_dataset, split_data
 from stpcli.data.split import check_split_ratios, list_files, read_split_lists, stratified_split
-from stpcli.defaults import NORMALISATIONS
+from stpcli.defaults import DEFAULT_POOLING, NORMALISATIONS
 from stpcli.engine.recipe import TrainConfig
 from stpcli.errors import StpError
 from stpcli.models.ann import ANN
@@ -28,7 +28,7 @@ from stpcli.stages.training import split_accuracy, train_and_finish
 def check_train_ann(*, arch: str, width: float, image_size: int, dropout: float, train_ratio: float,
                     val_ratio: float, config: TrainConfig, pretrained: str | None = None,
                     normalisation: str = "auto", scale: float | None = None, split_file: str | None = None,
-                    known: str | None = None):
+                    known: str | None = None, pool: str = DEFAULT_POOLING):
     """train-ann's options, checked before the data is read (the stage, and a preset's plan);
     returns the model spec they make (for 2 classes: the class count comes with the data)."""
     config.check(training_required=True)
@@ -38,7 +38,7 @@ def check_train_ann(*, arch: str, width: float, image_size: int, dropout: float,
         raise StpError(f"--scale must be a positive factor in [1e-12, 1e6] such as 1e-4, got {scale}")
     if scale is not None and normalisation in ("imagenet", "stretch"):
         raise StpError(f"--scale applies to --normalise dataset or scale, not {normalisation}")
-    spec = make_spec(arch, 2, image_size, width, dropout)
+    spec = make_spec(arch, 2, image_size, width, dropout, pool=pool)
     check_split_ratios(train_ratio, val_ratio)
     if split_file is not None:
         list_files(Path(split_file).expanduser())  # a name without 'train' is refused before any work
@@ -55,7 +55,7 @@ def train_ann(run: Run, *, arch: str, width: float, image_size: int, dropout: fl
               data: DataOptions, train_ratio: float, val_ratio: float, config: TrainConfig,
               io: StageIO, pretrained: str | None = None, bands: str | None = None,
               normalisation: str = "auto", scale: float | None = None, split_file: str | None = None,
-              known: str | None = None) -> Checkpoint:
+              known: str | None = None, pool: str = DEFAULT_POOLING) -> Checkpoint:
     """Na: the base ANN, trained on a stratified split (drawn from ``config.seed``) of the data.
 
     ``bands`` ("4,3,2" or band names) reads the files' bands instead of 8-bit RGB; ``normalisation``
@@ -69,8 +69,8 @@ def train_ann(run: Run, *, arch: str, width: float, image_size: int, dropout: fl
     config = config.for_recipe(None)
     check_train_ann(arch=arch, width=width, image_size=image_size, dropout=dropout, train_ratio=train_ratio,
                     val_ratio=val_ratio, config=config, pretrained=pretrained, normalisation=normalisation,
-                    scale=scale, split_file=split_file, known=known)
-    options = {"arch": arch, "width": width, "image-size": image_size, "dropout": dropout,
+                    scale=scale, split_file=split_file, known=known, pool=pool)
+    options = {"arch": arch, "width": width, "image-size": image_size, "dropout": dropout, "pool": pool,
                "train-ratio": train_ratio, "val-ratio": val_ratio, "pretrained": pretrained, "bands": bands,
                "normalise": normalisation, "scale": scale, "split-file": split_file,
                "dataset": known,
@@ -104,7 +104,8 @@ def train_ann(run: Run, *, arch: str, width: float, image_size: int, dropout: fl
         split = stratified_split(dataset.names, dataset.labels.tolist(), dataset.classes, train_ratio,
                                  val_ratio, config.seed)
     split_parts = split_data(dataset, split)
-    spec = make_spec(arch, len(dataset.classes), image_size, width, dropout, in_channels=dataset.images.shape[1])
+    spec = make_spec(arch, len(dataset.classes), image_size, width, dropout, in_channels=dataset.images.shape[1],
+                     pool=pool)
     torch.manual_seed(config.seed)
     model = ANN(spec)
     if pretrained:
@@ -125,7 +126,7 @@ def train_ann(run: Run, *, arch: str, width: float, image_size: int, dropout: fl
             f"{counts['train']} train / {counts['val']} val / {counts['test']} test images at {image_size}px")
     return train_and_finish(run, model, split_parts, config, record, io,
                             resume_identity={"arch": arch, "width": width, "image_size": image_size, "dropout": dropout,
-                                             "split_sha256": split["sha256"], "pretrained": pretrained},
+                                             "pool": pool, "split_sha256": split["sha256"], "pretrained": pretrained},
                             metrics={}, options=options, parent=None)
 
 
