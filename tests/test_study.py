@@ -12,7 +12,8 @@ from conftest import run_cli
 from stpcli.chain import pipeline_steps
 from stpcli.checkpoint import load_checkpoint
 from stpcli.errors import StpError
-from stpcli.study import interval, plan, summarise, unit_settings
+from stpcli.study import plan, unit_settings
+from stpcli.study_report import interval, summarise
 
 PRESET = """device: cpu
 batch-size: 16

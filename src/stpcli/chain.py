@@ -46,6 +46,25 @@ class Step:
         return (*self.also_writes, self.target)
 
 
+@dataclass(frozen=True)
+class Chain:
+    """Steps a driver runs in order, in one folder: ``stp pipeline``'s whole preset, or one of a study's
+    chains of one seed."""
+
+    seed: int | None  # passed to every step (None: the preset's)
+    label: str  # "ANN", "TP" or "STP AS<A> M<M>" and the recipe in a study; "" for a pipeline
+    steps: tuple[Step, ...]
+    units: str = ""  # "AS<A> M<M>" for a study's STP chain
+    recipe: str = ""  # the recipe a recipe sweep converts with
+    folder: str = ""  # under the driver's output folder
+
+    @property
+    def name(self) -> str:
+        """How the driver's lines call it: "seed 0 TP"."""
+        return " ".join(part for part in (f"seed {self.seed}" if self.label and self.seed is not None else "",
+                                          self.label) if part)
+
+
 def _section(preset: dict, name: str) -> dict:
     section = preset.get(name) or {}
     if not isinstance(section, dict):

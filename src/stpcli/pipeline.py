@@ -2,9 +2,9 @@
 
 A step is a command, as in ``examples/Makefile``: every stage keeps its own
 process, its own one-line errors and its own checkpoint, and the driver only
-decides which steps to run. ``run_pipeline`` runs both chains of a preset in
-one folder (``stp pipeline``); ``stpcli.study`` runs them per seed, side by
-side. An interrupted driver stops its child with SIGTERM, so the stage keeps
+decides which steps to run. ``Runner`` runs chains of steps side by side:
+``run_pipeline`` gives it both chains of a preset in one folder (``stp pipeline``);
+``stp study`` gives it each seed's chains. An interrupted driver stops its child with SIGTERM, so the stage keeps
 its training state for the next run.
 """
 
@@ -17,9 +17,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
-from stpcli.chain import Step, compared, pipeline_steps
+from stpcli.chain import Chain, Step, compared, pipeline_steps
 from stpcli.errors import StpError
 from stpcli.files import create_out_dir, lock_holder, lock_output
 from stpcli.names import log_path, state_path
@@ -132,36 +134,117 @@ def _stop(child: subprocess.Popen) -> None:
         child.wait()
 
 
+@dataclass(frozen=True)
+class Failure:
+    chain: Chain
+    step: Step
+    code: int
+    reason: str | None  # the stage's one-line error
+    log: Path
+
+
+class Runner:
+    """Runs chains of steps, each step the stage command make's rule gives (``step_command``) in a child
+    process (``run_child``), ``jobs`` chains side by side, until a shared deadline. A chain stops at
+    its first failed step; the others go on. ``stp pipeline`` runs one chain, ``stp study`` many."""
+
+    def __init__(self, preset_path: Path, out_dir: Path, *, data: str | None = None, device: str | None = None,
+                 jobs: int = 1, time_limit: float | None = None, redo: bool = False, driver: str = "study",
+                 say: Callable[[str], None] = print, echo: Callable[[str], None] | None = None):
+        self.preset_path, self.out_dir, self.data, self.device = preset_path, out_dir, data, device
+        self.jobs, self.redo, self.driver, self.say, self.echo = jobs, redo, driver, say, echo
+        self.deadline = None if time_limit is None else time.monotonic() + time_limit
+        self.stopped = False
+        self.finished = 0  # stages this run completed
+        self.failures: list[Failure] = []
+        self.running: dict[Chain, Step] = {}
+
+    def stop_requested(self) -> bool:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.stopped = True
+        return self.stopped
+
+    def run_all(self, chains: list[Chain]) -> None:
+        if self.jobs == 1:  # in this thread, so that Ctrl-C reaches the running step at once
+            for chain in chains:
+                self.run_chain(chain)
+            return
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            try:
+                list(pool.map(self.run_chain, chains))
+            except BaseException:  # interrupted: every running stage stops and keeps its state
+                self.stopped = True
+                raise
+
+    def run_chain(self, chain: Chain) -> bool:
+        """Whether every step of ``chain`` finished."""
+        folder = self.out_dir / chain.folder
+        folder.mkdir(parents=True, exist_ok=True)
+        return all(not self.stop_requested() and self.run_step(chain, step, folder) for step in chain.steps)
+
+    def run_step(self, chain: Chain, step: Step, folder: Path) -> bool:
+        out = folder / f"{step.target}.safetensors"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        args = step_command(step, folder, self.preset_path, seed=chain.seed, data=self.data, device=self.device,
+                            redo=self.redo)
+        environment = dict(os.environ)
+        if self.jobs > 1 and "OMP_NUM_THREADS" not in environment:
+            environment["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
+        log = log_path(out)
+        wait_for_earlier_writers([folder / f"{name}.safetensors" for name in step.outputs], self.say)
+        started = time.monotonic()
+        prefix = f"[{self.driver}] " + (f"{chain.name}: " if chain.name else "")
+        if self.echo is None:  # side by side: one short line per step
+            self.say(f"{prefix}{step.command} -> {out.relative_to(self.out_dir)}")
+        else:  # its output follows: the whole command, to rerun by hand
+            self.say(f"{prefix}stp {shlex.join(args[3:])}  (log: {log})")
+        self.running[chain] = step
+        try:
+            code = run_child(args, log=log, echo=self.echo, env=environment, stop_requested=self.stop_requested)
+        finally:
+            del self.running[chain]
+        if code == 0:
+            self.finished += 1
+            if self.echo is None:
+                self.say(f"{prefix}{step.command} done in {time.monotonic() - started:.0f} s")
+            return True
+        if self.stopped:  # we sent the SIGTERM: the stage kept its state for the next run
+            self.say(f"{prefix}{step.command} stopped at the time limit")
+            return False
+        self.failures.append(Failure(chain, step, code, last_error(log), log))
+        if self.echo is None:
+            self.say(f"{prefix}{step.command} failed with exit {code}; log: {log}")
+        return False
+
+
 def run_pipeline(preset: dict, preset_path: Path, out_dir: Path, *, data: str | None = None,
                  device: str | None = None, seed: int | None = None, force: bool = False,
                  say: Callable[[str], None] = print, echo: Callable[[str], None] | None = print) -> list[Path]:
-    """Na, the STP chain and the TP baseline of ``preset`` in ``out_dir``; returns the files a
-    comparison shows (``stpcli.report.compare``).
+    """Na, the STP chain and the TP baseline of ``preset`` in ``out_dir``: one chain of one seed for the
+    ``Runner`` a study uses; returns the files a comparison shows (``stpcli.report.compare``).
 
     Each step runs with make's rule (``step_command``): a stage whose output was made from the same
     input with the same options says so and does nothing; ``force`` rebuilds every step. ``out_dir``
     is created once the preset's chain is known.
     Each step's output goes to ``<out_dir>/<file>.log`` and to ``echo``.
     """
-    steps = pipeline_steps(preset)
+    chain = Chain(seed, "", tuple(pipeline_steps(preset)))
     create_out_dir(out_dir)
     lock_output(out_dir / "pipeline")  # one driver per folder
-    for step in steps:
-        outputs = [out_dir / f"{name}.safetensors" for name in step.outputs]
-        wait_for_earlier_writers(outputs, say)
-        args = step_command(step, out_dir, preset_path, seed=seed, data=data, device=device, redo=force)
-        log = log_path(out_dir / f"{step.target}.safetensors")
-        say(f"[pipeline] stp {shlex.join(args[3:])}  (log: {log})")
-        try:
-            code = run_child(args, log=log, echo=echo)
-        except KeyboardInterrupt:
-            kept = [state_path(path) for path in outputs if state_path(path).exists()]
-            where = (f"it keeps its training state in {kept[-1]}, so a rerun continues it" if kept
-                     else "it had not finished an epoch, so a rerun starts it again")
-            raise StpError(f"pipeline interrupted during {step.command}: the finished stages are kept and {where}; "
-                           f"rerun the same command to continue (its output: {log})", exit_code=130) from None
-        if code:
-            reason = last_error(log)
-            raise StpError(f"pipeline stopped: stp {step.command} exited with status {code}"
-                           + (f": {reason}" if reason else "") + f" (its output: {log})", exit_code=code)
+    runner = Runner(preset_path, out_dir, data=data, device=device, redo=force, driver="pipeline", say=say, echo=echo)
+    try:
+        runner.run_chain(chain)
+    except KeyboardInterrupt:
+        step = runner.running.get(chain) or chain.steps[0]
+        kept = [state_path(out_dir / f"{name}.safetensors") for name in step.outputs]
+        kept = [path for path in kept if path.exists()]
+        where = (f"it keeps its training state in {kept[-1]}, so a rerun continues it" if kept
+                 else "it had not finished an epoch, so a rerun starts it again")
+        raise StpError(f"pipeline interrupted during {step.command}: the finished stages are kept and {where}; "
+                       f"rerun the same command to continue (its output: {log_path(out_dir / f'{step.target}.safetensors')})",
+                       exit_code=130) from None
+    for failure in runner.failures:
+        raise StpError(f"pipeline stopped: stp {failure.step.command} exited with status {failure.code}"
+                       + (f": {failure.reason}" if failure.reason else "") + f" (its output: {failure.log})",
+                       exit_code=failure.code)
     return [out_dir / f"{name}.safetensors" for name in compared(preset)]

@@ -46,8 +46,9 @@ def study_command(
 
     Example: stp study examples/configs/demo.yaml --seeds 0,1,2 --out-dir runs/demo-study --jobs 2
     """
-    from stpcli import study
+    from stpcli import study, study_report
     from stpcli.cli.presets import check_chain, planned
+    from stpcli.pipeline import Runner
 
     seed_list = parse_seeds(seeds)
     if jobs < 1:
@@ -60,7 +61,7 @@ def study_command(
     check_chain(preset.resolve(), first, seed=seed_list[0], data=data, device=device)  # the others differ by --seed
     create_out_dir(out_dir)
     lock_output(out_dir / "study")  # one driver per folder: a second one is refused at once
-    runner = study.Runner(preset.resolve(), out_dir, data, device, jobs, time_limit, say)
+    runner = Runner(preset.resolve(), out_dir, data=data, device=device, jobs=jobs, time_limit=time_limit, say=say)
     try:
         runner.run_all(anns)
         runner.run_all(chains)
@@ -69,21 +70,24 @@ def study_command(
                        f"{out_dir}; the running stages stopped and keep their training state; run the same "
                        "command again to continue", exit_code=130) from None
     run = make_run("study", {"device": device or "auto"})
-    runs = study.collect(run, out_dir, anns + chains, data)
-    table, paired = study.summarise(runs)
+    runs = study_report.collect(run, out_dir, anns + chains, data)
+    table, paired = study_report.summarise(runs)
     complete = not runner.stopped and not runner.failures
-    written = study.write_reports(out_dir, preset, seed_list, runs, table, paired, complete)
+    written = study_report.write_reports(out_dir, preset, seed_list, runs, table, paired, complete)
     console.print(summary_table(table, paired))
     console.print(f"[study] wrote {', '.join(p.name for p in written)} in {out_dir}", markup=False)
     if runner.failures:
-        raise StpError(f"{len(runner.failures)} stage(s) failed: {runner.failures[0]}", exit_code=1)
+        failed = runner.failures[0]
+        raise StpError(f"{len(runner.failures)} stage(s) failed: {failed.chain.name} {failed.step.command} (exit "
+                       f"{failed.code}" + (f": {failed.reason}" if failed.reason else "") + f", see {failed.log})",
+                       exit_code=1)
     if runner.stopped:
         console.print("[study] stopped at the time limit; run the same command again to continue", markup=False)
         raise typer.Exit(study.STOPPED)
 
 
 def summary_table(table: list[dict], paired: list[dict]) -> Table:
-    from stpcli.study import format_number
+    from stpcli.study_report import format_number
 
     out = Table(title="study (test split): mean ± std over seeds")
     for header in ("method", "Units", "recipe", "T", "accuracy %", "n", "gap to ANN", "energy uJ"):

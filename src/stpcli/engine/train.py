@@ -300,7 +300,8 @@ def _interrupt_message(signal_name: str | None, loop: _Loop, epoch: int) -> str:
 def changed_options(recorded: dict, current: dict) -> list[str]:
     """The options (by command-line name where one exists) whose values differ; --lr may change."""
     options = {f"train.{name}": option for name, option in TRAIN_OPTIONS.items()}
-    flat_recorded, flat_current = _flatten(UNRECORDED_OPTIONS | recorded), _flatten(current)
+    unrecorded = {key: value for key, value in UNRECORDED_OPTIONS.items() if key in current}
+    flat_recorded, flat_current = _flatten(unrecorded | recorded), _flatten(current)
     keys = sorted(set(flat_recorded) | set(flat_current))
     return [options.get(k, k) for k in keys
             if k != "train.lr" and flat_recorded.get(k) != flat_current.get(k)]

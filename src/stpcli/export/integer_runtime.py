@@ -16,7 +16,7 @@ import numpy as np
 
 from stpcli.checkpoint import CheckpointFile, read_checkpoint
 from stpcli.errors import StpError
-from stpcli.models.plan import build_plan
+from stpcli.models.plan import PlanEntry, build_plan
 
 
 def _conv(x: np.ndarray, weight: np.ndarray, stride: int, padding: int) -> np.ndarray:
@@ -28,7 +28,7 @@ def _conv(x: np.ndarray, weight: np.ndarray, stride: int, padding: int) -> np.nd
     return np.einsum("nchwij,ocij->nohw", windows, weight, dtype=np.int32, optimize=True)
 
 
-def _pool(x: np.ndarray, entry: dict) -> np.ndarray:
+def _pool(x: np.ndarray, entry: PlanEntry) -> np.ndarray:
     """Sum pooling (an average pooling's 1/k^2 is in the next threshold), or max pooling of spikes
     (0/1, so padding with 0 is padding with -inf)."""
     kernel, stride, padding = entry["kernel"], entry["stride"], entry["padding"]
