@@ -67,3 +67,42 @@ def test_a_python_call_records_its_options_as_the_command_would(dataset_dir, tmp
     for entry in (*na.history, *sb.history):
         names = command_option_names(commands[entry["stage"]])
         assert set(entry["options"]) <= set(names), set(entry["options"]) - set(names)
+
+
+def test_an_architecture_registered_from_one_module_runs_through_every_stage_and_export(dataset_dir, tmp_path):
+    """A researcher's own architecture: one registry entry (here a VGG of three layer groups, so 8-px
+    multiples), made at test time through the public registry only, then the whole chain from the
+    command line, evaluate, both exports (run by onnxruntime and read by nir) and the hardware check."""
+    from conftest import run_cli
+
+    from stpcli.models.registry import ARCHITECTURES, register
+
+    @register("vgg-mini")
+    def _vgg_mini() -> dict:
+        return {"family": "vgg", "depths": [1, 1, 2], "channels": [16, 32, 32], "hidden": [32]}
+
+    try:
+        common = ["--device", "cpu", "--batch-size", "16"]
+        run_cli(["train-ann", "--arch", "vgg-mini", "--image-size", "24", "--epochs", "2", "--data", dataset_dir,
+                 *common, "--out", tmp_path / "na.safetensors"])
+        run_cli(["add-unit", tmp_path / "na.safetensors", "--as", "3", "--m", "1", "--epochs", "1", *common,
+                 "--out", tmp_path / "nb.safetensors"])
+        run_cli(["convert", tmp_path / "nb.safetensors", "--timesteps", "2", "--epochs", "1", "--calibration-images",
+                 "16", *common, "--out", tmp_path / "sb_t2.safetensors"])
+        run_cli(["temporal-prune", tmp_path / "sb_t2.safetensors", "--schedule", "1", "--epochs-per-stage", "1",
+                 *common, "--out", tmp_path / "sb_t1.safetensors"])
+        run_cli(["spatial-prune", tmp_path / "sb_t1.safetensors", "--epochs", "1", *common,
+                 "--out", tmp_path / "sa_t1.safetensors"])
+        sa = load_checkpoint(tmp_path / "sa_t1.safetensors")
+        assert sa.model_spec["arch"] == "vgg-mini" and sa.model_spec["depths"] == [1, 1, 2] and sa.timesteps == 1
+        assert "test split, 6 images" in run_cli(["evaluate", tmp_path / "sa_t1.safetensors", "--device", "cpu"]).stdout
+        run_cli(["export", tmp_path / "sa_t1.safetensors", "--format", "onnx", "--out", tmp_path / "sa.onnx"])
+        run_cli(["export", tmp_path / "sa_t1.safetensors", "--format", "nir", "--out", tmp_path / "sa.nir"])
+        ort, nir = pytest.importorskip("onnxruntime"), pytest.importorskip("nir")
+        session = ort.InferenceSession(str(tmp_path / "sa.onnx"), providers=["CPUExecutionProvider"])
+        (logits,) = session.run(None, {"image": torch.zeros(2, 3, 24, 24).numpy()})
+        assert logits.shape == (2, len(sa.classes))
+        assert "input" in nir.read(str(tmp_path / "sa.nir")).nodes
+        assert "loihi2" in run_cli(["hardware", tmp_path / "sa_t1.safetensors", "--json"]).stdout
+    finally:
+        del ARCHITECTURES["vgg-mini"]

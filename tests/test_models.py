@@ -31,7 +31,7 @@ def randomise_bn(model):
 
 
 def test_registry_has_the_papers_architectures_and_counts():
-    assert {"vgg11", "vgg14", "vgg16", "resnet18"} <= set(ARCHITECTURES)
+    assert {"vgg11", "vgg14", "vgg16", "resnet18", "resnet34"} <= set(ARCHITECTURES)
     convs = {a: sum(1 for e in build_plan(make_spec(a, 10, 64)) if e["type"] == "conv") for a in ("vgg11", "vgg14", "vgg16")}
     assert convs == {"vgg11": 8, "vgg14": 13, "vgg16": 13}
     fcs = {a: sum(1 for e in build_plan(make_spec(a, 10, 64)) if e["type"] in ("fc", "output"))
@@ -43,6 +43,21 @@ def test_registry_has_the_papers_architectures_and_counts():
         make_spec("alexnet", 10, 64)
     with pytest.raises(StpError, match="multiple of 32"):
         make_spec("vgg11", 10, 48)
+
+
+@pytest.mark.parametrize("arch,twin", [("vgg11", "vgg11_bn"), ("vgg16", "vgg16_bn"), ("resnet18", "resnet18"),
+                                       ("resnet34", "resnet34")])
+def test_each_registry_entry_has_the_layers_of_its_torchvision_twin(arch, twin):
+    """At width 1 and 224 px, 1000 classes: every convolution and linear layer, in order, with the shapes
+    torchvision's own definition gives (built on the meta device: no memory, no weights)."""
+    torchvision = pytest.importorskip("torchvision")
+
+    def shapes(model):
+        return [tuple(m.weight.shape) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+    with torch.device("meta"):
+        ours, theirs = ANN(make_spec(arch, 1000, 224)), getattr(torchvision.models, twin)()
+    assert shapes(ours) == shapes(theirs)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -103,7 +118,7 @@ def test_algorithm2_mapping_every_group(arch):
             assert not any(tensor.shape == u.shape and torch.equal(tensor, u) for u in unit_tensors)
         # thresholds and leaks follow the same mapping
         names = [n for n, _ in sa.neurons()]
-        assert len(names) == len([n for n, _ in sb.neurons()]) - (2 if arch == "resnet18" else 1)
+        assert len(names) == len([n for n, _ in sb.neurons()]) - (2 if arch.startswith("resnet") else 1)
 
 
 def test_spatial_prune_refuses_layers_that_change_shape():

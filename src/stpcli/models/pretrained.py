@@ -1,6 +1,6 @@
 """ImageNet weights in torchvision's layout, from a local file (no download).
 
-torchvision's ``vgg11_bn``/``vgg16_bn`` and ``resnet18`` state dicts are
+torchvision's ``vgg11_bn``/``vgg16_bn`` and ``resnet18``/``resnet34`` state dicts are
 matched to our layers in order: convolutions (and their BatchNorms) one to one,
 the classifier skipped (its shape depends on classes and image size). Only
 width 1.0 models match. ``.safetensors`` files are read directly; ``.pth``
@@ -72,7 +72,7 @@ def load_pretrained(model: ANN, path: str) -> int:
     bns = {id(c): b for c, b in _paired_bns(model)}
     if len(source) != len(targets):
         raise StpError(f"--pretrained has {len(source)} convolutions, the model {len(targets)}; "
-                       "use the matching torchvision architecture (vgg*_bn / resnet18) and --width 1")
+                       "use the matching torchvision architecture (vgg*_bn / resnet18 / resnet34) and --width 1")
     loaded = 0
     with torch.no_grad():
         for (weight, bn), conv in zip(source, targets):

@@ -46,6 +46,11 @@ def _resnet18() -> dict:
     return {"family": "resnet", "depths": [2, 2, 2, 2], "channels": [64, 128, 256, 512], "hidden": []}
 
 
+@register("resnet34")
+def _resnet34() -> dict:
+    return {"family": "resnet", "depths": [3, 4, 6, 3], "channels": [64, 128, 256, 512], "hidden": []}
+
+
 def scaled(count: int, width: float, floor: int) -> int:
     return max(floor, int(round(count * width)))
 
@@ -65,8 +70,10 @@ def make_spec(arch: str, num_classes: int, image_size: int, width: float = 1.0, 
     if pool not in POOLINGS:
         raise StpError(f"--pool must be one of {', '.join(POOLINGS)}, got {pool!r}")
     base = ARCHITECTURES[arch]()
-    if base["family"] == "vgg" and (image_size < 32 or image_size % 32):
-        raise StpError(f"VGG needs an image size that is a multiple of 32 (five 2x2 poolings), got {image_size}")
+    poolings = len(base["depths"])
+    if base["family"] == "vgg" and image_size % 2**poolings:
+        raise StpError(f"{arch} needs an image size that is a multiple of {2**poolings} ({poolings} 2x2 poolings), "
+                       f"got {image_size}")
     if base["family"] == "resnet" and image_size < 32:
         raise StpError(f"ResNet needs an image size of at least 32, got {image_size}")
     return {
