@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass
 
 from stpcli.errors import StpError
-from stpcli.models.plan import build_plan, synaptic_layers
+from stpcli.models.plan import build_plan, input_sides, output_side, synaptic_layers
 from stpcli.spec import ModelSpec
 
 KI = 1024
@@ -53,16 +53,9 @@ def _layers(record: dict) -> list[dict]:
 
 def _sides(spec: ModelSpec) -> dict[int, int]:
     """The side of the map each plan entry outputs."""
-    sides, side = {}, spec["image_size"]
-    for index, entry in enumerate(build_plan(spec)):
-        if entry["type"] in ("conv", "pool"):
-            side = (side + 2 * entry["padding"] - entry["kernel"]) // entry["stride"] + 1
-        elif entry["type"] == "block":
-            side = (side + 2 - 3) // entry["stride"] + 1
-        elif entry["type"] in ("global_pool", "flatten"):
-            side = 1
-        sides[index] = side
-    return sides
+    plan = build_plan(spec)
+    return {index: output_side(entry, side)
+            for index, (entry, side) in enumerate(zip(plan, input_sides(plan, spec["image_size"])))}
 
 
 def check(record: dict, target: str) -> list[Finding]:

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from stpcli.errors import StpError
-from stpcli.models.plan import PlanEntry
+from stpcli.models.plan import PlanEntry, conv_side
 from stpcli.spec import ModelSpec
 from stpcli.spiking.network import SNN
 from stpcli.spiking.neuron import LIF
@@ -73,10 +73,6 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().double().numpy()
 
 
-def _side(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
-
-
 def _diagonal(channels: int, kernel: tuple[int, int], value: float) -> np.ndarray:
     weight = np.zeros((channels, channels, *kernel))
     for c in range(channels):
@@ -91,7 +87,7 @@ def _pooling(kind: str, entry, shape: tuple[int, int, int]):
     kernel = (entry["kernel"],) * 2 if kind == "pool" else (shape[1], shape[2])
     stride = (entry["stride"],) * 2 if kind == "pool" else (1, 1)
     padding = (entry["padding"],) * 2 if kind == "pool" else (0, 0)
-    out = (shape[0], _side(shape[1], kernel[0], stride[0], padding[0]), _side(shape[2], kernel[1], stride[1], padding[1]))
+    out = (shape[0], conv_side(shape[1], kernel[0], stride[0], padding[0]), conv_side(shape[2], kernel[1], stride[1], padding[1]))
     return kernel, stride, padding, out
 
 
@@ -126,7 +122,7 @@ def snn_chain(snn: SNN, fold_initial: bool) -> list[Synapse | Neurons]:
         if kind == "conv":
             conv = layer.conv
             k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
-            out = (conv.out_channels, _side(shape[1], k, s, p), _side(shape[2], k, s, p))
+            out = (conv.out_channels, conv_side(shape[1], k, s, p), conv_side(shape[2], k, s, p))
             synapse = Synapse(f"{prefix}_conv", _numpy(conv.weight) * amplitude, _numpy(conv.bias), (s, s), (p, p), out)
             chain += [synapse, neurons(f"{prefix}_lif", layer.neuron, synapse)]
             shape, amplitude, levels = out, spike_amplitude(layer.neuron), (1, 1.0)
@@ -175,7 +171,7 @@ def _block(prefix: str, block, shape, amplitude: float, levels: tuple[int, float
     cin, cout, stride = conv1.in_channels, conv1.out_channels, conv1.stride[0]
     count, unit = levels
     relays = cin * count
-    out = (cout, _side(shape[1], 3, stride, 1), _side(shape[2], 3, stride, 1))
+    out = (cout, conv_side(shape[1], 3, stride, 1), conv_side(shape[2], 3, stride, 1))
     v1 = float(block.neuron1.threshold)
     first = np.zeros((cout + relays, cin, 3, 3))
     first[:cout] = _numpy(conv1.weight) * amplitude
@@ -230,14 +226,14 @@ def integer_chain(spec: ModelSpec, plan: list[PlanEntry], tensors: dict[str, tor
         if kind == "conv":
             weight = integers(f"{at}.conv.weight_int")
             k, s, p = weight.shape[-1], entry["stride"], entry["padding"]
-            out = (weight.shape[0], _side(shape[1], k, s, p), _side(shape[2], k, s, p))
+            out = (weight.shape[0], conv_side(shape[1], k, s, p), conv_side(shape[2], k, s, p))
             synapse = Synapse(f"{prefix}_conv", weight, np.zeros(out[0]), (s, s), (p, p), out)
             chain += [synapse, fire(f"{prefix}_lif", synapse, f"{at}.neuron.threshold_int")]
             shape, levels = out, 1
         elif kind == "block":
             first, second = integers(f"{at}.conv1.weight_int"), integers(f"{at}.conv2.weight_int")
             cout, cin, stride = first.shape[0], first.shape[1], entry["stride"]
-            out = (cout, _side(shape[1], 3, stride, 1), _side(shape[2], 3, stride, 1))
+            out = (cout, conv_side(shape[1], 3, stride, 1), conv_side(shape[2], 3, stride, 1))
             relays = cin * levels
             widened = np.zeros((cout + relays, cin, 3, 3))
             widened[:cout] = first

@@ -31,7 +31,7 @@ import torch
 
 from stpcli.checkpoint import Checkpoint
 from stpcli.export.chain import Neurons, Synapse, integer_chain, passthrough_exact, snn_chain
-from stpcli.models.plan import build_plan, synaptic_layers
+from stpcli.models.plan import build_plan, conv_side, output_side, synaptic_layers
 from stpcli.spiking.network import SNN
 from stpcli.spiking.neuron import LIF
 
@@ -203,9 +203,8 @@ def stp_graph(snn: SNN):
                                  stride=module.stride, padding=module.padding, dilation=1, groups=1,
                                  bias=_array(module.bias))
         edges.append((feed, name))
-        h = (in_shape[1] + 2 * module.padding[0] - module.kernel_size[0]) // module.stride[0] + 1
-        w = (in_shape[2] + 2 * module.padding[1] - module.kernel_size[1]) // module.stride[1] + 1
-        return name, (module.out_channels, h, w)
+        side = conv_side(in_shape[1], module.kernel_size[0], module.stride[0], module.padding[0])
+        return name, (module.out_channels, side, side)
 
     def neuron(name: str, module: LIF, feeds: list[str], shape: tuple) -> str:
         nodes[name] = _neuron_node(nir, module, initial, shape)
@@ -241,8 +240,7 @@ def stp_graph(snn: SNN):
                                         padding=np.array([p, p]))
             edges.append((previous, name))
             previous = name
-            side = (shape[1] + 2 * p - k) // s + 1
-            shape = (shape[0], side, side)
+            shape = (shape[0], output_side(entry, shape[1]), output_side(entry, shape[1]))
         elif kind == "global_pool":
             name = f"{prefix}_pool"
             nodes[name] = nir.AvgPool2d(kernel_size=np.array(shape[1:]), stride=np.array(shape[1:]),

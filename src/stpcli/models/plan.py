@@ -144,34 +144,48 @@ class SynapticLayer:
     source: str | None  # neuron module path feeding it; None for the analog input
 
 
+def conv_side(size: int, kernel: int, stride: int, padding: int) -> int:
+    """The side of a convolution's (or pooling's) output map."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def output_side(entry: PlanEntry, side: int) -> int:
+    """The side of the map a plan entry makes from a map of side ``side`` (1 once flattened)."""
+    if entry["type"] in ("conv", "pool"):
+        return conv_side(side, entry["kernel"], entry["stride"], entry["padding"])
+    if entry["type"] == "block":
+        return conv_side(side, 3, entry["stride"], 1)
+    return 1
+
+
+def input_sides(plan: list[PlanEntry], image_size: int) -> list[int]:
+    """The side of the map each plan entry receives."""
+    sides = [image_size]
+    for entry in plan[:-1]:
+        sides.append(output_side(entry, sides[-1]))
+    return sides
+
+
 def synaptic_layers(plan: list[PlanEntry], image_size: int) -> list[SynapticLayer]:
     """Walk shapes through the plan; list every weight layer with MACs and source neuron."""
     layers: list[SynapticLayer] = []
-    side, source = image_size, None
-    for i, entry in enumerate(plan):
-        kind = entry["type"]
+    source = None
+    for i, (entry, side) in enumerate(zip(plan, input_sides(plan, image_size))):
+        kind, out = entry["type"], output_side(entry, side)
         if kind == "conv":
-            side = (side + 2 * entry["padding"] - entry["kernel"]) // entry["stride"] + 1
-            macs = entry["out"] * entry["in"] * entry["kernel"] ** 2 * side * side
+            macs = entry["out"] * entry["in"] * entry["kernel"] ** 2 * out * out
             layers.append(SynapticLayer(f"layers.{i}.conv", i, macs, source))
             source = f"layers.{i}.neuron"
         elif kind == "block":
-            side_out = (side + 2 - 3) // entry["stride"] + 1
-            per_pixel = entry["out"] * side_out * side_out
+            per_pixel = entry["out"] * out * out
             layers.append(SynapticLayer(f"layers.{i}.conv1", i, per_pixel * entry["in"] * 9, source))
             layers.append(SynapticLayer(f"layers.{i}.conv2", i, per_pixel * entry["out"] * 9, f"layers.{i}.neuron1"))
             if entry["stride"] != 1 or entry["in"] != entry["out"]:
                 layers.append(SynapticLayer(f"layers.{i}.shortcut", i, per_pixel * entry["in"], source))
-            side, source = side_out, f"layers.{i}.neuron2"
-        elif kind == "pool":
-            side = (side + 2 * entry["padding"] - entry["kernel"]) // entry["stride"] + 1
-        elif kind == "global_pool":
-            side = 1
-        elif kind == "fc":
+            source = f"layers.{i}.neuron2"
+        elif kind in ("fc", "output"):
             layers.append(SynapticLayer(f"layers.{i}.fc", i, entry["in"] * entry["out"], source))
             source = f"layers.{i}.neuron"
-        elif kind == "output":
-            layers.append(SynapticLayer(f"layers.{i}.fc", i, entry["in"] * entry["out"], source))
     return layers
 
 

@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from stpcli.errors import StpError
-from stpcli.models.plan import PlanEntry
+from stpcli.models.plan import PlanEntry, input_sides
 from stpcli.spiking.network import SNN
 from stpcli.spiking.neuron import SpikeCounter
 
@@ -172,7 +172,7 @@ def integer_form(snn: SNN, bits: int, input_bits: int, pixel_max: int) -> dict[s
             pooling /= entry["kernel"] ** 2
             bound_in *= entry["kernel"] ** 2
         elif kind == "global_pool":
-            side = _side_before(snn, index)
+            side = input_sides(snn.plan, snn.spec["image_size"])[index]
             pooling /= side * side
             bound_in *= side * side
     return tensors
@@ -222,17 +222,6 @@ def _check_bound(name: str, q: torch.Tensor, largest_input: float) -> None:
     worst = float(q.double().abs().flatten(1).sum(1).max()) * largest_input
     if worst >= 2**31:
         raise StpError(f"{name}: an accumulator could reach {worst:.3g}, beyond 31 bits")
-
-
-def _side_before(snn: SNN, index: int) -> int:
-    """The feature map's side where plan entry ``index`` receives it (a dry run of one image)."""
-    x = torch.zeros(1, snn.spec["in_channels"], snn.spec["image_size"], snn.spec["image_size"])
-    with torch.no_grad():
-        for i, layer in enumerate(snn.layers):
-            if i == index:
-                return int(x.shape[-1])
-            x = layer(x, 1, static=(i == 0))
-    raise ValueError(index)
 
 
 class IntegerNeurons(nn.Module):
