@@ -1,7 +1,7 @@
 """Taking a model out of stp: NIR for SNNs (neuromorphic tools), ONNX for ANNs and SNNs (edge
 runtimes). Every file is serialised in memory, then written atomically (``files``).
 
-``export.chain`` rewrites an SNN as convolutions and neuron layers only; ``export.nir_graph``
+``export.convolutions`` rewrites an SNN as convolutions and neuron layers only; ``export.nir_graph``
 makes NIR graphs from it (or the exact stp-dialect graph); ``export.onnx_model`` the ONNX
 models, optionally quantized to int8.
 """

@@ -3,7 +3,7 @@
 ``portable`` (the default) is written for the consumers that read NIR (snnTorch's
 ``import_from_nir``, Norse's ``from_nir``, nirtorch), to run unmodified:
 
-* the SNN as a chain of ``Conv2d`` and neuron nodes only (``export.chain``): pooling, flattening,
+* the SNN as a chain of ``Conv2d`` and neuron nodes only (``export.convolutions``): pooling, flattening,
   linear layers and residual blocks expressed as convolutions, so no consumer meets a node type
   it does not map (``Scale``, ``AvgPool2d``), a ``Flatten`` that folds the batch, or a branch its
   executor runs in the wrong order; node names without dots;
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from stpcli.checkpoint import Checkpoint
-from stpcli.export.chain import Neurons, Synapse, integer_chain, passthrough_exact, snn_chain
+from stpcli.export.convolutions import Neurons, Synapse, integer_chain, passthrough_exact, snn_chain
 from stpcli.models.plan import build_plan, conv_side, output_side, synaptic_layers
 from stpcli.spiking.network import SNN
 from stpcli.spiking.neuron import LIF
@@ -71,7 +71,7 @@ def portable_graph(snn: SNN):
 
 
 def integer_graph(ckpt: Checkpoint):
-    """A quantized checkpoint's integer network as a portable graph (``export.chain.integer_chain``)."""
+    """A quantized checkpoint's integer network as a portable graph (``export.convolutions.integer_chain``)."""
     spec = ckpt.model_spec
     quantized = ckpt.record["quantized"]
     metadata = {"producer": "stp", "graph": "portable, integer", "timesteps": 1, "dt": PORTABLE_DT,
