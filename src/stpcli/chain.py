@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from stpcli.defaults import DEFAULT_SCHEDULE, DEFAULT_TIMESTEPS, DEFAULT_UNITS, RECIPES
 from stpcli.errors import StpError
-from stpcli.schema import MAX_LAYERS_PER_GROUP, MAX_TIMESTEPS
+from stpcli.schema import MAX_GROUPS, MAX_LAYERS_PER_GROUP, MAX_TIMESTEPS
 
 
 def parse_schedule(text: str | list) -> list[int]:
@@ -94,7 +94,7 @@ def preset_timesteps(preset: dict) -> tuple[int, list[int]]:
 
 def preset_units(preset: dict) -> tuple[int, int]:
     section = _section(preset, "add-unit")
-    return (preset_integer(section.get("as", DEFAULT_UNITS[0]), "add-unit: as", 1, 8),
+    return (preset_integer(section.get("as", DEFAULT_UNITS[0]), "add-unit: as", 1, MAX_GROUPS),
             preset_integer(section.get("m", DEFAULT_UNITS[1]), "add-unit: m", 1, MAX_LAYERS_PER_GROUP))
 
 

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from stpcli.errors import StpError
+from stpcli.spec import image_size_problem
 
 MAX_IMAGE_SIZE = 1024
 MAX_TIMESTEPS = 64
@@ -27,6 +28,7 @@ MAX_NAME = 256  # characters in a class name
 MAX_FILES = 10_000_000
 MAX_WIDTH = 8.0
 MAX_LAYERS_PER_GROUP = 64
+MAX_GROUPS = 8  # layer groups of an architecture (VGG 5, ResNet 4)
 MAX_CHANNELS = 8192
 MAX_HIDDEN = 65_536
 MAX_HISTORY = 1_000
@@ -51,7 +53,7 @@ def _finite(value: float) -> float:
 
 
 class Units(_Strict):
-    group: Annotated[int, Field(ge=1, le=8)]
+    group: Annotated[int, Field(ge=1, le=MAX_GROUPS)]
     count: Annotated[int, Field(ge=1, le=MAX_LAYERS_PER_GROUP)]
 
 
@@ -59,8 +61,8 @@ class ModelSpec(_Strict):
     family: Literal["vgg", "resnet"]
     arch: Annotated[str, Field(min_length=1, max_length=64)]
     width: Annotated[float, Field(gt=0.0, le=MAX_WIDTH)] = 1.0
-    depths: Annotated[list[Annotated[int, Field(ge=1, le=MAX_LAYERS_PER_GROUP)]], Field(min_length=1, max_length=8)]
-    channels: Annotated[list[Annotated[int, Field(ge=1, le=MAX_CHANNELS)]], Field(min_length=1, max_length=8)]
+    depths: Annotated[list[Annotated[int, Field(ge=1, le=MAX_LAYERS_PER_GROUP)]], Field(min_length=1, max_length=MAX_GROUPS)]
+    channels: Annotated[list[Annotated[int, Field(ge=1, le=MAX_CHANNELS)]], Field(min_length=1, max_length=MAX_GROUPS)]
     hidden: Annotated[list[Annotated[int, Field(ge=1, le=MAX_HIDDEN)]], Field(max_length=4)]
     num_classes: Annotated[int, Field(ge=2, le=MAX_CLASSES)]
     image_size: Annotated[int, Field(ge=16, le=MAX_IMAGE_SIZE)]
@@ -78,8 +80,9 @@ class ModelSpec(_Strict):
                 raise ValueError(f"units.group {self.units.group} is not a layer group of this model")
             if self.units.count >= self.depths[self.units.group - 1]:
                 raise ValueError("units.count leaves no original layer in its group")
-        if self.family == "vgg" and self.image_size % 2 ** len(self.depths):
-            raise ValueError(f"image_size must be a multiple of {2 ** len(self.depths)} for this VGG")
+        problem = image_size_problem(self.family, len(self.depths), self.image_size)
+        if problem:
+            raise ValueError(problem)
         return self
 
 

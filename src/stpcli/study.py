@@ -23,7 +23,7 @@ import difflib
 from stpcli.chain import Chain, Step, preset_integer, preset_units, stp_steps, tp_steps
 from stpcli.defaults import RECIPES
 from stpcli.errors import StpError
-from stpcli.schema import MAX_LAYERS_PER_GROUP
+from stpcli.schema import MAX_GROUPS, MAX_LAYERS_PER_GROUP
 
 STOPPED = 124  # exit status when the time limit stopped the study (as timeout(1))
 
@@ -48,7 +48,7 @@ def unit_settings(preset: dict) -> list[tuple[int, int]]:
         values = study.get(key, [default])
         if not isinstance(values, list) or not values:
             raise StpError(f"study must give {key!r} as a list, e.g. {key}: [1, 5]")
-        checked = [preset_integer(v, f"study: {key}", 1, 8 if key == "as" else MAX_LAYERS_PER_GROUP) for v in values]
+        checked = [preset_integer(v, f"study: {key}", 1, MAX_GROUPS if key == "as" else MAX_LAYERS_PER_GROUP) for v in values]
         if len(set(checked)) != len(checked):
             raise StpError(f"study lists a value of {key!r} twice ({values}); list each once")
         grid[key] = checked

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from stpcli.defaults import DEFAULT_POOLING, POOLINGS
 from stpcli.errors import StpError
 from stpcli.schema import MAX_IMAGE_SIZE, MAX_WIDTH
-from stpcli.spec import ModelSpec
+from stpcli.spec import ModelSpec, image_size_problem
 
 ARCHITECTURES: dict[str, Callable[[], dict]] = {}
 
@@ -70,12 +70,9 @@ def make_spec(arch: str, num_classes: int, image_size: int, width: float = 1.0, 
     if pool not in POOLINGS:
         raise StpError(f"--pool must be one of {', '.join(POOLINGS)}, got {pool!r}")
     base = ARCHITECTURES[arch]()
-    poolings = len(base["depths"])
-    if base["family"] == "vgg" and image_size % 2**poolings:
-        raise StpError(f"{arch} needs an image size that is a multiple of {2**poolings} ({poolings} 2x2 poolings), "
-                       f"got {image_size}")
-    if base["family"] == "resnet" and image_size < 32:
-        raise StpError(f"ResNet needs an image size of at least 32, got {image_size}")
+    problem = image_size_problem(base["family"], len(base["depths"]), image_size)
+    if problem:
+        raise StpError(f"{arch} {problem}")
     return {
         "arch": arch,
         "family": base["family"],
