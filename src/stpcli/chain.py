@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from stpcli.defaults import DEFAULT_SCHEDULE, DEFAULT_TIMESTEPS, DEFAULT_UNITS, RECIPES
 from stpcli.errors import StpError
+from stpcli.names import at_timesteps
 from stpcli.schema import MAX_GROUPS, MAX_LAYERS_PER_GROUP, MAX_TIMESTEPS
 
 
@@ -102,8 +103,9 @@ def tp_steps(preset: dict, recipe: str | None = None) -> list[Step]:
     """The TP chain; ``recipe`` converts with that recipe, its files in a folder of its name."""
     t0, schedule = preset_timesteps(preset)
     at, recipe_args = _recipe_folder(recipe)
-    return [Step("convert", "na", f"{at}s_t{t0}", recipe_args),
-            Step("temporal-prune", f"{at}s_t{t0}", f"{at}s_t1", also_writes=tuple(f"{at}s_t{t}" for t in schedule[:-1]))]
+    first, last = at + at_timesteps("s", t0), at + at_timesteps("s", 1)
+    return [Step("convert", "na", first, recipe_args),
+            Step("temporal-prune", first, last, also_writes=tuple(at + at_timesteps("s", t) for t in schedule[:-1]))]
 
 
 def stp_steps(preset: dict, units: tuple[int, int] | None = None, folder: str = "", recipe: str | None = None) -> list[Step]:
@@ -115,10 +117,11 @@ def stp_steps(preset: dict, units: tuple[int, int] | None = None, folder: str = 
     snn, recipe_args = _recipe_folder(recipe)
     snn = at + snn
     steps = [Step("add-unit", "na", f"{at}nb", unit_args),
-             Step("convert", f"{at}nb", f"{snn}sb_t{t0}", recipe_args),
-             Step("temporal-prune", f"{snn}sb_t{t0}", f"{snn}sb_t1",
-                  also_writes=tuple(f"{snn}sb_t{t}" for t in schedule[:-1]))]
-    steps += [Step("spatial-prune", f"{snn}sb_t{t}", f"{snn}sa_t{t}") for t in sorted(schedule, reverse=True) if t <= 2]
+             Step("convert", f"{at}nb", snn + at_timesteps("sb", t0), recipe_args),
+             Step("temporal-prune", snn + at_timesteps("sb", t0), snn + at_timesteps("sb", 1),
+                  also_writes=tuple(snn + at_timesteps("sb", t) for t in schedule[:-1]))]
+    steps += [Step("spatial-prune", snn + at_timesteps("sb", t), snn + at_timesteps("sa", t))
+              for t in sorted(schedule, reverse=True) if t <= 2]
     return steps
 
 
@@ -140,4 +143,4 @@ def compared(preset: dict) -> list[str]:
     """The files a pipeline's comparison shows: Na, then TP and STP at each T <= 2."""
     _, schedule = preset_timesteps(preset)
     low = [t for t in sorted(schedule, reverse=True) if t <= 2]
-    return ["na"] + [f"s_t{t}" for t in low] + [f"sa_t{t}" for t in low]
+    return ["na"] + [at_timesteps("s", t) for t in low] + [at_timesteps("sa", t) for t in low]

@@ -46,10 +46,15 @@ def lock_path(path: Path) -> Path:
     return path.with_name(path.name + LOCK_SUFFIX)
 
 
+def at_timesteps(base: str, timesteps: int) -> str:
+    """The name of an SNN file at T time steps, without its suffix: sb -> sb_t3."""
+    return f"{base}_t{timesteps}"
+
+
 def timestep_path(out: Path, timesteps: int) -> Path:
     """A temporal-pruning T file: sb_t1.safetensors -> sb_t3.safetensors; other names get a _t3 suffix."""
     base = re.sub(r"_t\d+$", "", stem(out))
-    return out.with_name(f"{base}_t{timesteps}{CHECKPOINT_SUFFIX}")
+    return out.with_name(at_timesteps(base, timesteps) + CHECKPOINT_SUFFIX)
 
 
 def figure_path(folder: Path, checkpoint: str | Path, figure: str, fmt: str) -> Path:
