@@ -12,7 +12,7 @@ Entry types: ``conv`` (conv3 + BN + ReLU/LIF), ``block`` (ResNet BasicBlock),
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Required, TypedDict
 
 from stpcli.defaults import DEFAULT_POOLING
@@ -25,26 +25,161 @@ PlanEntry = TypedDict("PlanEntry", {
 }, total=False)
 
 
+def conv_side(size: int, kernel: int, stride: int, padding: int) -> int:
+    """The side of a convolution's (or pooling's) output map."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+@dataclass
+class SynapticLayer:
+    """One weight layer: its MACs per image and the spiking layer that feeds it."""
+
+    name: str  # module path, e.g. layers.3.conv
+    macs: int
+    source: str | None  # neuron module path feeding it; None for the analog input
+    index: int = -1  # plan index
+
+
+class TensorShapes(dict):
+    """The names and shapes of a network's tensors, filled in by each layer type (``tensor_shapes``)."""
+
+    def __init__(self, kind: str, binary: bool, quantized: bool):
+        super().__init__()
+        self.snn, self.binary, self.quantized = kind == "snn", binary, quantized
+
+    def synapse(self, name: str, weight: tuple[int, ...], bias: bool = False) -> None:
+        """A convolution (bias: the SNN's, where BN is folded in) or a linear layer (always biased)."""
+        self[f"{name}.weight"] = weight
+        if self.snn or bias:
+            self[f"{name}.bias"] = weight[:1]
+        if self.snn and self.quantized:  # a quantized SNN's integer form (spiking/quantize.py)
+            self[f"{name}.weight_int"], self[f"{name}.weight_step"] = weight, weight[:1]
+
+    def batchnorm(self, name: str, channels: int) -> None:
+        if not self.snn:
+            self.update({f"{name}.{k}": (channels,) for k in ("weight", "bias", "running_mean", "running_var")})
+            self[f"{name}.num_batches_tracked"] = ()
+
+    def neuron(self, name: str, channels: int) -> None:
+        if self.snn:
+            self[f"{name}.threshold"] = self[f"{name}.leak"] = ()
+            if self.quantized:
+                self[f"{name}.threshold_int"] = (channels,)
+
+
 @dataclass(frozen=True)
 class LayerType:
-    """What every part of stp needs to know about one kind of plan entry. The ANN and SNN modules
-    for each type are in ``models.ann.ANN_LAYERS`` and ``spiking.network.SNN_LAYERS`` (a test
-    checks both cover this table)."""
+    """What every part of stp needs to know about one kind of plan entry: its flags, the side of
+    the map it makes, its synapses, its tensors and its name in tables. The ANN and SNN modules for
+    each type are in ``models.ann.ANN_LAYERS`` and ``spiking.network.SNN_LAYERS`` (a test checks
+    both cover this table)."""
 
-    weights: bool  # has synaptic weights (counted as a weight layer)
-    neuron: bool  # ends in ReLU (ANN) / LIF neurons (SNN)
-    unit: bool  # can be a Unit: a shape-preserving layer of a layer group
+    weights: bool = False  # has synaptic weights (counted as a weight layer)
+    neuron: bool = False  # ends in ReLU (ANN) / LIF neurons (SNN)
+    unit: bool = False  # can be a Unit: a shape-preserving layer of a layer group
+
+    def output_side(self, entry: PlanEntry, side: int) -> int:
+        return 1  # flattened
+
+    def synapses(self, entry: PlanEntry, at: str, side: int, source: str | None) -> tuple[list[SynapticLayer], str | None]:
+        """(its synapses, given the side of its output and the neurons that feed it; the neurons that
+        feed the next layer)."""
+        return [], source
+
+    def tensors(self, entry: PlanEntry, at: str, shapes: TensorShapes) -> None:
+        return None
+
+    def describe(self, entry: PlanEntry) -> str:
+        return entry["type"].replace("_", "-")
+
+
+class Conv(LayerType):
+    def output_side(self, entry, side):
+        return conv_side(side, entry["kernel"], entry["stride"], entry["padding"])
+
+    def synapses(self, entry, at, side, source):
+        macs = entry["out"] * entry["in"] * entry["kernel"] ** 2 * side * side
+        return [SynapticLayer(f"{at}.conv", macs, source)], f"{at}.neuron"
+
+    def tensors(self, entry, at, shapes):
+        shapes.synapse(f"{at}.conv", (entry["out"], entry["in"], entry["kernel"], entry["kernel"]))
+        shapes.batchnorm(f"{at}.bn", entry["out"])
+        shapes.neuron(f"{at}.neuron", entry["out"])
+
+    def describe(self, entry):
+        return f"conv{entry['kernel']}-{entry['out']}" + (f"/{entry['stride']}" if entry["stride"] > 1 else "")
+
+
+class Block(LayerType):
+    """A ResNet BasicBlock: conv3 + BN + neurons, conv3 + BN, the shortcut added, neurons."""
+
+    def output_side(self, entry, side):
+        return conv_side(side, 3, entry["stride"], 1)
+
+    def synapses(self, entry, at, side, source):
+        per_pixel = entry["out"] * side * side
+        synapses = [SynapticLayer(f"{at}.conv1", per_pixel * entry["in"] * 9, source),
+                    SynapticLayer(f"{at}.conv2", per_pixel * entry["out"] * 9, f"{at}.neuron1")]
+        if _projects(entry):
+            synapses.append(SynapticLayer(f"{at}.shortcut", per_pixel * entry["in"], source))
+        return synapses, f"{at}.neuron2"
+
+    def tensors(self, entry, at, shapes):
+        cin, cout = entry["in"], entry["out"]
+        for name, channels in (("1", cin), ("2", cout)):
+            shapes.synapse(f"{at}.conv{name}", (cout, channels, 3, 3))
+            shapes.batchnorm(f"{at}.bn{name}", cout)
+            shapes.neuron(f"{at}.neuron{name}", cout)
+        if _projects(entry):  # a 1x1 conv + BN (ANN), folded into one biased conv (SNN)
+            shapes.synapse(f"{at}.shortcut" + ("" if shapes.snn else ".conv"), (cout, cin, 1, 1))
+            shapes.batchnorm(f"{at}.shortcut.bn", cout)
+        elif shapes.snn and shapes.binary:
+            shapes[f"{at}.shortcut_scale"] = ()
+            if shapes.quantized:
+                shapes[f"{at}.shortcut_int"] = (cout,)
+
+    def describe(self, entry):
+        return f"block-{entry['out']}" + (f"/{entry['stride']}" if entry["stride"] > 1 else "")
+
+
+class Pool(LayerType):
+    def output_side(self, entry, side):
+        return conv_side(side, entry["kernel"], entry["stride"], entry["padding"])
+
+    def describe(self, entry):
+        return f"{entry['mode']}pool{entry['kernel']}"
+
+
+class Linear(LayerType):
+    """A hidden linear layer with its neurons (``fc``), or the classifier (``output``)."""
+
+    def synapses(self, entry, at, side, source):
+        return [SynapticLayer(f"{at}.fc", entry["in"] * entry["out"], source)], f"{at}.neuron" if self.neuron else None
+
+    def tensors(self, entry, at, shapes):
+        shapes.synapse(f"{at}.fc", (entry["out"], entry["in"]), bias=True)
+        if self.neuron:
+            shapes.neuron(f"{at}.neuron", entry["out"])
+
+    def describe(self, entry):
+        return f"fc-{entry['out']}"
 
 
 LAYER_TYPES: dict[str, LayerType] = {
-    "conv": LayerType(weights=True, neuron=True, unit=True),
-    "block": LayerType(weights=True, neuron=True, unit=True),
-    "pool": LayerType(weights=False, neuron=False, unit=False),
-    "global_pool": LayerType(weights=False, neuron=False, unit=False),
-    "flatten": LayerType(weights=False, neuron=False, unit=False),
-    "fc": LayerType(weights=True, neuron=True, unit=False),
-    "output": LayerType(weights=True, neuron=False, unit=False),
+    "conv": Conv(weights=True, neuron=True, unit=True),
+    "block": Block(weights=True, neuron=True, unit=True),
+    "pool": Pool(),
+    "global_pool": LayerType(),
+    "flatten": LayerType(),
+    "fc": Linear(weights=True, neuron=True),
+    "output": Linear(weights=True),
 }
+
+
+def _projects(entry: PlanEntry) -> bool:
+    """Whether a residual block's shortcut is a 1x1 convolution (it changes stride or width)."""
+    return entry["stride"] != 1 or entry["in"] != entry["out"]
+
 
 PLAN_BUILDERS: dict[str, Callable[[ModelSpec], list[PlanEntry]]] = {}
 
@@ -134,28 +269,9 @@ def is_shape_preserving(entry: PlanEntry) -> bool:
     return LAYER_TYPES[entry["type"]].unit and entry["in"] == entry["out"] and entry["stride"] == 1
 
 
-@dataclass
-class SynapticLayer:
-    """One weight layer: its MACs per image and the spiking layer that feeds it."""
-
-    name: str  # module path, e.g. layers.3.conv
-    index: int  # plan index
-    macs: int
-    source: str | None  # neuron module path feeding it; None for the analog input
-
-
-def conv_side(size: int, kernel: int, stride: int, padding: int) -> int:
-    """The side of a convolution's (or pooling's) output map."""
-    return (size + 2 * padding - kernel) // stride + 1
-
-
 def output_side(entry: PlanEntry, side: int) -> int:
     """The side of the map a plan entry makes from a map of side ``side`` (1 once flattened)."""
-    if entry["type"] in ("conv", "pool"):
-        return conv_side(side, entry["kernel"], entry["stride"], entry["padding"])
-    if entry["type"] == "block":
-        return conv_side(side, 3, entry["stride"], 1)
-    return 1
+    return LAYER_TYPES[entry["type"]].output_side(entry, side)
 
 
 def input_sides(plan: list[PlanEntry], image_size: int) -> list[int]:
@@ -167,31 +283,13 @@ def input_sides(plan: list[PlanEntry], image_size: int) -> list[int]:
 
 
 def synaptic_layers(plan: list[PlanEntry], image_size: int) -> list[SynapticLayer]:
-    """Walk shapes through the plan; list every weight layer with MACs and source neuron."""
+    """Every weight layer of the plan with its MACs per image and the neurons that feed it."""
     layers: list[SynapticLayer] = []
     source = None
     for i, (entry, side) in enumerate(zip(plan, input_sides(plan, image_size))):
-        kind, out = entry["type"], output_side(entry, side)
-        if kind == "conv":
-            macs = entry["out"] * entry["in"] * entry["kernel"] ** 2 * out * out
-            layers.append(SynapticLayer(f"layers.{i}.conv", i, macs, source))
-            source = f"layers.{i}.neuron"
-        elif kind == "block":
-            per_pixel = entry["out"] * out * out
-            layers.append(SynapticLayer(f"layers.{i}.conv1", i, per_pixel * entry["in"] * 9, source))
-            layers.append(SynapticLayer(f"layers.{i}.conv2", i, per_pixel * entry["out"] * 9, f"layers.{i}.neuron1"))
-            if entry["stride"] != 1 or entry["in"] != entry["out"]:
-                layers.append(SynapticLayer(f"layers.{i}.shortcut", i, per_pixel * entry["in"], source))
-            source = f"layers.{i}.neuron2"
-        elif kind in ("fc", "output"):
-            layers.append(SynapticLayer(f"layers.{i}.fc", i, entry["in"] * entry["out"], source))
-            source = f"layers.{i}.neuron"
+        synapses, source = LAYER_TYPES[entry["type"]].synapses(entry, f"layers.{i}", output_side(entry, side), source)
+        layers += [replace(synapse, index=i) for synapse in synapses]
     return layers
-
-
-def _bn(prefix: str, channels: int) -> dict[str, tuple[int, ...]]:
-    return {f"{prefix}.{k}": (channels,) for k in ("weight", "bias", "running_mean", "running_var")} | {
-        f"{prefix}.num_batches_tracked": ()}
 
 
 def tensor_shapes(plan: list[PlanEntry], kind: str, binary: bool = False,
@@ -201,65 +299,11 @@ def tensor_shapes(plan: list[PlanEntry], kind: str, binary: bool = False,
     built from ``plan`` holds, worked out without building it (and without torch), so a file can
     be checked against its record before anything is allocated. A test compares this with the
     modules' own state dicts for every architecture."""
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def integer(name: str, weight: tuple[int, ...]) -> None:  # a quantized SNN's integer form (spiking/quantize.py)
-        if quantized:
-            shapes[f"{name}.weight_int"], shapes[f"{name}.weight_step"] = weight, weight[:1]
-
-    def conv(name: str, cin: int, cout: int, kernel: int) -> None:
-        shapes[f"{name}.weight"] = (cout, cin, kernel, kernel)
-        if kind == "snn":
-            shapes[f"{name}.bias"] = (cout,)
-            integer(name, (cout, cin, kernel, kernel))
-
-    def neuron(name: str, channels: int = 0) -> None:
-        if kind == "snn":
-            shapes[f"{name}.threshold"] = shapes[f"{name}.leak"] = ()
-            if quantized:
-                shapes[f"{name}.threshold_int"] = (channels,)
-
+    shapes = TensorShapes(kind, binary, quantized)
     for i, entry in enumerate(plan):
-        at, layer = f"layers.{i}", entry["type"]
-        if layer == "conv":
-            conv(f"{at}.conv", entry["in"], entry["out"], entry["kernel"])
-            if kind == "ann":
-                shapes.update(_bn(f"{at}.bn", entry["out"]))
-            neuron(f"{at}.neuron", entry["out"])
-        elif layer == "block":
-            cin, cout = entry["in"], entry["out"]
-            projection = entry["stride"] != 1 or cin != cout
-            for name, a, b in (("1", cin, cout), ("2", cout, cout)):
-                conv(f"{at}.conv{name}", a, b, 3)
-                if kind == "ann":
-                    shapes.update(_bn(f"{at}.bn{name}", cout))
-                neuron(f"{at}.neuron{name}", cout)
-            if projection and kind == "ann":
-                conv(f"{at}.shortcut.conv", cin, cout, 1)
-                shapes.update(_bn(f"{at}.shortcut.bn", cout))
-            elif projection:
-                conv(f"{at}.shortcut", cin, cout, 1)
-            elif kind == "snn" and binary:
-                shapes[f"{at}.shortcut_scale"] = ()
-                if quantized:
-                    shapes[f"{at}.shortcut_int"] = (cout,)
-        elif layer in ("fc", "output"):
-            shapes[f"{at}.fc.weight"], shapes[f"{at}.fc.bias"] = (entry["out"], entry["in"]), (entry["out"],)
-            if kind == "snn":
-                integer(f"{at}.fc", (entry["out"], entry["in"]))
-            if layer == "fc":
-                neuron(f"{at}.neuron", entry["out"])
-    return shapes
+        LAYER_TYPES[entry["type"]].tensors(entry, f"layers.{i}", shapes)
+    return dict(shapes)
 
 
 def describe(entry: PlanEntry) -> str:
-    kind = entry["type"]
-    if kind == "conv":
-        return f"conv{entry['kernel']}-{entry['out']}" + (f"/{entry['stride']}" if entry["stride"] > 1 else "")
-    if kind == "block":
-        return f"block-{entry['out']}" + (f"/{entry['stride']}" if entry["stride"] > 1 else "")
-    if kind == "pool":
-        return f"{entry['mode']}pool{entry['kernel']}"
-    if kind in ("fc", "output"):
-        return f"fc-{entry['out']}"
-    return kind.replace("_", "-")
+    return LAYER_TYPES[entry["type"]].describe(entry)
