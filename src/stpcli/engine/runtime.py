@@ -119,11 +119,12 @@ def rendezvous(launch: Launch):
     A wait longer than a second says once, on standard error, what it waits for."""
     started = time.monotonic()
     deadline = started + launch.rendezvous_timeout
-    announced: list[str] = []
+    announced = False
 
     def waiting(what: str) -> None:
+        nonlocal announced
         if not announced and time.monotonic() - started >= 1.0:
-            announced.append(what)
+            announced = True
             print(f"waiting for {what} ({launch.describe()}; up to {launch.rendezvous_timeout:g} s, Ctrl-C stops)",
                   file=sys.stderr, flush=True)
     agent = (os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and os.environ.get("MASTER_ADDR") == launch.master_addr
