@@ -163,7 +163,7 @@ class SNN(nn.Module):
         settings = settings or SpikingSettings()
 
         def make_neuron():
-            return LIF(gamma=settings.surrogate_gamma, initial_membrane=settings.initial_membrane, binary=settings.binary)
+            return LIF(settings=settings)
 
         self.spec = spec
         self.settings = settings

@@ -46,6 +46,7 @@ from torch import nn
 
 from stpcli.defaults import DEFAULT_LIF_BACKEND, INITIAL_MEMBRANE, LIF_BACKENDS, SURROGATE_GAMMA
 from stpcli.spiking.layout import accumulator, dot, empty_steps
+from stpcli.spiking.settings import SpikingSettings
 
 MIN_THRESHOLD = 1e-4
 
@@ -225,14 +226,14 @@ class CurrentCaptured(Exception):
 class LIF(nn.Module):
     """A layer of LIF neurons with one learnable threshold and leak (scalars)."""
 
-    def __init__(self, threshold: float = 1.0, leak: float = 1.0, gamma: float = SURROGATE_GAMMA,
-                 initial_membrane: float = INITIAL_MEMBRANE, binary: bool = False):
+    def __init__(self, threshold: float = 1.0, leak: float = 1.0, settings: SpikingSettings | None = None):
         super().__init__()
-        self.initial_membrane = initial_membrane  # fraction of the threshold
-        self.binary = binary
+        settings = settings or SpikingSettings()  # the network's, whole: one home for every neuron setting
+        self.initial_membrane = settings.initial_membrane  # fraction of the threshold
+        self.binary = settings.binary
+        self.gamma = settings.surrogate_gamma
         self.threshold = nn.Parameter(torch.tensor(float(threshold)))
         self.leak = nn.Parameter(torch.tensor(float(leak)))
-        self.gamma = gamma
         self.capture: Callable[[torch.Tensor], None] | None = None  # receives the input current (balancing)
         self.counter: SpikeCounter | None = None
 
