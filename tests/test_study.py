@@ -156,3 +156,24 @@ def test_paired_differences_between_recipes_against_hand_computations():
     # STP - TP within each recipe, never across
     assert found[("STP - TP", "STP", "reference")]["mean"] == pytest.approx((2.0 - 2.5 + 4.0) / 3)
     assert found[("STP - TP", "STP", "stp")]["mean"] == pytest.approx((1.0 + 1.0 + 4.0) / 3)
+
+
+def test_an_interrupted_pipeline_names_the_stage_it_was_running(tmp_path, monkeypatch):
+    """Ctrl-C during the second step (add-unit): the message names that step and the state it keeps,
+    not the first step of the chain."""
+    import stpcli.pipeline as pipeline
+
+    started = []
+
+    def child(args, **_):
+        started.append(args[3])
+        if len(started) == 2:
+            (tmp_path / "chain").mkdir(exist_ok=True)
+            (tmp_path / "chain" / "nb.state.safetensors").write_bytes(b"")
+            raise KeyboardInterrupt
+        return 0
+
+    monkeypatch.setattr(pipeline, "run_child", child)
+    with pytest.raises(StpError, match="pipeline interrupted during add-unit") as raised:
+        pipeline.run_pipeline({}, tmp_path / "preset.yaml", tmp_path / "chain", say=lambda line: None, echo=None)
+    assert started == ["train-ann", "add-unit"] and "nb.state.safetensors, so a rerun continues it" in str(raised.value)

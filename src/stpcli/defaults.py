@@ -29,6 +29,12 @@ DEFAULT_POOLING = "avg"
 # options added after checkpoints and state files recorded their options, with what a record without
 # them means (so a file from before an option existed is not taken for one made with other options)
 UNRECORDED_OPTIONS = {"pool": DEFAULT_POOLING}
+
+
+def with_unrecorded(recorded: dict, current: dict) -> dict:
+    """``recorded`` options (or a resume identity) with what a record from before an option of
+    ``current`` existed means by it (UNRECORDED_OPTIONS)."""
+    return {key: value for key, value in UNRECORDED_OPTIONS.items() if key in current} | recorded
 NORMALISATIONS = ("auto", "imagenet", "dataset", "scale", "stretch")  # train-ann's --normalise
 SURROGATE_GAMMA = 0.3  # slope of the triangle surrogate (docs/method.md)
 BALANCINGS = ("stp", "reference")  # convert's --balancing

@@ -198,11 +198,9 @@ class Runner:
             self.say(f"{prefix}{step.command} -> {out.relative_to(self.out_dir)}")
         else:  # its output follows: the whole command, to rerun by hand
             self.say(f"{prefix}stp {shlex.join(args[3:])}  (log: {log})")
-        self.running[chain] = step
-        try:
-            code = run_child(args, log=log, echo=self.echo, env=environment, stop_requested=self.stop_requested)
-        finally:
-            del self.running[chain]
+        self.running[chain] = step  # kept when interrupted: the driver names the step
+        code = run_child(args, log=log, echo=self.echo, env=environment, stop_requested=self.stop_requested)
+        del self.running[chain]
         if code == 0:
             self.finished += 1
             if self.echo is None:
@@ -243,7 +241,8 @@ def run_pipeline(preset: dict, preset_path: Path, out_dir: Path, *, data: str | 
         raise StpError(f"pipeline interrupted during {step.command}: the finished stages are kept and {where}; "
                        f"rerun the same command to continue (its output: {log_path(out_dir / f'{step.target}.safetensors')})",
                        exit_code=130) from None
-    for failure in runner.failures:
+    if runner.failures:
+        failure = runner.failures[0]  # a chain stops at its first failure
         raise StpError(f"pipeline stopped: stp {failure.step.command} exited with status {failure.code}"
                        + (f": {failure.reason}" if failure.reason else "") + f" (its output: {failure.log})",
                        exit_code=failure.code)

@@ -23,7 +23,7 @@ from rich.console import Console
 
 from stpcli.data.loader import InputStats, epoch_generator, iterate_batches
 from stpcli.data.source import SplitData
-from stpcli.defaults import UNRECORDED_OPTIONS
+from stpcli.defaults import with_unrecorded
 from stpcli.engine.evaluate import Scores, score
 from stpcli.engine.recipe import TRAIN_OPTIONS, TrainConfig, distillation_loss, make_optimizer
 from stpcli.engine.runtime import Runtime
@@ -300,8 +300,7 @@ def _interrupt_message(signal_name: str | None, loop: _Loop, epoch: int) -> str:
 def changed_options(recorded: dict, current: dict) -> list[str]:
     """The options (by command-line name where one exists) whose values differ; --lr may change."""
     options = {f"train.{name}": option for name, option in TRAIN_OPTIONS.items()}
-    unrecorded = {key: value for key, value in UNRECORDED_OPTIONS.items() if key in current}
-    flat_recorded, flat_current = _flatten(unrecorded | recorded), _flatten(current)
+    flat_recorded, flat_current = _flatten(with_unrecorded(recorded, current)), _flatten(current)
     keys = sorted(set(flat_recorded) | set(flat_current))
     return [options.get(k, k) for k in keys
             if k != "train.lr" and flat_recorded.get(k) != flat_current.get(k)]

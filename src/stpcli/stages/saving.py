@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stpcli.checkpoint import Checkpoint, StageEntry, load_checkpoint, save_checkpoint
-from stpcli.defaults import UNRECORDED_OPTIONS
+from stpcli.defaults import with_unrecorded
 from stpcli.errors import StpError
 from stpcli.files import check_output, clear_stale, lock_holder, lock_output, remove_leftovers, sha256_file
 from stpcli.names import curves_path, metrics_path, state_path
@@ -106,9 +106,9 @@ def differences(entry: dict, stage: str, parent: Checkpoint | None, options: dic
     reasons = []
     if parent is not None and (entry.get("parent") or {}).get("sha256") != parent.sha256:
         reasons.append(f"its input {parent.path} changed")
-    recorded, options = entry.get("options") or {}, json.loads(json.dumps(options))  # as the record holds them
+    options = json.loads(json.dumps(options))  # as the record holds them
+    recorded = with_unrecorded(entry.get("options") or {}, options)
     ignored = set(SAME_RESULT_OPTIONS) | (set(LOCATING_OPTIONS) if parent is not None else set())
-    recorded = UNRECORDED_OPTIONS | recorded
     changed = [f"--{key} {_shown(recorded.get(key, '(not recorded)'))} -> {_shown(options[key])}"
                for key in sorted(options) if key not in ignored and recorded.get(key, _MISSING) != options[key]]
     return reasons + ([("options changed: " + ", ".join(changed))] if changed else [])
