@@ -26,8 +26,7 @@ import math
 from dataclasses import dataclass
 
 from stpcli.errors import StpError
-from stpcli.models.plan import build_plan, input_sides, output_side, synaptic_layers
-from stpcli.spec import ModelSpec
+from stpcli.models.plan import PlanEntry, build_plan, input_sides, output_side, synaptic_layers
 
 KI = 1024
 SPECK_CORES = [(16 * KI, 64 * KI), (16 * KI, 64 * KI), (16 * KI, 64 * KI), (32 * KI, 32 * KI), (32 * KI, 32 * KI),
@@ -43,19 +42,15 @@ class Finding:
     fix: str
 
 
-def _layers(record: dict) -> list[dict]:
-    """Each synapse with its plan entry kind, shapes and what follows it."""
-    spec = record["model"]
-    plan = build_plan(spec)
+def _layers(plan: list[PlanEntry], image_size: int) -> list[dict]:
+    """Each synapse with its plan entry and whether it reads the input image."""
     return [{"name": layer.name, "index": layer.index, "entry": plan[layer.index], "first": layer.source is None}
-            for layer in synaptic_layers(plan, spec["image_size"])]
+            for layer in synaptic_layers(plan, image_size)]
 
 
-def _sides(spec: ModelSpec) -> dict[int, int]:
+def _sides(plan: list[PlanEntry], image_size: int) -> dict[int, int]:
     """The side of the map each plan entry outputs."""
-    plan = build_plan(spec)
-    return {index: output_side(entry, side)
-            for index, (entry, side) in enumerate(zip(plan, input_sides(plan, spec["image_size"])))}
+    return {index: output_side(entry, side) for index, (entry, side) in enumerate(zip(plan, input_sides(plan, image_size)))}
 
 
 def check(record: dict, target: str) -> list[Finding]:
@@ -71,7 +66,7 @@ def check(record: dict, target: str) -> list[Finding]:
         findings.append(Finding("network", "is not a one-time-step SNN", "convert and temporal-prune it to T = 1"))
     if not quantized:
         findings.append(Finding("network", "holds float weights", "stp quantize it (--weight-bits 8, 4 or 2)"))
-    layers, sides = _layers(record), _sides(spec)
+    layers, sides = _layers(plan, spec["image_size"]), _sides(plan, spec["image_size"])
     if target == "akida1":
         if spec["in_channels"] not in (1, 3):
             findings.append(Finding("input", f"has {spec['in_channels']} bands; Akida 1.0's input layer reads 1 or 3",
