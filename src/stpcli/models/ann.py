@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stpcli.models.plan import PlanEntry, build_plan
+from stpcli.models.plan import PlanEntry, build_plan, projects
 from stpcli.spec import ModelSpec
 
 
@@ -73,7 +73,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = Projection(cin, cout, stride) if (stride != 1 or cin != cout) else None
+        self.shortcut = Projection(cin, cout, stride) if projects(entry) else None
 
     def forward(self, x):
         out = torch.relu(self.bn1(self.conv1(x)))

@@ -120,7 +120,7 @@ class Block(LayerType):
         per_pixel = entry["out"] * side * side
         synapses = [SynapticLayer(f"{at}.conv1", per_pixel * entry["in"] * 9, source),
                     SynapticLayer(f"{at}.conv2", per_pixel * entry["out"] * 9, f"{at}.neuron1")]
-        if _projects(entry):
+        if projects(entry):
             synapses.append(SynapticLayer(f"{at}.shortcut", per_pixel * entry["in"], source))
         return synapses, f"{at}.neuron2"
 
@@ -130,7 +130,7 @@ class Block(LayerType):
             shapes.synapse(f"{at}.conv{name}", (cout, channels, 3, 3))
             shapes.batchnorm(f"{at}.bn{name}", cout)
             shapes.neuron(f"{at}.neuron{name}", cout)
-        if _projects(entry):  # a 1x1 conv + BN (ANN), folded into one biased conv (SNN)
+        if projects(entry):  # a 1x1 conv + BN (ANN), folded into one biased conv (SNN)
             shapes.synapse(f"{at}.shortcut" + ("" if shapes.snn else ".conv"), (cout, cin, 1, 1))
             shapes.batchnorm(f"{at}.shortcut.bn", cout)
         elif shapes.snn and shapes.binary:
@@ -176,7 +176,7 @@ LAYER_TYPES: dict[str, LayerType] = {
 }
 
 
-def _projects(entry: PlanEntry) -> bool:
+def projects(entry: PlanEntry) -> bool:
     """Whether a residual block's shortcut is a 1x1 convolution (it changes stride or width)."""
     return entry["stride"] != 1 or entry["in"] != entry["out"]
 

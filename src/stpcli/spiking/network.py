@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stpcli.models.ann import pooling
-from stpcli.models.plan import PlanEntry, build_plan
+from stpcli.models.plan import PlanEntry, build_plan, projects
 from stpcli.spec import ModelSpec
 from stpcli.spiking.neuron import LIF
 from stpcli.spiking.settings import SpikingSettings
@@ -68,7 +68,7 @@ class SpikingBlock(nn.Module):
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1)
         self.neuron1 = make_neuron()
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
-        self.shortcut = nn.Conv2d(cin, cout, 1, stride, 0) if (stride != 1 or cin != cout) else None
+        self.shortcut = nn.Conv2d(cin, cout, 1, stride, 0) if projects(entry) else None
         self.neuron2 = make_neuron()
         self.dropout = dropout  # on the first neurons' spikes
         self.output_dropout = dropout if output_dropout is None else output_dropout
