@@ -79,9 +79,10 @@ def models_of(ann_path: Path, snn_path: Path, run, sessions):
 
     from stpcli.checkpoint import load_checkpoint
     from stpcli.export.onnx_model import CALIBRATION_IMAGES, normalised, onnx_accuracy, onnx_bytes, quantize_int8
+    from stpcli.options import DataOptions
     from stpcli.report import evaluate
     from stpcli.restore import model_from_checkpoint
-    from stpcli.run import DataOptions, load_checkpoint_data
+    from stpcli.run import load_checkpoint_data
 
     entries, checks = [], {}
     for path in (ann_path, snn_path):

@@ -45,9 +45,10 @@ def models_of(snn_path: Path, run, sessions) -> list[dict]:
 
     from stpcli.checkpoint import load_checkpoint
     from stpcli.export.onnx_model import CALIBRATION_IMAGES, normalised, onnx_bytes, quantize_int8
+    from stpcli.options import DataOptions
     from stpcli.report import evaluate
     from stpcli.restore import model_from_checkpoint
-    from stpcli.run import DataOptions, load_checkpoint_data
+    from stpcli.run import load_checkpoint_data
 
     snn = load_checkpoint(snn_path)
     parts = load_checkpoint_data(run, snn, DataOptions())

@@ -66,3 +66,14 @@ def test_the_suite_has_at_least_the_tests_the_readme_timed():
     per_file = re.findall(r"^tests/\S+\.py: (\d+)$", collected, re.MULTILINE)  # -q lists "file: count"
     assert per_file, collected[-500:]
     assert sum(map(int, per_file)) >= int(stated.group(1))
+
+
+def test_the_readme_recipe_table_is_the_stages_defaults():
+    """The table of each stage's training defaults is what the options classes, and so the commands
+    and the Python API, default to."""
+    from stpcli.options import STAGE_OPTIONS, TrainAnnOptions, recipe_table
+
+    assert recipe_table() in README, "README's table of stage defaults differs from stpcli/options.py"
+    assert len(recipe_table().splitlines()) == 2 + len(STAGE_OPTIONS)
+    assert "| `train-ann` | 30 | sgd | 0.05 | cosine | 0.0005 | 64 |" in recipe_table()
+    assert TrainAnnOptions().train_config().schedule == "cosine"  # the field reaches the engine's recipe

@@ -120,3 +120,24 @@ def test_each_recipe_twin_is_its_paper_preset_plus_the_recipe_sweep():
         twinned = read_yaml(twin, "preset")
         assert twinned.pop("study") == {"recipe": ["stp", "reference"]}, twin.name
         assert twinned == original, twin.name
+
+
+def test_a_preset_is_read_by_the_options_classes_without_the_cli(tmp_path):
+    """A driver (stp pipeline, stp study, a notebook) reads a preset's options for a stage through the
+    stage's options class: typed, defaulted as the command defaults, and without Click, Typer or torch."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from stpcli.options import preset_command_options, ConvertOptions\n"
+        "preset = {'batch-size': 16, 'convert': {'timesteps': 3, 'lr': 1, 'recipe': 'reference'}, 'seed': 2}\n"
+        "options, data, running = preset_command_options('convert', preset, Path('p.yaml'), {'device': 'cpu'})\n"
+        "assert options == ConvertOptions(timesteps=3, lr=1.0, recipe='reference', batch_size=16, seed=2), options\n"
+        "assert type(options.lr) is float and running.device == 'cpu' and data.location is None\n"
+        "assert options.recorded()['amsgrad'] is True and options.recorded()['percentile'] == 90.0\n"
+        "loaded = {name for name in ('typer', 'click', 'torch') if name in sys.modules}\n"
+        "assert not loaded, loaded\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr

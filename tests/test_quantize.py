@@ -23,8 +23,9 @@ from stpcli.export.onnx_model import normalised
 from stpcli.hardware import check
 from stpcli.models.plan import build_plan
 from stpcli.models.registry import make_spec
+from stpcli.options import DataOptions
 from stpcli.restore import model_from_checkpoint
-from stpcli.run import DataOptions, Run, load_checkpoint_data
+from stpcli.run import Run, load_checkpoint_data
 
 COMMON = ["--batch-size", "16", "--lr", "5e-4", "--device", "cpu"]
 # the deploy tests' VGG and ResNet, and the VGG with max pooling of spikes (train-ann --pool max; Akida 1.0 pools so)

@@ -1,8 +1,9 @@
-"""The commands' defaults and choices, in one torch-free place.
+"""The choices, the conversion recipes and the defaults that more than the options classes read, in
+one torch-free place.
 
-The CLI registers its commands from these (their defaults and help texts) without importing
-torch or matplotlib, so ``stp --help`` answers at once; the stages, the chain and the exporters
-read the same values from here.
+The stage options (``options.py``) take their choices and recipe defaults from here, and the chain,
+the exporters and the record readers read the same values (a chain's T and Units, the LIF backend,
+pooling), without importing torch or matplotlib, so ``stp --help`` answers at once.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def with_unrecorded(recorded: dict, current: dict) -> dict:
     """``recorded`` options (or a resume identity) with what a record from before an option of
     ``current`` existed means by it (UNRECORDED_OPTIONS)."""
     return {key: value for key, value in UNRECORDED_OPTIONS.items() if key in current} | recorded
+BAD_IMAGE_POLICIES = ("fail", "skip")  # --on-bad-image
 NORMALISATIONS = ("auto", "imagenet", "dataset", "scale", "stretch")  # train-ann's --normalise
 SURROGATE_GAMMA = 0.3  # slope of the triangle surrogate (docs/method.md)
 BALANCINGS = ("stp", "reference")  # convert's --balancing

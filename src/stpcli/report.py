@@ -11,8 +11,10 @@ from stpcli.data.source import SplitData
 from stpcli.engine.evaluate import accuracy_report
 from stpcli.errors import StpError
 from stpcli.models.plan import build_plan, describe, has_weights
-from stpcli.restore import check_timesteps, input_stats, model_from_checkpoint
-from stpcli.run import DataOptions, Run, load_checkpoint_data
+from stpcli.options import DataOptions
+from stpcli.restore import input_stats, model_from_checkpoint
+from stpcli.run import Run, load_checkpoint_data
+from stpcli.schema import check_timesteps
 from stpcli.spiking.energy import ann_energy, counting_spikes, mean_spikes_per_neuron, snn_energy
 
 

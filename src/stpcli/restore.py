@@ -10,7 +10,6 @@ from stpcli.errors import StpError
 from stpcli.files import first_line
 from stpcli.models.ann import ANN
 from stpcli.models.plan import build_plan
-from stpcli.schema import MAX_TIMESTEPS
 from stpcli.spiking.network import SNN
 from stpcli.spiking.quantize import IntegerSNN
 from stpcli.spiking.settings import SpikingSettings
@@ -53,11 +52,6 @@ def input_stats(record: dict) -> InputStats:
     bands = len(spec["mean"])
     return InputStats(torch.tensor(spec["mean"]).view(1, bands, 1, 1), torch.tensor(spec["std"]).view(1, bands, 1, 1),
                       float(spec.get("divisor", 255.0)))
-
-
-def check_timesteps(timesteps: int) -> None:
-    if not 1 <= timesteps <= MAX_TIMESTEPS:
-        raise StpError(f"--timesteps must lie in 1..{MAX_TIMESTEPS}, got {timesteps}")
 
 
 def require_kind(ckpt: Checkpoint, command: str, expected: str) -> None:

@@ -8,13 +8,13 @@ Every stage, report and study receives a ``Run``; the CLI builds one per command
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from rich.console import Console
 
 from stpcli.checkpoint import Checkpoint
 from stpcli.data.source import SplitData, load_recorded_data
 from stpcli.engine.runtime import Runtime
+from stpcli.options import DataOptions
 from stpcli.progress import progress_bar
 
 
@@ -43,22 +43,6 @@ class Run:
     def progress(self, label: str):
         """A progress bar on the main rank's terminal; yields ``advance(count, total=None)``."""
         return progress_bar(self.console, label, show=self.runtime.is_main)
-
-
-@dataclass
-class DataOptions:
-    """Where a command reads its images (``location``: a folder or pack; None: the recorded data or,
-    for train-ann, the embedded set) and how it treats changed data and bad images."""
-
-    location: str | None = None
-    allow_data_change: bool = False
-    on_bad_image: str = "fail"
-    cache_dir: Path | None = None
-
-    def recorded(self) -> dict:
-        """These options under their command-line names, as the lineage records them."""
-        return {"data": self.location, "allow-data-change": self.allow_data_change,
-                "on-bad-image": self.on_bad_image, "cache-dir": None if self.cache_dir is None else str(self.cache_dir)}
 
 
 def load_checkpoint_data(run: Run, ckpt: Checkpoint, options: DataOptions) -> SplitData:

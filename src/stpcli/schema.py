@@ -35,6 +35,12 @@ MAX_HISTORY = 1_000
 MAX_STATISTIC = 1e12  # |mean| and std (and 1/std) of an input band, so that the normalised input stays finite
 MAX_BANDS = 64  # input channels: RGB, or the bands of a multispectral image (Sentinel-2: 13)
 
+
+def check_timesteps(timesteps: int) -> None:
+    if not 1 <= timesteps <= MAX_TIMESTEPS:
+        raise StpError(f"--timesteps must lie in 1..{MAX_TIMESTEPS}, got {timesteps}")
+
+
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 # a class name is printed in tables and terminals: no control characters (ESC, newlines, DEL, C1)
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME, pattern="^[^\x00-\x1f\x7f-\x9f]+$")]

@@ -14,8 +14,9 @@ from stpcli import plots
 from stpcli.chain import Chain
 from stpcli.checkpoint import read_record
 from stpcli.files import atomic_write_text
+from stpcli.options import DataOptions
 from stpcli.report import METHODS, compare
-from stpcli.run import DataOptions, Run
+from stpcli.run import Run
 
 # two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom (then the normal 1.96)
 T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,

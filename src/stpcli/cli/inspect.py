@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 import yaml
@@ -17,11 +17,9 @@ from stpcli.cli.common import (
     Device,
     JsonOutput,
     OnBadImage,
-    command_option_names,
     console,
     make_data,
     make_run,
-    option_name,
     stp_command,
 )
 from stpcli.cli.terminal import safe
@@ -30,6 +28,7 @@ from stpcli.errors import StpError
 from stpcli.files import check_output, lock_output
 from stpcli.models.plan import pooling_mode
 from stpcli.names import figure_path, stem
+from stpcli.options import STAGE_OPTIONS, flag, option_field
 
 # checkpoints, reports (torch) and figures (matplotlib) are imported by the command that needs them
 
@@ -300,24 +299,19 @@ def comparison_table(rows: list[dict]) -> Table:
 def rerun_config(ctx: typer.Context, entry: dict) -> str:
     """A preset (one section, the stage's command) holding the recorded options that command takes;
     ``stp <stage> SOURCE --config FILE --out OUT`` then reruns it."""
-    from stpcli.cli import app as root
-
-    group: Any = typer.main.get_command(root)  # the root is a group of commands
-    command = group.commands.get(entry["stage"])
-    if command is None:
-        raise StpError(f"the last stage, {entry['stage']!r}, is not a command of this stp")
-    names = command_option_names(command)  # any spelling -> parameter name
-    flags = {param.name: option_name(param) for param in command.params}
+    command = entry["stage"]
+    if command not in STAGE_OPTIONS:
+        raise StpError(f"the last stage, {command!r}, is not a command of this stp")
     options = {}
     for key, value in entry.get("options", {}).items():
-        name = names.get(key)
-        if name is None or name in ("source", "out", "config", "force", "resume") or value is None:
+        item = option_field(command, key)
+        if item is None or item.name in ("config", "force", "resume", "if_changed") or value is None:
             continue
         value = value["path"] if isinstance(value, dict) and "path" in value else value
         if isinstance(value, str) and value.isascii() and value.isdigit():
             value = int(value)  # a one-value --epochs-per-stage reads as 2, not '2' (the option takes both)
-        options[flags[name]] = value
-    return yaml.safe_dump({entry["stage"]: options}, sort_keys=False)
+        options[flag(item)] = value
+    return yaml.safe_dump({command: options}, sort_keys=False)
 
 
 @stp_command(app, "schema")

@@ -42,8 +42,8 @@ def pipeline_command(
     Example: stp pipeline examples/configs/demo.yaml --out-dir runs/demo --seed 1
     """
     from stpcli.cli.presets import check_chain, planned
+    from stpcli.options import DataOptions
     from stpcli.report import compare
-    from stpcli.run import DataOptions
 
     if seed is not None:
         check_seed(seed)

@@ -1,8 +1,9 @@
 """A preset's whole chain checked before its first stage starts (``stp pipeline``, ``stp study``).
 
-Each step is parsed as the command its child process will run (the same arguments, the same
-``--config`` merging, so a typo, a value of the wrong type or a section no command has is found
-here), then checked with the stage's own option checks, in chain order, so that what one stage
+Each step's options are read as its child process will read them (the preset's values, then what
+the driver passes: the step's own arguments, ``--seed``, ``--data``, ``--device``; the same
+``options.preset_values``, so a typo, a value of the wrong type or a section no command has is
+found here), then checked with the stage's own option checks, in chain order, so that what one stage
 makes is known to the next: the model a ``--as``/``--m`` refers to, the T a schedule starts from.
 A preset that would fail after an hour of training fails now, in one line naming the file, the
 section and the option.
@@ -14,19 +15,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-import typer
-
 from stpcli.chain import Step
-from stpcli.cli.common import make_train_config, resolve
-from stpcli.cli.stages import conversion_arguments, timestep_recipes
-from stpcli.data.source import BAD_IMAGE_POLICIES
+from stpcli.cli.common import read_yaml
 from stpcli.engine.runtime import check_runtime_options
 from stpcli.errors import StpError
 from stpcli.models.surgery import units_to_remove, with_units, without_layers
-from stpcli.pipeline import step_command
+from stpcli.options import (
+    STAGE_OPTIONS,
+    DataOptions,
+    RunOptions,
+    converted,
+    field_types,
+    option_field,
+    preset_command_options,
+)
 from stpcli.spec import ModelSpec
-from stpcli.stages.ann import check_train_ann
-from stpcli.stages.snn import check_convert, check_temporal_prune
 
 T = TypeVar("T")
 
@@ -42,61 +45,67 @@ def planned(preset_path: Path, plan: Callable[[], T]) -> T:
 def check_chain(preset_path: Path, steps: list[Step], *, seed: int | None = None, data: str | None = None,
                 device: str | None = None) -> None:
     """Refuse the first problem of any step of ``steps`` (all in one folder, targets unique)."""
-    from stpcli.cli import app
-
-    group = typer.main.get_command(app)
-    root = typer.Context(group, info_name="stp")
+    preset = read_yaml(preset_path, "--config")
     specs: dict[str, ModelSpec] = {}
     timesteps: dict[str, int] = {}
     for step in steps:
-        command = group.commands[step.command]  # type: ignore[attr-defined]
-        args = step_command(step, Path("."), preset_path, seed=seed, data=data, device=device, redo=True)[4:]
+        arguments = step_arguments(step)
+        if seed is not None:
+            arguments["seed"] = seed
+        if step.command == "train-ann" and data is not None:
+            arguments["location"] = data
+        if device is not None:
+            arguments["device"] = device
         try:
-            ctx = command.make_context(step.command, list(args), parent=root)
-        except Exception as exc:  # the CLI framework's usage error, whatever its class
-            if not hasattr(exc, "format_message"):
-                raise
-            raise StpError(f"preset {preset_path}, {step.command}: {exc.format_message()}") from None
-        values = resolve(ctx, dict(ctx.params))
-        try:
-            _check_step(step, values, specs, timesteps)
+            options, data_options, running = preset_command_options(step.command, preset, preset_path, arguments)
+            _check_step(step, options, data_options, running, specs, timesteps)
         except StpError as exc:
-            raise StpError(f"preset {preset_path}, {step.command}: {exc}") from None
+            message = str(exc)
+            prefix = f"--config {preset_path}"
+            if message.startswith(prefix):  # the preset reader names the file already
+                message = message[len(prefix):].lstrip(", :")
+            raise StpError(f"preset {preset_path}, {step.command}: {message}") from None
 
 
-def _check_step(step: Step, values: dict, specs: dict[str, ModelSpec], timesteps: dict[str, int]) -> None:
-    check_runtime_options(values["device"], values["precision"], values["lif_backend"])
-    if values["on_bad_image"] not in BAD_IMAGE_POLICIES:
-        raise StpError(f"--on-bad-image must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {values['on_bad_image']!r}")
-    if values.get("data") is not None and not Path(values["data"]).expanduser().exists():
-        raise StpError(f"--data {values['data']} does not exist")
-    if values.get("teacher") is not None and not Path(values["teacher"]).expanduser().is_file():
-        raise StpError(f"--teacher {values['teacher']} does not exist")
-    config = make_train_config(values)
+def step_arguments(step: Step) -> dict:
+    """A step's own command-line arguments (``--as 5 --m 1``, ``--recipe reference``) by field name."""
+    types = {name: kind for cls in (STAGE_OPTIONS[step.command], DataOptions, RunOptions)
+             for name, kind in field_types(cls).items()}
+    arguments = {}
+    for key, value in zip(step.args[::2], step.args[1::2]):
+        item = option_field(step.command, key)
+        if item is None:
+            raise ValueError(f"a chain step passes {key}, which {step.command} does not take")
+        arguments[item.name] = converted(types[item.name], value, f"{key}")
+    return arguments
+
+
+def _check_step(step: Step, options, data: DataOptions, running: RunOptions, specs: dict[str, ModelSpec],
+                timesteps: dict[str, int]) -> None:
+    check_runtime_options(running.device, running.precision, running.lif_backend)
+    data.check()
+    if data.location is not None and not Path(data.location).expanduser().exists():
+        raise StpError(f"--data {data.location} does not exist")
+    teacher = getattr(options, "teacher", None)
+    if teacher is not None and not Path(teacher).expanduser().is_file():
+        raise StpError(f"--teacher {teacher} does not exist")
     source = step.source or ""
+    if step.command == "temporal-prune":
+        options.check(timesteps[source])
+    else:
+        spec = options.check()
     if step.command == "train-ann":
-        specs[step.target] = check_train_ann(arch=values["arch"], width=values["width"],
-                                             image_size=values["image_size"], dropout=values["dropout"],
-                                             train_ratio=values["train_ratio"], val_ratio=values["val_ratio"],
-                                             config=config, pretrained=values["pretrained"],
-                                             normalisation=values["normalisation"], scale=values["scale"],
-                                             split_file=values["split_file"], known=values["known"],
-                                             pool=values["pool"])
+        specs[step.target] = spec
     elif step.command == "add-unit":
-        config.check()
-        specs[step.target] = with_units(specs[source], values["unit_group"], values["count"])
+        specs[step.target] = with_units(specs[source], options.unit_group, options.count)
     elif step.command == "convert":
-        check_convert(timesteps=values["timesteps"], **conversion_arguments(values))
-        specs[step.target], timesteps[step.target] = specs[source], values["timesteps"]
+        specs[step.target], timesteps[step.target] = specs[source], options.timesteps
     elif step.command == "temporal-prune":
-        schedule, configs = timestep_recipes(values)
-        check_temporal_prune(schedule, configs, timesteps[source])
-        for name, t in zip(step.outputs, schedule):
+        for name, t in zip(step.outputs, options.steps()):
             specs[name], timesteps[name] = specs[source], t
     elif step.command == "spatial-prune":
-        config.check()
         try:
-            group, count, _ = units_to_remove(specs[source], values["unit_group"], values["count"])
+            group, count, _ = units_to_remove(specs[source], options.unit_group, options.count)
         except StpError as exc:
             raise StpError(str(exc).replace("the checkpoint", "its input", 1)) from None
         specs[step.target], timesteps[step.target] = without_layers(specs[source], group, count)[0], timesteps[source]

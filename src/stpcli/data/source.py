@@ -20,6 +20,7 @@ from stpcli.data import imagefolder, pack, synthetic
 from stpcli.data.bands import Decoding, band_names, decode_bands, resolve_bands
 from stpcli.data.catalogue import DatasetCheck, check_dataset, known_dataset
 from stpcli.data.split import PARTS, check_split
+from stpcli.defaults import BAD_IMAGE_POLICIES
 from stpcli.errors import StpError
 from stpcli.files import atomic_write, first_line
 from stpcli.schema import MAX_BANDS, MAX_IMAGE_SIZE
@@ -27,7 +28,6 @@ from stpcli.schema import MAX_BANDS, MAX_IMAGE_SIZE
 BUILTIN = "builtin:synthetic"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-BAD_IMAGE_POLICIES = ("fail", "skip")
 CACHE_VERSION = 3  # 3: EXIF orientation applied
 
 

@@ -2,90 +2,55 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
 
 from stpcli.checkpoint import Checkpoint, read_record
 from stpcli.data.bands import band_statistics
-from stpcli.data.catalogue import known_dataset
 from stpcli.data.source import IMAGENET_MEAN, IMAGENET_STD, data_record, load_dataset, split_data
-from stpcli.data.split import check_split_ratios, list_files, read_split_lists, stratified_split
-from stpcli.defaults import DEFAULT_POOLING, NORMALISATIONS
-from stpcli.engine.recipe import TrainConfig
+from stpcli.data.split import list_files, read_split_lists, stratified_split
 from stpcli.errors import StpError
 from stpcli.models.ann import ANN
 from stpcli.models.pretrained import load_pretrained
 from stpcli.models.registry import make_spec
 from stpcli.models.surgery import first_layer_index, insert_units, with_units
+from stpcli.options import AddUnitOptions, DataOptions, TrainAnnOptions
 from stpcli.restore import model_from_checkpoint, require_kind
-from stpcli.run import DataOptions, Run, load_checkpoint_data
+from stpcli.run import Run, load_checkpoint_data
 from stpcli.stages.saving import StageIO, child_record
 from stpcli.stages.training import split_accuracy, train_and_finish
 
 
-def check_train_ann(*, arch: str, width: float, image_size: int, dropout: float, train_ratio: float,
-                    val_ratio: float, config: TrainConfig, pretrained: str | None = None,
-                    normalisation: str = "auto", scale: float | None = None, split_file: str | None = None,
-                    known: str | None = None, pool: str = DEFAULT_POOLING):
-    """train-ann's options, checked before the data is read (the stage, and a preset's plan);
-    returns the model spec they make (for 2 classes: the class count comes with the data)."""
-    config.check(training_required=True)
-    if normalisation not in NORMALISATIONS:
-        raise StpError(f"--normalise must be one of {', '.join(NORMALISATIONS)}, got {normalisation!r}")
-    if scale is not None and not (math.isfinite(scale) and 1e-12 <= scale <= 1e6):
-        raise StpError(f"--scale must be a positive factor in [1e-12, 1e6] such as 1e-4, got {scale}")
-    if scale is not None and normalisation in ("imagenet", "stretch"):
-        raise StpError(f"--scale applies to --normalise dataset or scale, not {normalisation}")
-    spec = make_spec(arch, 2, image_size, width, dropout, pool=pool)
-    check_split_ratios(train_ratio, val_ratio)
-    if split_file is not None:
-        list_files(Path(split_file).expanduser())  # a name without 'train' is refused before any work
-        if not Path(split_file).expanduser().is_file():
-            raise StpError(f"--split-file {split_file} does not exist")
-    if pretrained and not Path(pretrained).expanduser().is_file():
-        raise StpError(f"--pretrained {pretrained} does not exist")
-    if known is not None:
-        known_dataset(known)
-    return spec
+def train_ann(run: Run, options: TrainAnnOptions | None = None, *, data: DataOptions | None = None,
+              io: StageIO) -> Checkpoint:
+    """Na: the base ANN, trained on a stratified split (drawn from ``options.seed``) of the data.
 
-
-def train_ann(run: Run, *, arch: str, width: float, image_size: int, dropout: float,
-              data: DataOptions, train_ratio: float, val_ratio: float, config: TrainConfig,
-              io: StageIO, pretrained: str | None = None, bands: str | None = None,
-              normalisation: str = "auto", scale: float | None = None, split_file: str | None = None,
-              known: str | None = None, pool: str = DEFAULT_POOLING) -> Checkpoint:
-    """Na: the base ANN, trained on a stratified split (drawn from ``config.seed``) of the data.
-
-    ``bands`` ("4,3,2" or band names) reads the files' bands instead of 8-bit RGB; ``normalisation``
-    (``auto``: ImageNet's for 8-bit RGB without ``scale``, the training split's per-band statistics otherwise) and
-    ``scale`` (a fixed factor applied first, e.g. 1e-4 for Sentinel-2 reflectance) say how.
-    ``split_file`` (a training list such as uc_merced-train.txt, beside its val and test lists)
-    gives a published split instead of the seeded one (the ratios are then not used). ``known``
-    (``catalogue.KNOWN_DATASETS``: ucm21, eurosat-ms, ...) compares the data with the published set, says
-    what differs and names the bands its files leave unnamed."""
+    ``options.bands`` ("4,3,2" or band names) reads the files' bands instead of 8-bit RGB;
+    ``normalisation`` (``auto``: ImageNet's for 8-bit RGB without ``scale``, the training split's
+    per-band statistics otherwise) and ``scale`` (a fixed factor applied first, e.g. 1e-4 for
+    Sentinel-2 reflectance) say how. ``split_file`` (a training list such as uc_merced-train.txt,
+    beside its val and test lists) gives a published split instead of the seeded one (the ratios are
+    then not used). ``known`` (``catalogue.KNOWN_DATASETS``: ucm21, eurosat-ms, ...) compares the data
+    with the published set, says what differs and names the bands its files leave unnamed."""
+    options, data = options or TrainAnnOptions(), data or DataOptions()
     run = run.named("train-ann")
-    config = config.for_recipe(None)
-    check_train_ann(arch=arch, width=width, image_size=image_size, dropout=dropout, train_ratio=train_ratio,
-                    val_ratio=val_ratio, config=config, pretrained=pretrained, normalisation=normalisation,
-                    scale=scale, split_file=split_file, known=known, pool=pool)
-    options = {"arch": arch, "width": width, "image-size": image_size, "dropout": dropout, "pool": pool,
-               "train-ratio": train_ratio, "val-ratio": val_ratio, "pretrained": pretrained, "bands": bands,
-               "normalise": normalisation, "scale": scale, "split-file": split_file,
-               "dataset": known,
-               **config.recorded(), **data.recorded()}
-    del options["allow-data-change"]  # train-ann defines the data a chain records
+    options.check()
+    config = options.train_config()
+    arch, width, image_size, dropout, pool = options.arch, options.width, options.image_size, options.dropout, options.pool
+    split_file, val_ratio, pretrained, known = options.split_file, options.val_ratio, options.pretrained, options.known
+    recorded = {**options.recorded(), **data.recorded()}
+    del recorded["allow-data-change"]  # train-ann defines the data a chain records
     if io.if_changed and data.location is None:
         _refuse_dropping_data(io.out)
-    existing = io.current(run, None, options)
+    existing = io.current(run, None, recorded)
     if existing is not None:
         return existing
     io.check(will_train=True, inputs=(Path(pretrained) if pretrained else None,
                                      *(list_files(Path(split_file)).values() if split_file else ())))
     with run.progress("decoding images") as advance:
         dataset = load_dataset(data.location, image_size, data.on_bad_image, data.cache_dir, progress=advance,
-                               bands=bands, normalisation=normalisation, known=known)
+                               bands=options.bands, normalisation=options.normalisation, known=known)
     if dataset.check is not None:
         run.say(f"[train-ann] {dataset.check.summary}")
         for difference in dataset.check.differences:
@@ -101,7 +66,7 @@ def train_ann(run: Run, *, arch: str, width: float, image_size: int, dropout: fl
         run.say(f"split read from {split_file} and its lists" + carved + (f"; {unused} image(s) of the data are in "
                                                                           "no list and not used" if unused else ""))
     else:
-        split = stratified_split(dataset.names, dataset.labels.tolist(), dataset.classes, train_ratio,
+        split = stratified_split(dataset.names, dataset.labels.tolist(), dataset.classes, options.train_ratio,
                                  val_ratio, config.seed)
     split_parts = split_data(dataset, split)
     spec = make_spec(arch, len(dataset.classes), image_size, width, dropout, in_channels=dataset.images.shape[1],
@@ -115,7 +80,7 @@ def train_ann(run: Run, *, arch: str, width: float, image_size: int, dropout: fl
         "kind": "ann",
         "model": spec,
         "classes": dataset.classes,
-        "input": input_record(dataset, split_parts, image_size, normalisation, scale),
+        "input": input_record(dataset, split_parts, image_size, options.normalisation, options.scale),
         "data": data_record(dataset),
         "split": split,
         "timesteps": None,
@@ -127,7 +92,7 @@ def train_ann(run: Run, *, arch: str, width: float, image_size: int, dropout: fl
     return train_and_finish(run, model, split_parts, config, record, io,
                             resume_identity={"arch": arch, "width": width, "image_size": image_size, "dropout": dropout,
                                              "pool": pool, "split_sha256": split["sha256"], "pretrained": pretrained},
-                            metrics={}, options=options, parent=None)
+                            metrics={}, options=recorded, parent=None)
 
 
 def _refuse_dropping_data(out: Path) -> None:
@@ -167,16 +132,17 @@ def input_record(dataset, parts, image_size: int, normalisation: str, scale: flo
     return record
 
 
-def add_unit(run: Run, source: Checkpoint, *, unit_group: int, count: int, config: TrainConfig,
-             data: DataOptions, io: StageIO) -> Checkpoint:
-    """Nb = Add_Unit(AS, M, Na): identity-initialised Units, then fine-tuning for ``config.epochs``."""
-    config = config.for_recipe(None)
+def add_unit(run: Run, source: Checkpoint, options: AddUnitOptions | None = None, *, data: DataOptions | None = None,
+             io: StageIO) -> Checkpoint:
+    """Nb = Add_Unit(AS, M, Na): identity-initialised Units, then fine-tuning for ``options.epochs``."""
+    options, data = options or AddUnitOptions(), data or DataOptions()
     run = run.named("add-unit")
-    config.check()
+    options.check()
+    config, unit_group, count = options.train_config(), options.unit_group, options.count
     require_kind(source, "add-unit", "ann")
     with_units(source.model_spec, unit_group, count)  # --as/--m checked before anything is read
-    options = {"as": unit_group, "m": count, **config.recorded(), **data.recorded()}
-    existing = io.current(run, source, options)
+    recorded = {**options.recorded(), **data.recorded()}
+    existing = io.current(run, source, recorded)
     if existing is not None:
         return existing
     io.check(will_train=config.epochs > 0, inputs=(source.path,))
@@ -193,4 +159,4 @@ def add_unit(run: Run, source: Checkpoint, *, unit_group: int, count: int, confi
     return train_and_finish(run, model, data_parts, config, record, io,
                             resume_identity={"as": unit_group, "m": count, "parent": source.sha256},
                             metrics={"test_accuracy_before_training": before},
-                            options=options, parent=source)
+                            options=recorded, parent=source)

@@ -6,13 +6,12 @@ from __future__ import annotations
 import torch
 
 from stpcli.checkpoint import Checkpoint, StageEntry
-from stpcli.engine.recipe import TrainConfig
 from stpcli.errors import StpError
 from stpcli.models.plan import build_plan
+from stpcli.options import DataOptions, QuantizeOptions
 from stpcli.restore import input_stats, model_from_checkpoint, require_kind
-from stpcli.run import DataOptions, Run, load_checkpoint_data
+from stpcli.run import Run, load_checkpoint_data
 from stpcli.spiking.quantize import (
-    WEIGHT_BITS,
     IntegerSNN,
     check_quantizable,
     fake_quantize,
@@ -26,27 +25,21 @@ from stpcli.stages.snn import recorded_recipe
 from stpcli.stages.training import split_accuracy, train_stage
 
 
-def check_quantize(weight_bits: int, input_layer_bits: int, config: TrainConfig) -> None:
-    """quantize's options, checked before anything is read."""
-    for option, bits in (("--weight-bits", weight_bits), ("--input-layer-bits", input_layer_bits)):
-        if bits not in WEIGHT_BITS:
-            raise StpError(f"{option} must be one of {', '.join(map(str, WEIGHT_BITS))}, got {bits}")
-    config.check()
-
-
-def quantize(run: Run, source: Checkpoint, *, weight_bits: int, config: TrainConfig, data: DataOptions,
-             io: StageIO, input_layer_bits: int = 8) -> Checkpoint:
+def quantize(run: Run, source: Checkpoint, options: QuantizeOptions | None = None, *, data: DataOptions | None = None,
+             io: StageIO) -> Checkpoint:
     """Q: the SNN's first layer made to read stored image values, every synapse fake-quantized per
-    output channel (``weight_bits``; the first layer ``input_layer_bits``), fine-tuned for
-    ``config.epochs``, then stored with its integer form, which ``stp evaluate`` runs."""
+    output channel (``options.weight_bits``; the first layer ``input_layer_bits``), fine-tuned for
+    ``options.epochs``, then stored with its integer form, which ``stp evaluate`` runs."""
+    options, data = options or QuantizeOptions(), data or DataOptions()
     run = run.named("quantize")
     require_kind(source, "quantize", "snn")
     if source.record.get("quantized"):
         raise StpError(f"{source.path} is quantized already; quantize the float SNN it came from")
-    check_quantize(weight_bits, input_layer_bits, config)
-    config = config.for_recipe(recorded_recipe(source))
-    options = {"weight-bits": weight_bits, "input-layer-bits": input_layer_bits, **config.recorded(), **data.recorded()}
-    existing = io.current(run, source, options)
+    options.check()
+    weight_bits, input_layer_bits = options.weight_bits, options.input_layer_bits
+    config = options.train_config(recorded_recipe(source))
+    recorded = {**options.recorded(recorded_recipe(source)), **data.recorded()}
+    existing = io.current(run, source, recorded)
     if existing is not None:
         return existing
     snn = model_from_checkpoint(source)
@@ -78,6 +71,6 @@ def quantize(run: Run, source: Checkpoint, *, weight_bits: int, config: TrainCon
     integer = IntegerSNN(snn.spec, build_plan(snn.spec), {**snn.state_dict(), **integers})
     metrics["test_accuracy"] = split_accuracy(integer, parts, "test", record, run.runtime)
     run.say(f"[quantize] the integer network: test accuracy {metrics['test_accuracy']:.2f}%")
-    entry = StageEntry(run.name, io.command, options, metrics)
+    entry = StageEntry(run.name, io.command, recorded, metrics)
     return finish_stage(run, snn, record, entry, io, parent=source, extra=integers)
 
