@@ -59,7 +59,7 @@ def test_a_python_call_records_its_options_as_the_command_would(dataset_dir, tmp
     trained, converted = na.history[-1]["options"], sb.history[-1]["options"]
     assert trained["image-size"] == 32 and trained["dropout"] == 0.25 and trained["lr"] == 0.02
     assert trained["seed"] == 4 and trained["data"] == str(dataset_dir) and "distill" not in trained
-    assert converted["percentile"] == 99.0 and converted["calibration-images"] == 8 and converted["dropout"] == 0.1
+    assert converted["percentile"] == 99.0 and converted["calibration-images"] == 8 and converted["fc-dropout"] == 0.1
     assert converted["distill"] == 0.5 and converted["teacher"]["sha256"] == na.sha256
     for entry in (*na.history, *sb.history):
         unknown = {key for key in entry["options"] if option_field(entry["stage"], key) is None}

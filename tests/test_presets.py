@@ -141,3 +141,30 @@ def test_a_preset_is_read_by_the_options_classes_without_the_cli(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+def test_each_flag_means_one_thing_across_commands(pipeline, tmp_path):
+    """convert's threshold factor and FC dropout are --threshold-scale and --fc-dropout; --scale and
+    --dropout belong to train-ann alone (the input's factor, the ANN classifier's dropout), so a shared
+    preset key reaches one meaning, never two. The old spellings are refused with the new name."""
+    from pathlib import Path
+
+    from stpcli.defaults import with_unrecorded
+    from stpcli.options import ConvertOptions, preset_command_options
+
+    out = tmp_path / "sb.safetensors"
+    refused(["convert", pipeline["na"], "--scale", "0.5", "--out", out], "convert's --scale is now --threshold-scale", out)
+    refused(["convert", pipeline["na"], "--dropout", "0.1", "--out", out], "convert's --dropout is now --fc-dropout", out)
+    preset = tmp_path / "old.yaml"
+    preset.write_text("convert: {scale: 0.5}\n")
+    refused(["convert", pipeline["na"], "--config", preset, "--out", out], "convert's scale is now 'threshold-scale'", out)
+    shared = {"scale": 1e-4, "dropout": 0.3, "convert": {"threshold-scale": 0.7}}
+    convert, _, _ = preset_command_options("convert", shared, Path("p.yaml"), {})
+    train, _, _ = preset_command_options("train-ann", shared, Path("p.yaml"), {})
+    assert (convert.scale, convert.dropout) == (0.7, ConvertOptions().dropout)  # untouched by the shared keys
+    assert (train.scale, train.dropout) == (1e-4, 0.3)
+    # a checkpoint converted before the rename recorded --scale/--dropout: the same options, so it is kept
+    recorded = {"scale": 0.6, "dropout": 0.2, "timesteps": 5}
+    assert with_unrecorded(recorded, {"threshold-scale": 0.6, "fc-dropout": 0.2, "timesteps": 5}) == {
+        "threshold-scale": 0.6, "fc-dropout": 0.2, "timesteps": 5}
+    assert with_unrecorded({"scale": None, "dropout": 0.5}, {"scale": None, "dropout": 0.5}) == {"scale": None, "dropout": 0.5}

@@ -286,7 +286,7 @@ def test_the_recipe_is_one_setting_recorded_and_inherited_as_a_user_runs_it(pipe
     common = ["--batch-size", "16", "--device", "cpu", "--lr", "1e-3"]
     sb = tmp_path / "r_t2.safetensors"
     run_cli(["convert", pipeline["nb"], "--recipe", "reference", "--timesteps", "2", "--epochs", "1",
-             "--balance-steps", "4", "--calibration-images", "16", "--scale", "0.9", *common, "--out", sb])
+             "--balance-steps", "4", "--calibration-images", "16", "--threshold-scale", "0.9", *common, "--out", sb])
     record = load_checkpoint(sb).record
     assert {k: record["snn"][k] for k in ("recipe", "initial_membrane", "conv_dropout", "conv_dropout_placement")} == {
         "recipe": "reference", "initial_membrane": 0.0, "conv_dropout": 0.2, "conv_dropout_placement": "unpooled"}
@@ -294,7 +294,7 @@ def test_the_recipe_is_one_setting_recorded_and_inherited_as_a_user_runs_it(pipe
     assert (conversion["balancing"], conversion["percentile"], conversion["scale"], conversion["balance_steps"],
             conversion["fold_thresholds"]) == ("reference", 90.0, 0.9, 4, False)
     options = record["history"][-1]["options"]
-    assert (options["recipe"], options["amsgrad"], options["scale"]) == ("reference", True, 0.9)
+    assert (options["recipe"], options["amsgrad"], options["threshold-scale"]) == ("reference", True, 0.9)
     info = run_cli(["info", sb]).stdout
     assert "SNN: reference recipe; binary spikes into the unfolded weights; initial membrane 0 V" in info
     assert "reference balancing p90 x0.9 over 4 steps" in info

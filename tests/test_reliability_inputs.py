@@ -184,8 +184,8 @@ def test_absurd_options_are_refused_before_the_data_loads(pipeline, dataset_dir,
     refused([*base, "--dropout", "1"], "--dropout must lie in [0, 1)", out)
     refused([*base, "--pretrained", tmp_path / "absent.pth"], "--pretrained", out)
     refused([*base, "--resume"], "no training state", out)
-    refused(["convert", pipeline["na"], "--scale", "nan", "--out", out, *CPU],
-            "--scale (the thresholds' factor) must lie in (0, 100], got nan", out)
+    refused(["convert", pipeline["na"], "--threshold-scale", "nan", "--out", out, *CPU],
+            "--threshold-scale must lie in (0, 100], got nan", out)
     binary = tmp_path / "preset.yaml"
     binary.write_bytes(bytes(range(256)) * 4)
     refused(["train-ann", "--config", binary, "--out", out], "is not a text file", out)

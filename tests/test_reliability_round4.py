@@ -64,7 +64,7 @@ def test_bands_that_are_digits_only_to_unicode_are_not_band_numbers(dataset_dir,
 
 
 def test_numbers_out_of_reason_are_refused_before_any_work(pipeline, dataset_dir, tmp_path, out):
-    refused(["convert", pipeline["na"], "--scale=1e300", "--out", out, *CPU], "must lie in (0, 100]", out)
+    refused(["convert", pipeline["na"], "--threshold-scale=1e300", "--out", out, *CPU], "must lie in (0, 100]", out)
     refused(["train-ann", *TINY, "--data", dataset_dir, "--scale", "1e-300", "--out", out], "[1e-12, 1e6]", out)
     refused(["data", "multispectral-example", tmp_path / "ms", "--seed=-1"], "--seed must be an integer", tmp_path / "ms")
 

@@ -32,9 +32,17 @@ DEFAULT_POOLING = "avg"
 UNRECORDED_OPTIONS = {"pool": DEFAULT_POOLING}
 
 
+# flags renamed so that each means one thing across commands (train-ann's --scale scales the input and
+# its --dropout is the ANN classifier's): command -> {old flag: new flag}; records keep the old names
+RENAMED_OPTIONS = {"convert": {"scale": "threshold-scale", "dropout": "fc-dropout"}}
+
+
 def with_unrecorded(recorded: dict, current: dict) -> dict:
-    """``recorded`` options (or a resume identity) with what a record from before an option of
-    ``current`` existed means by it (UNRECORDED_OPTIONS)."""
+    """``recorded`` options (or a resume identity) under today's names (RENAMED_OPTIONS), with what a
+    record from before an option of ``current`` existed means by it (UNRECORDED_OPTIONS)."""
+    renamed = {old: new for names in RENAMED_OPTIONS.values() for old, new in names.items()
+               if new in current and old not in current}
+    recorded = {renamed.get(key, key): value for key, value in recorded.items()}
     return {key: value for key, value in UNRECORDED_OPTIONS.items() if key in current} | recorded
 BAD_IMAGE_POLICIES = ("fail", "skip")  # --on-bad-image
 NORMALISATIONS = ("auto", "imagenet", "dataset", "scale", "stretch")  # train-ann's --normalise
@@ -65,7 +73,7 @@ RECIPES = {
     "stp": Recipe(initial_membrane=0.5, fold_thresholds=True, balancing="stp", balance_steps=None, percentile=99.7,
                   scale=0.6, conv_dropout=0.0, conv_dropout_placement="all", amsgrad=False),
     # what TP's reference code computes (SayeedChowdhury/IIR-SNN, built on DIET-SNN; docs/method.md section 7);
-    # DIET-SNN's own balancing: --percentile 99.7 --scale 0.3 --balance-steps 100
+    # DIET-SNN's own balancing: --percentile 99.7 --threshold-scale 0.3 --balance-steps 100
     "reference": Recipe(initial_membrane=0.0, fold_thresholds=False, balancing="reference", balance_steps=500,
                         percentile=90.0, scale=1.0, conv_dropout=0.2, conv_dropout_placement="unpooled", amsgrad=True),
 }

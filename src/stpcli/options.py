@@ -36,6 +36,7 @@ from stpcli.defaults import (
     MAX_BALANCE_STEPS,
     NORMALISATIONS,
     RECIPES,
+    RENAMED_OPTIONS,
     SPIKE_AMPLITUDES,
 )
 from stpcli.engine.recipe import TRAIN_OPTIONS, TrainConfig
@@ -320,7 +321,9 @@ class ConvertOptions(SnnTraining):
                                    "options below and of the later SNN stages; an option given explicitly wins.")
     percentile: float | None = recipe_option("--percentile", "percentile",
                                              "Threshold = scale x this percentile of the input current")
-    scale: float | None = recipe_option("--scale", "scale", "Threshold scale factor")
+    scale: float | None = recipe_option("--threshold-scale", "scale",
+                                        "Threshold scale factor (formerly convert's --scale; train-ann's --scale "
+                                        "scales the input)")
     calibration_images: int = option("--calibration-images", default=512,
                                      help="Training images used for threshold balancing.")
     balancing: str | None = recipe_option("--balancing", "balancing",
@@ -335,8 +338,9 @@ class ConvertOptions(SnnTraining):
                                                  "spikes, so the SNN computes the ANN's function (TP's and DIET-SNN's "
                                                  "code does not)")
     epochs: int = epochs_option(10, "Hybrid (surrogate-gradient) training epochs at T.")
-    dropout: float = option("--dropout", default=0.2,
-                            help="SNN dropout in hidden FC layers (one mask per image, shared by all steps).")
+    dropout: float = option("--fc-dropout", default=0.2,
+                            help="SNN dropout in hidden FC layers (one mask per image, shared by all steps; formerly "
+                                 "convert's --dropout; train-ann's --dropout is the ANN's).")
     conv_dropout: float | None = recipe_option("--conv-dropout", "conv_dropout",
                                                "SNN dropout after convolutional neuron layers (one mask per image, "
                                                "shared by all steps)")
@@ -377,7 +381,7 @@ class ConvertOptions(SnnTraining):
         if not 0 < conversion.percentile <= 100:
             raise StpError(f"--percentile must lie in (0, 100], got {conversion.percentile}")
         if not 0 < conversion.scale <= MAX_THRESHOLD_SCALE:
-            raise StpError(f"--scale (the thresholds' factor) must lie in (0, {MAX_THRESHOLD_SCALE:g}], "
+            raise StpError(f"--threshold-scale must lie in (0, {MAX_THRESHOLD_SCALE:g}], "
                            f"got {conversion.scale}")
         if not 0 < conversion.calibration_images <= MAX_CALIBRATION_IMAGES:
             raise StpError(f"--calibration-images must lie in 1..{MAX_CALIBRATION_IMAGES}, "
@@ -402,7 +406,7 @@ class ConvertOptions(SnnTraining):
 
 def check_settings(settings: SpikingSettings) -> None:
     """Neuron settings within their bounds (convert's options, and a record's)."""
-    for name, value in (("--dropout", settings.dropout), ("--conv-dropout", settings.conv_dropout),
+    for name, value in (("--fc-dropout", settings.dropout), ("--conv-dropout", settings.conv_dropout),
                         ("--initial-membrane", settings.initial_membrane)):
         if not 0 <= value < 1:
             raise StpError(f"{name} must lie in [0, 1), got {value}")
@@ -532,12 +536,20 @@ def command_fields(command: str) -> list[Field]:
 
 
 def option_field(command: str, spelling: str) -> Field | None:
-    """The field a preset key or a recorded option names (``image-size``, ``image_size``, ``--as``)."""
+    """The field a preset key names by its flag (``image-size``, ``image_size``, ``--as``)."""
     key = str(spelling).lstrip("-").replace("_", "-")
-    for item in command_fields(command):
-        if key in (flag(item), item.name.replace("_", "-")):
-            return item
-    return None
+    return next((item for item in command_fields(command) if flag(item) == key), None)
+
+
+def recorded_field(command: str, key: str) -> Field | None:
+    """The field a lineage record's option names, also under a name it had before (RENAMED_OPTIONS)."""
+    return option_field(command, RENAMED_OPTIONS.get(command, {}).get(key, key))
+
+
+def renamed_hint(command: str, spelling: str) -> str:
+    """What an old flag of ``command`` is called now, as a hint ('' if it was not renamed)."""
+    new = RENAMED_OPTIONS.get(command, {}).get(str(spelling).lstrip("-").replace("_", "-"))
+    return f"; {command}'s {spelling} is now {new!r} (each flag means one thing across commands)" if new else ""
 
 
 # --- presets: YAML files of option values, one section per command -----------------------------------
@@ -565,7 +577,7 @@ def preset_values(command: str, data: dict, path: Path) -> dict[str, tuple[str, 
         if item is None or item.name == "config":
             spellings = [flag(i) for i in command_fields(command)]
             close = difflib.get_close_matches(str(key), spellings, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = renamed_hint(command, key) or (f"; did you mean {close[0]!r}?" if close else "")
             raise StpError(f"--config {path}: unknown option {key!r} for {command}{hint}")
         chosen[item.name] = (key, value, True)
     types = {name: kind for cls in command_classes(command) for name, kind in field_types(cls).items()}
@@ -611,7 +623,7 @@ def check_preset_layout(data: dict, path: Path) -> None:
     """Every section of a preset names a command, and every shared key is an option of one."""
     known_sections = [*STAGE_OPTIONS, *PRESET_ONLY_SECTIONS]
     shared = {flag(item) for command in STAGE_OPTIONS for item in command_fields(command)}
-    shared |= {item.name for command in STAGE_OPTIONS for item in command_fields(command)}
+    shared |= {name.replace("-", "_") for name in shared}
     for key, value in data.items():
         key = str(key)
         if isinstance(value, dict):

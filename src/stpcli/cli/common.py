@@ -17,7 +17,7 @@ import yaml
 from rich.console import Console
 
 from stpcli.cli.terminal import OutputError, flush_standard_output, shown
-from stpcli.defaults import DEFAULT_LIF_BACKEND
+from stpcli.defaults import DEFAULT_LIF_BACKEND, RENAMED_OPTIONS
 from stpcli.errors import StpError
 from stpcli.files import MAX_TEXT_FILE, finish_outputs, first_line, readable_file
 from stpcli.options import DataOptions, RunOptions, command_classes, command_fields, command_options, field_types, preset_values
@@ -223,11 +223,18 @@ def with_stage_options(command: str):
         extra = [inspect.Parameter(item.name, inspect.Parameter.KEYWORD_ONLY, default=item.default,
                                    annotation=typer_option(item, types[item.name]))
                  for item in command_fields(command)]
+        extra += [inspect.Parameter(_renamed_parameter(old), inspect.Parameter.KEYWORD_ONLY, default=None,
+                                    annotation=Annotated[str | None, typer.Option(f"--{old}", hidden=True)])
+                  for old in RENAMED_OPTIONS.get(command, {})]  # refused with a hint, not "no such option"
         function.__signature__ = signature.replace(parameters=own + extra)
         function.__annotations__.update({p.name: p.annotation for p in extra})
         return function
 
     return decorate
+
+
+def _renamed_parameter(old: str) -> str:
+    return "renamed_" + old.replace("-", "_")
 
 
 def typer_option(item: Field, kind: Any) -> Any:
@@ -247,6 +254,9 @@ def stage_command_options(ctx: typer.Context, command: str, values: dict[str, An
     """A stage command's options objects (its stage's, the data's, how it runs) from its parameters,
     each not given on the command line filled from the ``--config`` preset; checked before any
     checkpoint is read."""
+    for old, new in RENAMED_OPTIONS.get(command, {}).items():
+        if values.pop(_renamed_parameter(old), None) is not None:
+            raise StpError(f"{command}'s --{old} is now --{new} (each flag means one thing across commands)")
     config = values.get("config")
     if config is not None:
         preset = preset_values(command, read_yaml(config, "--config"), config)

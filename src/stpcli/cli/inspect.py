@@ -28,7 +28,7 @@ from stpcli.errors import StpError
 from stpcli.files import check_output, lock_output
 from stpcli.models.plan import pooling_mode
 from stpcli.names import figure_path, stem
-from stpcli.options import STAGE_OPTIONS, flag, option_field
+from stpcli.options import STAGE_OPTIONS, flag, recorded_field
 
 # checkpoints, reports (torch) and figures (matplotlib) are imported by the command that needs them
 
@@ -304,7 +304,7 @@ def rerun_config(ctx: typer.Context, entry: dict) -> str:
         raise StpError(f"the last stage, {command!r}, is not a command of this stp")
     options = {}
     for key, value in entry.get("options", {}).items():
-        item = option_field(command, key)
+        item = recorded_field(command, key)
         if item is None or item.name in ("config", "force", "resume", "if_changed") or value is None:
             continue
         value = value["path"] if isinstance(value, dict) and "path" in value else value
