@@ -238,6 +238,26 @@ def test_ctrl_c_under_make_then_make_again_resumes_and_gives_the_uninterrupted_t
     assert third.count("is up to date") == 3 and "rebuilding" not in third
 
 
+def test_resume_refuses_any_other_option_of_the_stage(dataset_dir, tmp_path):
+    """What an interrupted run must share with the run that resumes it is every option of its stage
+    (the options class), not a hand-picked few: resuming with another --normalise would continue
+    weights trained on other inputs."""
+    out = tmp_path / "na.safetensors"
+    state = tmp_path / "na.state.safetensors"
+    proc = subprocess.Popen(_train_cmd(dataset_dir, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for_epoch(state, proc, 1)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    if not state.exists():
+        pytest.skip("training finished before the signal arrived")
+    other = subprocess.run(_train_cmd(dataset_dir, out) + ["--resume", "--normalise", "dataset"],
+                           capture_output=True, text=True)
+    assert other.returncode == 2 and "--normalise differ(s)" in other.stderr, other.stderr
+    assert state.exists() and not out.exists()
+    same = subprocess.run(_train_cmd(dataset_dir, out) + ["--resume"], capture_output=True, text=True)
+    assert same.returncode == 0 and "resuming from" in same.stdout, same.stderr
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 130)])
 def test_signals_stop_at_a_safe_point_and_keep_the_state(dataset_dir, tmp_path, sig, code):
     out = tmp_path / "na.safetensors"

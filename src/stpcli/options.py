@@ -186,7 +186,8 @@ class Training(Options):
         return {**self.stage_recorded(), **self.train_config(recipe).recorded()}
 
     def stage_recorded(self) -> dict[str, Any]:
-        """The stage's own options (not the recipe's) under their flag names."""
+        """The stage's own options (not the recipe's) under their flag names: with the recipe's
+        (``TrainConfig``), what an interrupted run must share with the run that resumes it."""
         recipe = {"epochs", *recipe_field_names()}  # recorded from the engine's recipe (amsgrad resolved)
         return {flag(item): getattr(self, item.name) for item in option_fields(self) if item.name not in recipe}
 
@@ -396,12 +397,14 @@ class ConvertOptions(SnnTraining):
                            "threshold itself)")
         check_settings(settings)
 
-    def recorded(self, recipe: str | None = None) -> dict[str, Any]:
-        """The options as the conversion used them: the recipe's values where none was given."""
+    def used(self) -> ConvertOptions:
+        """These options as the conversion uses them: the recipe's values where none was given."""
         names = {item.name for item in fields(self)}
         used = {**asdict(self.conversion()), **asdict(self.settings())}
-        resolved = replace(self, **{name: value for name, value in used.items() if name in names})
-        return {**resolved.stage_recorded(), **self.train_config(self.known_recipe()).recorded()}
+        return replace(self, **{name: value for name, value in used.items() if name in names})
+
+    def recorded(self, recipe: str | None = None) -> dict[str, Any]:
+        return {**self.used().stage_recorded(), **self.train_config(self.known_recipe()).recorded()}
 
 
 def check_settings(settings: SpikingSettings) -> None:

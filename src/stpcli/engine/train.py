@@ -297,12 +297,17 @@ def _interrupt_message(signal_name: str | None, loop: _Loop, epoch: int) -> str:
             "nothing to resume")
 
 
+# what a resume identity holds besides options: the input's and the split's sha256, the stage, the T
+# being trained, the calibration images a conversion used
+IDENTITY_FACTS = ("stage", "parent", "teacher", "split_sha256", "timesteps", "calibration_images")
+
+
 def changed_options(recorded: dict, current: dict) -> list[str]:
     """The options (by command-line name where one exists) whose values differ; --lr may change."""
     options = {f"train.{name}": option for name, option in TRAIN_OPTIONS.items()}
     flat_recorded, flat_current = _flatten(with_unrecorded(recorded, current)), _flatten(current)
     keys = sorted(set(flat_recorded) | set(flat_current))
-    return [options.get(k, k) for k in keys
+    return [options.get(k, k if k in IDENTITY_FACTS or "." in k else f"--{k}") for k in keys
             if k != "train.lr" and flat_recorded.get(k) != flat_current.get(k)]
 
 

@@ -90,8 +90,7 @@ def train_ann(run: Run, options: TrainAnnOptions | None = None, *, data: DataOpt
     run.say(f"[train-ann] {arch} x{width} on {dataset.source['path']}: {len(dataset.classes)} classes, "
             f"{counts['train']} train / {counts['val']} val / {counts['test']} test images at {image_size}px")
     return train_and_finish(run, model, split_parts, config, record, io,
-                            resume_identity={"arch": arch, "width": width, "image_size": image_size, "dropout": dropout,
-                                             "pool": pool, "split_sha256": split["sha256"], "pretrained": pretrained},
+                            resume_identity={"split_sha256": split["sha256"], **options.stage_recorded()},
                             metrics={}, options=recorded, parent=None)
 
 
@@ -157,6 +156,6 @@ def add_unit(run: Run, source: Checkpoint, options: AddUnitOptions | None = None
     run.say(f"[add-unit] {count} Unit(s) in layer group {unit_group} (layers {first}..{first + count - 1}); "
             f"test accuracy before fine-tuning {before:.2f}%")
     return train_and_finish(run, model, data_parts, config, record, io,
-                            resume_identity={"as": unit_group, "m": count, "parent": source.sha256},
+                            resume_identity={"parent": source.sha256, **options.stage_recorded()},
                             metrics={"test_accuracy_before_training": before},
                             options=recorded, parent=source)

@@ -62,7 +62,7 @@ def quantize(run: Run, source: Checkpoint, options: QuantizeOptions | None = Non
     torch.manual_seed(config.seed)
     if config.epochs > 0:
         result = train_stage(run, snn, parts, config, record, io,
-                             {"weight_bits": weight_bits, "input_layer_bits": input_layer_bits, "parent": source.sha256})
+                             {"parent": source.sha256, **options.stage_recorded()})
         metrics.update({"val_accuracy": result.best_val, "best_epoch": result.best_epoch,
                         "seconds": round(result.seconds, 1)})
     remove_fake_quantization(snn, first_scale)

@@ -64,8 +64,8 @@ def convert(run: Run, source: Checkpoint, options: ConvertOptions | None = None,
             f"accuracy right after conversion: val {converted_val:.2f}%, test {converted:.2f}%")
     torch.manual_seed(config.seed)  # the SNN's dropout masks: one seed, one run
     return train_and_finish(run, snn, parts, config, record, io,
-                            resume_identity={"timesteps": timesteps, **asdict(conversion), "calibration_images": count,
-                                             "parent": source.sha256},
+                            resume_identity={"parent": source.sha256, "calibration_images": count,
+                                             **options.used().stage_recorded()},
                             metrics={"test_accuracy_after_conversion": converted,
                                      "val_accuracy_after_conversion": converted_val},
                             options=recorded,
@@ -133,7 +133,8 @@ def temporal_prune(run: Run, source: Checkpoint, options: TemporalPruneOptions |
         torch.manual_seed(config.seed)
         parent = train_and_finish(run.named("temporal-prune", f"temporal-prune T={timesteps}"), snn,
                                   parts, config, record, t_io,
-                                  resume_identity={"timesteps": timesteps, "parent": parent.sha256},
+                                  resume_identity={"timesteps": timesteps, "parent": parent.sha256,
+                                                   **options.stage_recorded()},
                                   metrics={"test_accuracy_before_training": start},
                                   options=t_options, parent=parent,
                                   teacher=distil_from)
@@ -163,8 +164,8 @@ def spatial_prune(run: Run, source: Checkpoint, options: SpatialPruneOptions | N
         unit_group, count, named = units_to_remove(source.model_spec, options.unit_group, options.count)
     except StpError as exc:
         raise StpError(str(exc).replace("the checkpoint", str(source.path), 1)) from None
-    recorded = {**replace(options, unit_group=unit_group, count=count).recorded(recorded_recipe(source)),
-                **data.recorded()}
+    used = replace(options, unit_group=unit_group, count=count)
+    recorded = {**used.recorded(recorded_recipe(source)), **data.recorded()}
     existing = io.current(run, source, recorded)
     if existing is not None:
         return existing
@@ -179,7 +180,7 @@ def spatial_prune(run: Run, source: Checkpoint, options: SpatialPruneOptions | N
             f"T={source.timesteps}; test accuracy before fine-tuning {before:.2f}%")
     torch.manual_seed(config.seed)
     return train_and_finish(run, small, parts, config, record, io,
-                            resume_identity={"as": unit_group, "m": count, "parent": source.sha256},
+                            resume_identity={"parent": source.sha256, **used.stage_recorded()},
                             metrics={"test_accuracy_before_training": before,
                                      "removed_layers": list(range(first, first + count))},
                             options=recorded, parent=source, teacher=distil_from)
