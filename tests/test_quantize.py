@@ -206,7 +206,7 @@ def test_max_pooling_is_carried_through_every_stage_and_both_float_exports(netwo
     ckpt, images, _ = _test_images(networks["vgg_max"][1])
     assert ckpt.model_spec["pool"] == "max" and load_checkpoint(quantized["vgg_max"]).model_spec["pool"] == "max"
     snn = model_from_checkpoint(ckpt)
-    pools = [layer.pool for entry, layer in zip(snn.plan, snn.layers) if entry["type"] == "pool"]
+    pools = [layer.op for entry, layer in zip(snn.plan, snn.layers) if entry["type"] == "pool"]
     assert len(pools) == 5 and all(isinstance(pool, torch.nn.MaxPool2d) for pool in pools)
     assert "max pooling" in run_cli(["info", networks["vgg_max"][1]]).stdout
     onnx_file = tmp_path / "float.onnx"

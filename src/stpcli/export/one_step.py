@@ -108,7 +108,7 @@ def one_step_network(snn: SNN) -> nn.Sequential:
         elif kind == "output":
             layers.append(_scaled(layer.fc, factor, None))
         elif kind == "pool":
-            layers.append(layer.pool)
+            layers.append(layer.op)
         elif kind == "global_pool":
             layers.append(nn.AdaptiveAvgPool2d(1))
             layers.append(nn.Flatten())

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stpcli.models.ann import pooling
+from stpcli.models.ann import ANN_LAYERS
 from stpcli.models.plan import PlanEntry, build_plan, projects
 from stpcli.spec import ModelSpec
 from stpcli.spiking.neuron import LIF
@@ -114,20 +114,15 @@ class OutputLayer(nn.Module):
 
 
 class Stateless(nn.Module):
-    """Pooling and flattening act on the folded batch and ignore time."""
+    """A layer without weights or neurons (pooling, flattening): the ANN's module for it
+    (``models.ann.ANN_LAYERS``), applied to the time-folded batch, so it ignores time."""
 
     def __init__(self, entry: PlanEntry):
         super().__init__()
-        self.kind = entry["type"]
-        if self.kind == "pool":
-            self.pool = pooling(entry)
+        self.op = ANN_LAYERS[entry["type"]](entry)
 
     def forward(self, x, timesteps: int, static: bool = False):
-        if self.kind == "pool":
-            return self.pool(x)
-        if self.kind == "global_pool":
-            return x.mean(dim=(2, 3))
-        return x.flatten(1)
+        return self.op(x)
 
 
 def conv_dropout_rates(plan: list[PlanEntry], settings: SpikingSettings) -> list[float]:

@@ -242,66 +242,97 @@ class IntegerNeurons(nn.Module):
         return spikes
 
 
-class _IntegerLayer(nn.Module):
+class _IntegerConv(nn.Module):
     conv_int: torch.Tensor
+
+    def __init__(self, entry: PlanEntry, tensors: dict[str, torch.Tensor], prefix: str):
+        super().__init__()
+        self.entry = entry
+        self.register_buffer("conv_int", tensors[f"{prefix}.conv.weight_int"].double())
+        self.neuron = IntegerNeurons(tensors[f"{prefix}.neuron.threshold_int"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.neuron(F.conv2d(x, self.conv_int, None, self.entry["stride"], self.entry["padding"]))
+
+
+class _IntegerBlock(nn.Module):
+    """A residual block: its shortcut a 1x1 integer convolution, or an integer scale of the input spikes."""
+
     conv1_int: torch.Tensor
     conv2_int: torch.Tensor
     shortcut_int: torch.Tensor
+
+    def __init__(self, entry: PlanEntry, tensors: dict[str, torch.Tensor], prefix: str):
+        super().__init__()
+        self.entry = entry
+        for name in ("conv1", "conv2"):
+            self.register_buffer(f"{name}_int", tensors[f"{prefix}.{name}.weight_int"].double())
+        self.neuron1 = IntegerNeurons(tensors[f"{prefix}.neuron1.threshold_int"])
+        self.neuron2 = IntegerNeurons(tensors[f"{prefix}.neuron2.threshold_int"])
+        self.projection = f"{prefix}.shortcut.weight_int" in tensors
+        self.register_buffer("shortcut_int", tensors[f"{prefix}.shortcut.weight_int"].double() if self.projection
+                             else tensors[f"{prefix}.shortcut_int"].double())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stride = self.entry["stride"]
+        hidden = self.neuron1(F.conv2d(x, self.conv1_int, None, stride, 1))
+        accumulator = F.conv2d(hidden, self.conv2_int, None, 1, 1)
+        if self.projection:
+            accumulator = accumulator + F.conv2d(x, self.shortcut_int, None, stride, 0)
+        else:
+            accumulator = accumulator + x * self.shortcut_int.reshape(1, -1, 1, 1)
+        return self.neuron2(accumulator)
+
+
+class _IntegerLinear(nn.Module):
+    fc_int: torch.Tensor
+
+    def __init__(self, entry: PlanEntry, tensors: dict[str, torch.Tensor], prefix: str):
+        super().__init__()
+        self.register_buffer("fc_int", tensors[f"{prefix}.fc.weight_int"].double())
+        self.neuron = IntegerNeurons(tensors[f"{prefix}.neuron.threshold_int"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.neuron(x @ self.fc_int.T)
+
+
+class _IntegerOutput(nn.Module):
+    """The classifier: integer accumulation, then its step and bias give the logits."""
+
     fc_int: torch.Tensor
     step: torch.Tensor
     bias: torch.Tensor
-    threshold_int: torch.Tensor
 
-    def __init__(self, entry: PlanEntry, tensors: dict[str, torch.Tensor], prefix: str, bias: torch.Tensor | None):
+    def __init__(self, entry: PlanEntry, tensors: dict[str, torch.Tensor], prefix: str):
         super().__init__()
-        self.kind = entry["type"]
+        self.register_buffer("fc_int", tensors[f"{prefix}.fc.weight_int"].double())
+        self.register_buffer("step", tensors[f"{prefix}.fc.weight_step"].double())
+        self.register_buffer("bias", tensors[f"{prefix}.fc.bias"].double())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x @ self.fc_int.T) * self.step + self.bias
+
+
+class _IntegerStateless(nn.Module):
+    """Pooling and flattening of integers: max pooling keeps spikes spikes; average pooling is sum pooling
+    and a global average a sum, so spike counts stay integers."""
+
+    def __init__(self, entry: PlanEntry, tensors: dict[str, torch.Tensor], prefix: str):
+        super().__init__()
         self.entry = entry
-        if self.kind in ("conv", "block"):
-            names = ("conv",) if self.kind == "conv" else ("conv1", "conv2")
-            for name in names:
-                self.register_buffer(f"{name}_int", tensors[f"{prefix}.{name}.weight_int"].double())
-            if self.kind == "conv":
-                self.neuron = IntegerNeurons(tensors[f"{prefix}.neuron.threshold_int"])
-            else:
-                self.neuron1 = IntegerNeurons(tensors[f"{prefix}.neuron1.threshold_int"])
-                self.neuron2 = IntegerNeurons(tensors[f"{prefix}.neuron2.threshold_int"])
-                projection = f"{prefix}.shortcut.weight_int" in tensors
-                self.register_buffer("shortcut_int", tensors[f"{prefix}.shortcut.weight_int"].double() if projection
-                                     else tensors[f"{prefix}.shortcut_int"].double())
-                self.projection = projection
-        elif self.kind in ("fc", "output"):
-            self.register_buffer("fc_int", tensors[f"{prefix}.fc.weight_int"].double())
-            if self.kind == "fc":
-                self.neuron = IntegerNeurons(tensors[f"{prefix}.neuron.threshold_int"])
-            else:
-                self.register_buffer("step", tensors[f"{prefix}.fc.weight_step"].double())
-                if bias is None:
-                    raise ValueError("the output layer needs its bias")
-                self.register_buffer("bias", bias.double())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         e = self.entry
-        if self.kind == "conv":
-            return self.neuron(F.conv2d(x, self.conv_int, None, e["stride"], e["padding"]))
-        if self.kind == "block":
-            hidden = self.neuron1(F.conv2d(x, self.conv1_int, None, e["stride"], 1))
-            accumulator = F.conv2d(hidden, self.conv2_int, None, 1, 1)
-            if self.projection:
-                accumulator = accumulator + F.conv2d(x, self.shortcut_int, None, e["stride"], 0)
-            else:
-                accumulator = accumulator + x * self.shortcut_int.reshape(1, -1, 1, 1)
-            return self.neuron2(accumulator)
-        if self.kind == "fc":
-            return self.neuron(x @ self.fc_int.T)
-        if self.kind == "output":
-            return (x @ self.fc_int.T) * self.step + self.bias
-        if self.kind == "pool" and e["mode"] == "max":  # spikes stay spikes
-            return F.max_pool2d(x, e["kernel"], e["stride"], e["padding"])
-        if self.kind == "pool":  # sum pooling: spike counts stay integers
+        if e["type"] == "pool":
+            if e["mode"] == "max":
+                return F.max_pool2d(x, e["kernel"], e["stride"], e["padding"])
             return F.avg_pool2d(x, e["kernel"], e["stride"], e["padding"], divisor_override=1)
-        if self.kind == "global_pool":
-            return x.sum(dim=(2, 3))
-        return x.flatten(1)
+        return x.sum(dim=(2, 3)) if e["type"] == "global_pool" else x.flatten(1)
+
+
+# plan entry type -> its integer module (models.plan.LAYER_TYPES lists the types; a test checks the cover)
+INTEGER_LAYERS = {"conv": _IntegerConv, "block": _IntegerBlock, "fc": _IntegerLinear, "output": _IntegerOutput,
+                  "pool": _IntegerStateless, "global_pool": _IntegerStateless, "flatten": _IntegerStateless}
 
 
 class IntegerSNN(nn.Module):
@@ -311,10 +342,8 @@ class IntegerSNN(nn.Module):
     def __init__(self, spec, plan: list[PlanEntry], tensors: dict[str, torch.Tensor]):
         super().__init__()
         self.spec, self.plan, self.timesteps = spec, plan, 1
-        last = len(plan) - 1
-        self.layers = nn.ModuleList(
-            _IntegerLayer(entry, tensors, f"layers.{i}", tensors.get(f"layers.{i}.fc.bias") if i == last else None)
-            for i, entry in enumerate(plan))
+        self.layers = nn.ModuleList(INTEGER_LAYERS[entry["type"]](entry, tensors, f"layers.{i}")
+                                    for i, entry in enumerate(plan))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.double()
