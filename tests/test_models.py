@@ -169,13 +169,14 @@ def test_converted_if_snn_approaches_the_ann_at_large_t(arch):
         assert errors[128] < 0.4 * errors[4] and errors[128] < 0.35, (initial, errors)
 
 
-def test_every_layer_type_has_an_ann_an_snn_and_an_integer_module_and_families_are_registered():
+def test_every_layer_type_has_its_modules_in_every_form_and_families_are_registered():
+    from stpcli.export.one_step import ONE_STEP_LAYERS
     from stpcli.models.ann import ANN_LAYERS
     from stpcli.models.plan import LAYER_TYPES, PLAN_BUILDERS
     from stpcli.spiking.network import SNN_LAYERS
     from stpcli.spiking.quantize import INTEGER_LAYERS
 
-    assert set(ANN_LAYERS) == set(SNN_LAYERS) == set(INTEGER_LAYERS) == set(LAYER_TYPES)
+    assert set(ANN_LAYERS) == set(SNN_LAYERS) == set(INTEGER_LAYERS) == set(ONE_STEP_LAYERS) == set(LAYER_TYPES)
     assert {spec()["family"] for spec in ARCHITECTURES.values()} <= set(PLAN_BUILDERS)
     with pytest.raises(ValueError, match="no layer plan"):
         build_plan({**small_spec("vgg11"), "family": "mlp"})

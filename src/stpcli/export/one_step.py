@@ -82,6 +82,44 @@ def _scaled(module: Any, factor: float, neuron: LIF | None) -> nn.Module:
     return copy
 
 
+def _conv(layer: Any, factor: float) -> tuple[list[nn.Module], float]:
+    return [_Fire(_scaled(layer.conv, factor, layer.neuron), _amplitude(layer.neuron))], _reading(layer.neuron)
+
+
+def _block(layer: Any, factor: float) -> tuple[list[nn.Module], float]:
+    shortcut = _scaled(layer.shortcut, factor, None) if layer.shortcut is not None else None
+    identity = factor * (float(layer.shortcut_scale) if layer.shortcut_scale is not None else 1.0)
+    first = _Fire(_scaled(layer.conv1, factor, layer.neuron1), _amplitude(layer.neuron1))
+    conv2 = _scaled(layer.conv2, _reading(layer.neuron1), layer.neuron2)
+    return [_Block(first, conv2, shortcut, identity, _amplitude(layer.neuron2))], _reading(layer.neuron2)
+
+
+def _hidden_linear(layer: Any, factor: float) -> tuple[list[nn.Module], float]:
+    return [_Fire(_scaled(layer.fc, factor, layer.neuron), _amplitude(layer.neuron))], _reading(layer.neuron)
+
+
+def _output(layer: Any, factor: float) -> tuple[list[nn.Module], float]:
+    return [_scaled(layer.fc, factor, None)], 1.0
+
+
+def _pool(layer: Any, factor: float) -> tuple[list[nn.Module], float]:
+    return [layer.op], factor  # linear: it acts on the stored values unchanged
+
+
+def _global_pool(layer: Any, factor: float) -> tuple[list[nn.Module], float]:
+    return [nn.AdaptiveAvgPool2d(1), nn.Flatten()], factor  # onnxruntime's GlobalAveragePool
+
+
+def _flatten(layer: Any, factor: float) -> tuple[list[nn.Module], float]:
+    return [nn.Flatten()], factor
+
+
+# plan entry type -> its one-step modules, given the SNN layer and the factor of the values it reads;
+# with the factor of the values it stores (models.plan.LAYER_TYPES lists the types; a test checks the cover)
+ONE_STEP_LAYERS = {"conv": _conv, "block": _block, "fc": _hidden_linear, "output": _output, "pool": _pool,
+                   "global_pool": _global_pool, "flatten": _flatten}
+
+
 @torch.no_grad()
 def one_step_network(snn: SNN) -> nn.Sequential:
     """``snn`` at T = 1 as Synapse-Clip layers (see the module docstring); its logits are stp's."""
@@ -89,29 +127,7 @@ def one_step_network(snn: SNN) -> nn.Sequential:
         raise ValueError("the one-step form is for T = 1")
     layers: list[nn.Module] = []
     factor = 1.0  # stp's activation = stored activation x factor (1 for the analog input image)
-    layer: Any  # the SNN module of the plan entry (its type follows the entry's type)
     for entry, layer in zip(snn.plan, snn.layers):
-        kind = entry["type"]
-        if kind == "conv":
-            layers.append(_Fire(_scaled(layer.conv, factor, layer.neuron), _amplitude(layer.neuron)))
-            factor = _reading(layer.neuron)
-        elif kind == "block":
-            shortcut = _scaled(layer.shortcut, factor, None) if layer.shortcut is not None else None
-            identity = factor * (float(layer.shortcut_scale) if layer.shortcut_scale is not None else 1.0)
-            first = _Fire(_scaled(layer.conv1, factor, layer.neuron1), _amplitude(layer.neuron1))
-            conv2 = _scaled(layer.conv2, _reading(layer.neuron1), layer.neuron2)
-            layers.append(_Block(first, conv2, shortcut, identity, _amplitude(layer.neuron2)))
-            factor = _reading(layer.neuron2)
-        elif kind == "fc":
-            layers.append(_Fire(_scaled(layer.fc, factor, layer.neuron), _amplitude(layer.neuron)))
-            factor = _reading(layer.neuron)
-        elif kind == "output":
-            layers.append(_scaled(layer.fc, factor, None))
-        elif kind == "pool":
-            layers.append(layer.op)
-        elif kind == "global_pool":
-            layers.append(nn.AdaptiveAvgPool2d(1))
-            layers.append(nn.Flatten())
-        else:
-            layers.append(nn.Flatten())
+        modules, factor = ONE_STEP_LAYERS[entry["type"]](layer, factor)
+        layers += modules
     return nn.Sequential(*layers).eval()
