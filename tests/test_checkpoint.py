@@ -148,7 +148,7 @@ def test_a_record_from_before_pool_existed_means_average_pooling(tmp_path):
     assert differences(entry, "train-ann", None, {"arch": "vgg11", "pool": "max"}) == [
         "options changed: --pool avg -> max"]
     assert changed_options({"arch": "vgg11"}, {"arch": "vgg11", "pool": "avg"}) == []
-    assert changed_options({"arch": "vgg11"}, {"arch": "vgg11", "pool": "max"}) == ["pool"]
+    assert changed_options({"arch": "vgg11"}, {"arch": "vgg11", "pool": "max"}) == ["--pool"]  # named by its flag
     assert changed_options({"timesteps": 5}, {"timesteps": 5}) == []  # other stages have no pool
     refused(["train-ann", "--pool", "min", "--out", tmp_path / "na.safetensors"], "--pool must be one of avg, max",
             tmp_path / "na.safetensors")
