@@ -56,15 +56,12 @@ def check_chain(preset_path: Path, steps: list[Step], *, seed: int | None = None
             arguments["location"] = data
         if device is not None:
             arguments["device"] = device
+        # the preset reader's errors name the file and the section themselves
+        options, data_options, running = preset_command_options(step.command, preset, preset_path, arguments)
         try:
-            options, data_options, running = preset_command_options(step.command, preset, preset_path, arguments)
             _check_step(step, options, data_options, running, specs, timesteps)
         except StpError as exc:
-            message = str(exc)
-            prefix = f"--config {preset_path}"
-            if message.startswith(prefix):  # the preset reader names the file already
-                message = message[len(prefix):].lstrip(", :")
-            raise StpError(f"preset {preset_path}, {step.command}: {message}") from None
+            raise StpError(f"preset {preset_path}, {step.command}: {exc}") from None
 
 
 def step_arguments(step: Step) -> dict:
