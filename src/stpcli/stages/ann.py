@@ -37,8 +37,6 @@ def train_ann(run: Run, options: TrainAnnOptions | None = None, *, data: DataOpt
     run = run.named("train-ann")
     options.check()
     config = options.train_config()
-    arch, width, image_size, dropout, pool = options.arch, options.width, options.image_size, options.dropout, options.pool
-    split_file, val_ratio, pretrained, known = options.split_file, options.val_ratio, options.pretrained, options.known
     recorded = {**options.recorded(), **data.recorded()}
     del recorded["allow-data-change"]  # train-ann defines the data a chain records
     if io.if_changed and data.location is None:
@@ -46,49 +44,49 @@ def train_ann(run: Run, options: TrainAnnOptions | None = None, *, data: DataOpt
     existing = io.current(run, None, recorded)
     if existing is not None:
         return existing
-    io.check(will_train=True, inputs=(Path(pretrained) if pretrained else None,
-                                     *(list_files(Path(split_file)).values() if split_file else ())))
+    io.check(will_train=True, inputs=(Path(options.pretrained) if options.pretrained else None,
+                                     *(list_files(Path(options.split_file)).values() if options.split_file else ())))
     with run.progress("decoding images") as advance:
-        dataset = load_dataset(data.location, image_size, data.on_bad_image, data.cache_dir, progress=advance,
-                               bands=options.bands, normalisation=options.normalisation, known=known)
+        dataset = load_dataset(data.location, options.image_size, data.on_bad_image, data.cache_dir,
+                               progress=advance, bands=options.bands, normalisation=options.normalisation, known=options.known)
     if dataset.check is not None:
         run.say(f"[train-ann] {dataset.check.summary}")
         for difference in dataset.check.differences:
             run.say(f"  {difference}")
     if dataset.skipped:
         run.say(f"skipped {len(dataset.skipped)} image(s) that do not decode")
-    if split_file is not None:
-        split = read_split_lists(Path(split_file), dataset.names, dataset.labels.tolist(), dataset.classes,
-                                 dataset.skipped, val_ratio, config.seed)
+    if options.split_file is not None:
+        split = read_split_lists(Path(options.split_file), dataset.names, dataset.labels.tolist(), dataset.classes,
+                                 dataset.skipped, options.val_ratio, config.seed)
         unused = len(dataset.names) - sum(len(files) for files in split["files"].values())
         carved = (f"; no val list beside it, so {len(split['files']['val'])} validation image(s) were carved from "
-                  f"the training list (--val-ratio {val_ratio}, seed {config.seed})" if "val_ratio" in split else "")
-        run.say(f"split read from {split_file} and its lists" + carved + (f"; {unused} image(s) of the data are in "
-                                                                          "no list and not used" if unused else ""))
+                  f"the training list (--val-ratio {options.val_ratio}, seed {config.seed})" if "val_ratio" in split else "")
+        left_out = f"; {unused} image(s) of the data are in no list and not used" if unused else ""
+        run.say(f"split read from {options.split_file} and its lists" + carved + left_out)
     else:
         split = stratified_split(dataset.names, dataset.labels.tolist(), dataset.classes, options.train_ratio,
-                                 val_ratio, config.seed)
+                                 options.val_ratio, config.seed)
     split_parts = split_data(dataset, split)
-    spec = make_spec(arch, len(dataset.classes), image_size, width, dropout, in_channels=dataset.images.shape[1],
-                     pool=pool)
+    spec = make_spec(options.arch, len(dataset.classes), options.image_size, options.width, options.dropout,
+                     in_channels=dataset.images.shape[1], pool=options.pool)
     torch.manual_seed(config.seed)
     model = ANN(spec)
-    if pretrained:
-        loaded = load_pretrained(model, pretrained)
-        run.say(f"loaded {loaded} tensors from {pretrained}")
+    if options.pretrained:
+        loaded = load_pretrained(model, options.pretrained)
+        run.say(f"loaded {loaded} tensors from {options.pretrained}")
     record = {
         "kind": "ann",
         "model": spec,
         "classes": dataset.classes,
-        "input": input_record(dataset, split_parts, image_size, options.normalisation, options.scale),
+        "input": input_record(dataset, split_parts, options.image_size, options.normalisation, options.scale),
         "data": data_record(dataset),
         "split": split,
         "timesteps": None,
         "snn": None,
     }
     counts = {part: len(split["files"][part]) for part in ("train", "val", "test")}
-    run.say(f"[train-ann] {arch} x{width} on {dataset.source['path']}: {len(dataset.classes)} classes, "
-            f"{counts['train']} train / {counts['val']} val / {counts['test']} test images at {image_size}px")
+    run.say(f"[train-ann] {options.arch} x{options.width} on {dataset.source['path']}: {len(dataset.classes)} classes, "
+            f"{counts['train']} train / {counts['val']} val / {counts['test']} test images at {options.image_size}px")
     return train_and_finish(run, model, split_parts, config, record, io,
                             resume_identity={"split_sha256": split["sha256"], **options.stage_recorded()},
                             metrics={}, options=recorded, parent=None)
