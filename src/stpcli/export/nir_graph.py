@@ -31,7 +31,7 @@ import torch
 
 from stpcli.checkpoint import Checkpoint
 from stpcli.export.convolutions import Neurons, Synapse, integer_chain, passthrough_exact, snn_chain
-from stpcli.models.plan import build_plan, conv_side, output_side, synaptic_layers
+from stpcli.models.plan import PlanEntry, build_plan, conv_side, output_side, synaptic_layers
 from stpcli.spiking.network import SNN
 from stpcli.spiking.neuron import LIF
 
@@ -179,6 +179,99 @@ def _neuron_node(nir, neuron: LIF, initial: float, shape: tuple):
     return nir.LIF(tau=full(tau), r=full(tau), v_leak=full(0.0), v_threshold=full(threshold), metadata=metadata)
 
 
+class _GraphWalk:
+    """The stp-dialect graph under construction: its nodes and edges, the node the next layer reads
+    and the shape it reads."""
+
+    def __init__(self, nir, snn: SNN):
+        self.nir, self.initial = nir, snn.settings.initial_membrane
+        self.amplitudes = {name: (1.0 if snn.settings.binary else float(m.threshold)) for name, m in snn.neurons()}
+        self.sources = {layer.name: layer.source for layer in synaptic_layers(snn.plan, snn.spec["image_size"])}
+        self.shape: tuple[int, ...] = (snn.spec["in_channels"], snn.spec["image_size"], snn.spec["image_size"])
+        self.nodes = {"input": nir.Input(input_type={"input": np.array(self.shape)})}
+        self.edges: list[tuple[str, str]] = []
+        self.previous = "input"
+
+    def add(self, name: str, node, *feeds: str) -> str:
+        self.nodes[name] = node
+        self.edges.extend((feed, name) for feed in feeds)
+        return name
+
+    def amplitude(self, synapse: str) -> float:
+        """The amplitude of the spikes the synaptic layer ``synapse`` ("layers.<i>.<name>") reads (1: the image)."""
+        source = self.sources[synapse]
+        return self.amplitudes[source] if source else 1.0
+
+    def conv(self, index: int, name: str, module: Any, feed: str, in_shape) -> tuple[str, tuple[int, ...]]:
+        weight = _array(module.weight * self.amplitude(f"layers.{index}.{name}"))
+        node = self.nir.Conv2d(input_shape=tuple(in_shape[1:]), weight=weight, stride=module.stride,
+                               padding=module.padding, dilation=1, groups=1, bias=_array(module.bias))
+        side = conv_side(in_shape[1], module.kernel_size[0], module.stride[0], module.padding[0])
+        return self.add(f"layer{index}_{name}", node, feed), (module.out_channels, side, side)
+
+    def neuron(self, name: str, module: LIF, feeds: list[str], shape: tuple) -> str:
+        return self.add(name, _neuron_node(self.nir, module, self.initial, shape), *feeds)
+
+
+def _graph_conv(walk: _GraphWalk, index: int, entry: PlanEntry, layer: Any) -> None:
+    current, walk.shape = walk.conv(index, "conv", layer.conv, walk.previous, walk.shape)
+    walk.previous = walk.neuron(f"layer{index}_neuron", layer.neuron, [current], walk.shape)
+
+
+def _graph_block(walk: _GraphWalk, index: int, entry: PlanEntry, layer: Any) -> None:
+    prefix, shape = f"layer{index}", walk.shape
+    hidden, hidden_shape = walk.conv(index, "conv1", layer.conv1, walk.previous, shape)
+    spikes = walk.neuron(f"{prefix}_neuron1", layer.neuron1, [hidden], hidden_shape)
+    current, out_shape = walk.conv(index, "conv2", layer.conv2, spikes, hidden_shape)
+    if layer.shortcut is not None:
+        skip, _ = walk.conv(index, "shortcut", layer.shortcut, walk.previous, shape)
+    else:
+        # the shortcut carries the block's input spikes: their amplitude, or the constant
+        # scale that binary-spike conversion gave it
+        factor = (float(layer.shortcut_scale) if layer.shortcut_scale is not None
+                  else walk.amplitude(f"layers.{index}.conv1"))
+        skip = walk.add(f"{prefix}_skip", walk.nir.Scale(scale=np.full(shape, factor, dtype=np.float32)), walk.previous)
+    walk.previous, walk.shape = walk.neuron(f"{prefix}_neuron2", layer.neuron2, [current, skip], out_shape), out_shape
+
+
+def _graph_pool(walk: _GraphWalk, index: int, entry: PlanEntry, layer: Any) -> None:
+    k, s, p = entry["kernel"], entry["stride"], entry["padding"]
+    pool = walk.nir.AvgPool2d(kernel_size=np.array([k, k]), stride=np.array([s, s]), padding=np.array([p, p]))
+    walk.previous = walk.add(f"layer{index}_pool", pool, walk.previous)
+    side = output_side(entry, walk.shape[1])
+    walk.shape = (walk.shape[0], side, side)
+
+
+def _graph_global_pool(walk: _GraphWalk, index: int, entry: PlanEntry, layer: Any) -> None:
+    window, channels = np.array(walk.shape[1:]), walk.shape[0]
+    pool = walk.add(f"layer{index}_pool", walk.nir.AvgPool2d(kernel_size=window, stride=window, padding=np.array([0, 0])),
+                    walk.previous)
+    flatten = walk.nir.Flatten(input_type={"input": np.array([channels, 1, 1])}, start_dim=0)
+    walk.previous, walk.shape = walk.add(f"layer{index}_flatten", flatten, pool), (channels,)
+
+
+def _graph_flatten(walk: _GraphWalk, index: int, entry: PlanEntry, layer: Any) -> None:
+    flatten = walk.nir.Flatten(input_type={"input": np.array(walk.shape)}, start_dim=0)
+    walk.previous, walk.shape = walk.add(f"layer{index}_flatten", flatten, walk.previous), (int(np.prod(walk.shape)),)
+
+
+def _graph_linear(walk: _GraphWalk, index: int, entry: PlanEntry, layer: Any) -> None:
+    weight = _array(layer.fc.weight * walk.amplitude(f"layers.{index}.fc"))
+    affine = walk.nir.Affine(weight=weight, bias=_array(layer.fc.bias))
+    walk.previous, walk.shape = walk.add(f"layer{index}_fc", affine, walk.previous), (entry["out"],)
+
+
+def _graph_hidden_linear(walk: _GraphWalk, index: int, entry: PlanEntry, layer: Any) -> None:
+    _graph_linear(walk, index, entry, layer)
+    walk.previous = walk.neuron(f"layer{index}_neuron", layer.neuron, [walk.previous], walk.shape)
+
+
+# plan entry type -> what it adds to the stp-dialect graph, given the walk, its index, the entry and its SNN
+# module (models.plan.LAYER_TYPES lists the types; a test checks the cover)
+STP_GRAPH_LAYERS = {"conv": _graph_conv, "block": _graph_block, "pool": _graph_pool, "global_pool": _graph_global_pool,
+                    "flatten": _graph_flatten, "fc": _graph_hidden_linear, "output": _graph_linear}
+
+
 @torch.no_grad()
 def stp_graph(snn: SNN):
     """The exact stp-dialect graph: stp's own layers, dt = 1, the initial membrane and the reset in
@@ -186,86 +279,12 @@ def stp_graph(snn: SNN):
     import nir
 
     snn = snn.eval()
-    amplitudes = {name: (1.0 if snn.settings.binary else float(m.threshold)) for name, m in snn.neurons()}
-    sources = {layer.name: layer.source for layer in synaptic_layers(snn.plan, snn.spec["image_size"])}
-    initial = snn.settings.initial_membrane
-    shape: tuple[int, ...] = (snn.spec["in_channels"], snn.spec["image_size"], snn.spec["image_size"])
-    nodes = {"input": nir.Input(input_type={"input": np.array(shape)})}
-    edges: list[tuple[str, str]] = []
-    previous: str = "input"
-
-    def weighted(name: str, weight: torch.Tensor) -> np.ndarray:
-        source = sources["layers." + name.removeprefix("layer").replace("_", ".", 1)]
-        return _array(weight * (amplitudes[source] if source else 1.0))
-
-    def conv(name: str, module: Any, feed: str, in_shape) -> tuple[str, tuple[int, ...]]:
-        nodes[name] = nir.Conv2d(input_shape=tuple(in_shape[1:]), weight=weighted(name, module.weight),
-                                 stride=module.stride, padding=module.padding, dilation=1, groups=1,
-                                 bias=_array(module.bias))
-        edges.append((feed, name))
-        side = conv_side(in_shape[1], module.kernel_size[0], module.stride[0], module.padding[0])
-        return name, (module.out_channels, side, side)
-
-    def neuron(name: str, module: LIF, feeds: list[str], shape: tuple) -> str:
-        nodes[name] = _neuron_node(nir, module, initial, shape)
-        edges.extend((feed, name) for feed in feeds)
-        return name
-
-    layer: Any  # the SNN module of the plan entry (its type follows the entry's type)
+    walk = _GraphWalk(nir, snn)
     for index, (entry, layer) in enumerate(zip(snn.plan, snn.layers)):
-        prefix, kind = f"layer{index}", entry["type"]
-        if kind == "conv":
-            current, shape = conv(f"{prefix}_conv", layer.conv, previous, shape)
-            previous = neuron(f"{prefix}_neuron", layer.neuron, [current], shape)
-        elif kind == "block":
-            hidden, hidden_shape = conv(f"{prefix}_conv1", layer.conv1, previous, shape)
-            spikes = neuron(f"{prefix}_neuron1", layer.neuron1, [hidden], hidden_shape)
-            current, out_shape = conv(f"{prefix}_conv2", layer.conv2, spikes, hidden_shape)
-            if layer.shortcut is not None:
-                skip, _ = conv(f"{prefix}_shortcut", layer.shortcut, previous, shape)
-            else:
-                # the shortcut carries the block's input spikes: their amplitude, or the constant
-                # scale that binary-spike conversion gave it
-                source = sources[f"layers.{index}.conv1"]
-                factor = (float(layer.shortcut_scale) if layer.shortcut_scale is not None
-                          else amplitudes[source] if source else 1.0)
-                skip = f"{prefix}_skip"
-                nodes[skip] = nir.Scale(scale=np.full(shape, factor, dtype=np.float32))
-                edges.append((previous, skip))
-            previous, shape = neuron(f"{prefix}_neuron2", layer.neuron2, [current, skip], out_shape), out_shape
-        elif kind == "pool":
-            name = f"{prefix}_pool"
-            k, s, p = entry["kernel"], entry["stride"], entry["padding"]
-            nodes[name] = nir.AvgPool2d(kernel_size=np.array([k, k]), stride=np.array([s, s]),
-                                        padding=np.array([p, p]))
-            edges.append((previous, name))
-            previous = name
-            shape = (shape[0], output_side(entry, shape[1]), output_side(entry, shape[1]))
-        elif kind == "global_pool":
-            name = f"{prefix}_pool"
-            nodes[name] = nir.AvgPool2d(kernel_size=np.array(shape[1:]), stride=np.array(shape[1:]),
-                                        padding=np.array([0, 0]))
-            nodes[f"{prefix}_flatten"] = nir.Flatten(input_type={"input": np.array([shape[0], 1, 1])}, start_dim=0)
-            edges += [(previous, name), (name, f"{prefix}_flatten")]
-            previous, shape = f"{prefix}_flatten", (shape[0],)
-        elif kind == "flatten":
-            name = f"{prefix}_flatten"
-            nodes[name] = nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0)
-            edges.append((previous, name))
-            previous, shape = name, (int(np.prod(shape)),)
-        elif kind in ("fc", "output"):
-            name = f"{prefix}_fc"
-            nodes[name] = nir.Affine(weight=weighted(name, layer.fc.weight), bias=_array(layer.fc.bias))
-            edges.append((previous, name))
-            previous, shape = name, (entry["out"],)
-            if kind == "fc":
-                previous = neuron(f"{prefix}_neuron", layer.neuron, [name], shape)
-    nodes["output"] = nir.Output(output_type={"output": np.array(shape)})
-    edges.append((previous, "output"))
+        STP_GRAPH_LAYERS[entry["type"]](walk, index, entry, layer)
+    walk.add("output", nir.Output(output_type={"output": np.array(walk.shape)}), walk.previous)
     metadata = {"producer": "stp", "graph": "stp", "timesteps": snn.timesteps, "dt": 1.0,
                 "encoding": "direct: the analog image is the input at every time step",
                 "readout": "logits = output summed over the time steps", "reset": "subtract",
-                "initial_membrane_fraction": initial}
-    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
-
-
+                "initial_membrane_fraction": walk.initial}
+    return nir.NIRGraph(nodes=walk.nodes, edges=walk.edges, metadata=metadata)
