@@ -49,9 +49,8 @@ def spike_readers(snn: SNN) -> dict[str, list[tuple[str, str]]]:
         sources[layer.name] = layer.source
         if layer.source is not None:
             readers[layer.source].append(("weight", layer.name))
-    for index, entry in enumerate(snn.plan):
-        block = snn.layers[index]
-        if entry["type"] == "block" and getattr(block, "shortcut_scale", None) is not None:
+    for index, module in enumerate(snn.layers):
+        if getattr(module, "shortcut_scale", None) is not None:  # an identity shortcut reads what its block's conv1 reads
             source = sources[f"layers.{index}.conv1"]
             if source is not None:
                 readers[source].append(("identity", f"layers.{index}"))
