@@ -129,12 +129,9 @@ class _SnnWalk(_Walk):
             layer.initial = 0.0
         return layer
 
-    def spike_amplitude(self, module: LIF) -> float:
-        return 1.0 if self.settings.binary else float(module.threshold)
-
     def fired(self, module: LIF, shape: tuple[int, int, int]) -> None:
         """The next synapse reads ``module``'s spikes, of shape ``shape``."""
-        self.shape, self.amplitude, self.levels = shape, self.spike_amplitude(module), (1, 1.0)
+        self.shape, self.amplitude, self.levels = shape, module.spike_amplitude(), (1, 1.0)
 
 
 def _snn_conv(walk: _SnnWalk, index: int, entry: PlanEntry, layer: Any) -> None:
@@ -167,7 +164,7 @@ def _snn_block(walk: _SnnWalk, index: int, entry: PlanEntry, block: Any) -> None
     relayed = walk.neurons(f"{prefix}_lif1", block.neuron1, relay, passthrough=relays)
     relayed.relay_levels = count
     second = np.zeros((cout, cout + relays, 3, 3))
-    second[:, :cout] = _numpy(conv2.weight) * walk.spike_amplitude(block.neuron1)
+    second[:, :cout] = _numpy(conv2.weight) * block.neuron1.spike_amplitude()
     bias = _numpy(conv2.bias)
     if block.shortcut is not None:
         shortcut = _numpy(block.shortcut.weight)[:, :, 0, 0] * amplitude
@@ -234,7 +231,7 @@ class _IntegerWalk(_Walk):
     levels: int = 1  # the largest value the next synapse reads (255 for pixels does not matter: no relay reads them)
 
     def integers(self, name: str) -> np.ndarray:
-        return self.tensors[name].detach().cpu().numpy().astype(np.float64)
+        return _numpy(self.tensors[name])
 
     def fire(self, name: str, synapse: Synapse, threshold: str, relays: int = 0, relay_levels: int = 1) -> Neurons:
         """The neurons fed by ``synapse``: its bias becomes -theta (and 1 - m on relay m)."""
@@ -303,9 +300,8 @@ def _integer_hidden_linear(walk: _IntegerWalk, index: int, entry: PlanEntry) -> 
 def _integer_output(walk: _IntegerWalk, index: int, entry: PlanEntry) -> None:
     """The readout: the integer sums times their step, plus the float bias."""
     at = f"layers.{index}"
-    step = walk.tensors[f"{at}.fc.weight_step"].detach().cpu().double().numpy().reshape(-1, 1)
-    _integer_linear(walk, index, walk.integers(f"{at}.fc.weight_int") * step,
-                    walk.tensors[f"{at}.fc.bias"].detach().cpu().double().numpy())
+    step = _numpy(walk.tensors[f"{at}.fc.weight_step"]).reshape(-1, 1)
+    _integer_linear(walk, index, walk.integers(f"{at}.fc.weight_int") * step, _numpy(walk.tensors[f"{at}.fc.bias"]))
 
 
 # plan entry type -> what it adds to a quantized checkpoint's chain, given the walk, its index and the entry

@@ -185,7 +185,7 @@ class _GraphWalk:
 
     def __init__(self, nir, snn: SNN):
         self.nir, self.initial = nir, snn.settings.initial_membrane
-        self.amplitudes = {name: (1.0 if snn.settings.binary else float(m.threshold)) for name, m in snn.neurons()}
+        self.amplitudes = {name: m.spike_amplitude() for name, m in snn.neurons()}
         self.sources = {layer.name: layer.source for layer in synaptic_layers(snn.plan, snn.spec["image_size"])}
         self.shape: tuple[int, ...] = (snn.spec["in_channels"], snn.spec["image_size"], snn.spec["image_size"])
         self.nodes = {"input": nir.Input(input_type={"input": np.array(self.shape)})}

@@ -63,10 +63,6 @@ def _shift(neuron: Any) -> torch.Tensor:
     return shift - neuron.threshold
 
 
-def _amplitude(neuron: Any) -> float:
-    return 1.0 if neuron.binary else float(neuron.threshold)
-
-
 def _reading(neuron: Any) -> float:
     """The weight factor of a layer that reads this neuron layer's stored spikes."""
     return 1.0 / EPSILON if neuron.binary else 1.0
@@ -83,19 +79,19 @@ def _scaled(module: Any, factor: float, neuron: LIF | None) -> nn.Module:
 
 
 def _conv(layer: Any, factor: float) -> tuple[list[nn.Module], float]:
-    return [_Fire(_scaled(layer.conv, factor, layer.neuron), _amplitude(layer.neuron))], _reading(layer.neuron)
+    return [_Fire(_scaled(layer.conv, factor, layer.neuron), layer.neuron.spike_amplitude())], _reading(layer.neuron)
 
 
 def _block(layer: Any, factor: float) -> tuple[list[nn.Module], float]:
     shortcut = _scaled(layer.shortcut, factor, None) if layer.shortcut is not None else None
     identity = factor * (float(layer.shortcut_scale) if layer.shortcut_scale is not None else 1.0)
-    first = _Fire(_scaled(layer.conv1, factor, layer.neuron1), _amplitude(layer.neuron1))
+    first = _Fire(_scaled(layer.conv1, factor, layer.neuron1), layer.neuron1.spike_amplitude())
     conv2 = _scaled(layer.conv2, _reading(layer.neuron1), layer.neuron2)
-    return [_Block(first, conv2, shortcut, identity, _amplitude(layer.neuron2))], _reading(layer.neuron2)
+    return [_Block(first, conv2, shortcut, identity, layer.neuron2.spike_amplitude())], _reading(layer.neuron2)
 
 
 def _hidden_linear(layer: Any, factor: float) -> tuple[list[nn.Module], float]:
-    return [_Fire(_scaled(layer.fc, factor, layer.neuron), _amplitude(layer.neuron))], _reading(layer.neuron)
+    return [_Fire(_scaled(layer.fc, factor, layer.neuron), layer.neuron.spike_amplitude())], _reading(layer.neuron)
 
 
 def _output(layer: Any, factor: float) -> tuple[list[nn.Module], float]:

@@ -246,6 +246,10 @@ class LIF(nn.Module):
             self.counter.add(spikes)
         return spikes
 
+    def spike_amplitude(self) -> float:
+        """What one spike of this layer carries to the layers that read it: 1 (binary spikes) or the threshold."""
+        return 1.0 if self.binary else float(self.threshold)
+
     @torch.no_grad()
     def clamp_(self) -> None:
         self.leak.clamp_(0.0, 1.0)
