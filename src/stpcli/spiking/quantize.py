@@ -116,7 +116,7 @@ def remove_fake_quantization(snn: SNN, first_scale: torch.Tensor) -> None:
                 module.weight.mul_(first_scale)
 
 
-def check_quantizable(snn: SNN, stats, stored_dtype: torch.dtype) -> None:
+def check_quantizable(snn: SNN, stored_dtype: torch.dtype) -> None:
     """What the integer form needs: T = 1, binary spikes, integer stored images."""
     if snn.timesteps != 1:
         raise StpError(f"quantize makes a one-time-step network; this SNN runs at T={snn.timesteps} "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from stpcli.checkpoint import Checkpoint, StageEntry
+from stpcli.checkpoint import Checkpoint
 from stpcli.errors import StpError
 from stpcli.models.plan import build_plan
 from stpcli.options import DataOptions, QuantizeOptions
@@ -20,9 +20,9 @@ from stpcli.spiking.quantize import (
     read_stored_values,
     remove_fake_quantization,
 )
-from stpcli.stages.saving import StageIO, child_record, finish_stage
+from stpcli.stages.saving import StageIO, child_record
 from stpcli.stages.snn import recorded_recipe
-from stpcli.stages.training import split_accuracy, train_stage
+from stpcli.stages.training import split_accuracy, train_and_finish
 
 
 def quantize(run: Run, source: Checkpoint, options: QuantizeOptions | None = None, *, data: DataOptions | None = None,
@@ -45,8 +45,8 @@ def quantize(run: Run, source: Checkpoint, options: QuantizeOptions | None = Non
     snn = model_from_checkpoint(source)
     io.check(will_train=config.epochs > 0, inputs=(source.path,))
     parts = load_checkpoint_data(run, source, data)
-    check_quantizable(snn, input_stats(source.record), parts.dataset.images.dtype)
     stats = input_stats(source.record)
+    check_quantizable(snn, parts.dataset.images.dtype)
     first_scale = read_stored_values(snn, stats)
     fake_quantize(snn, weight_bits, input_layer_bits, first_scale)
     bands = len(source.record["input"]["mean"])
@@ -58,19 +58,15 @@ def quantize(run: Run, source: Checkpoint, options: QuantizeOptions | None = Non
     before = split_accuracy(snn, parts, "test", record, run.runtime)
     run.say(f"[quantize] {weight_bits}-bit weights ({input_layer_bits}-bit first layer): test accuracy before "
             f"fine-tuning {before:.2f}% (float SNN {source.record.get('metrics', {}).get('test_accuracy', float('nan')):.2f}%)")
-    metrics: dict = {"test_accuracy_before_training": before}
     torch.manual_seed(config.seed)
-    if config.epochs > 0:
-        result = train_stage(run, snn, parts, config, record, io,
-                             {"parent": source.sha256, **options.stage_recorded()})
-        metrics.update({"val_accuracy": result.best_val, "best_epoch": result.best_epoch,
-                        "seconds": round(result.seconds, 1)})
-    remove_fake_quantization(snn, first_scale)
-    pixel_max = int(parts.dataset.images.abs().max())
-    integers = integer_form(snn.cpu(), weight_bits, input_layer_bits, max(pixel_max, 1))
-    integer = IntegerSNN(snn.spec, build_plan(snn.spec), {**snn.state_dict(), **integers})
-    metrics["test_accuracy"] = split_accuracy(integer, parts, "test", record, run.runtime)
-    run.say(f"[quantize] the integer network: test accuracy {metrics['test_accuracy']:.2f}%")
-    entry = StageEntry(run.name, io.command, recorded, metrics)
-    return finish_stage(run, snn, record, entry, io, parent=source, extra=integers)
 
+    def integer_network(snn):
+        remove_fake_quantization(snn, first_scale)
+        pixel_max = int(parts.dataset.images.abs().max())
+        integers = integer_form(snn.cpu(), weight_bits, input_layer_bits, max(pixel_max, 1))
+        return IntegerSNN(snn.spec, build_plan(snn.spec), {**snn.state_dict(), **integers}), integers
+
+    return train_and_finish(run, snn, parts, config, record, io,
+                            resume_identity={"parent": source.sha256, **options.stage_recorded()},
+                            metrics={"test_accuracy_before_training": before}, options=recorded, parent=source,
+                            trained=integer_network)

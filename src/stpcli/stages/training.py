@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING
 
@@ -40,12 +41,14 @@ def train_stage(run: Run, model, data: SplitData, config: TrainConfig, record: d
 
 def train_and_finish(run: Run, model, data: SplitData, config: TrainConfig, record: dict, io: StageIO, *,
                      resume_identity: dict, metrics: dict, options: dict, parent: Checkpoint | None,
-                     teacher: Teacher | None = None) -> Checkpoint:
+                     teacher: Teacher | None = None, trained: Callable | None = None) -> Checkpoint:
     """Train when ``config.epochs > 0``, measure the test split, record the lineage entry, write the file.
 
     ``resume_identity``: what a resumed run must share with the interrupted one (besides the recipe);
     ``metrics``: what the stage measured before training; ``options``: the stage's resolved options
-    under their command-line names, as the lineage records them."""
+    under their command-line names, as the lineage records them; ``trained(model)``, if given: the
+    network the stage makes from the trained model, and the tensors stored beside the model's
+    (quantize: the integer network, measured in its place, and its integers)."""
     if teacher is not None:
         options = {**options, "teacher": teacher.describe()}
     if isinstance(model, SNN):  # how its neurons ran (every backend but triton gives the same results bit for bit)
@@ -54,12 +57,13 @@ def train_and_finish(run: Run, model, data: SplitData, config: TrainConfig, reco
         result = train_stage(run, model, data, config, record, io, resume_identity, teacher)
         metrics.update({"val_accuracy": result.best_val, "best_epoch": result.best_epoch,
                         "seconds": round(result.seconds, 1)})
-    metrics["test_accuracy"] = split_accuracy(model, data, "test", record, run.runtime)
+    made, extra = trained(model) if trained is not None else (model, None)
+    metrics["test_accuracy"] = split_accuracy(made, data, "test", record, run.runtime)
     run.say(f"[{run.label}] test accuracy {metrics['test_accuracy']:.2f}%"
             + (f" (best val {metrics['val_accuracy']:.2f}% at epoch {metrics['best_epoch']})"
                if metrics.get("val_accuracy") is not None else ""))
     entry = StageEntry(run.name, io.command, options, metrics)
-    return finish_stage(run, model, record, entry, io, parent=parent)
+    return finish_stage(run, model, record, entry, io, parent=parent, extra=extra)
 
 
 def split_accuracy(model, data: SplitData, part: str, record: dict, runtime: Runtime) -> float:
