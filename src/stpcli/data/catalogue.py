@@ -16,7 +16,6 @@ class KnownDataset:
     title: str
     classes: tuple[str, ...]  # as the publisher's folders spell them
     per_class: tuple[int, ...] | None  # images per class in the published set, in ``classes`` order
-    pixels: int  # side of the published images
     published_total: int | None = None  # where only the total is published
     band_names: tuple[str, ...] | None = None  # the files' bands, in file order, where not 8-bit RGB
     aliases: tuple[tuple[str, str], ...] = ()  # (folder name seen in circulating copies, class)
@@ -54,15 +53,15 @@ _WHU = tuple("Airport Beach Bridge Commercial Desert Farmland footballField Fore
 SENTINEL2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B08A", "B09", "B10", "B11", "B12")
 
 KNOWN_DATASETS: dict[str, KnownDataset] = {
-    "ucm21": KnownDataset("UC Merced Land Use", *_UCM, pixels=256),
-    "aid30": KnownDataset("AID", tuple(_AID), tuple(_AID.values()), pixels=600),
-    "nwpu45": KnownDataset("NWPU-RESISC45", *_NWPU, pixels=256),
-    "whurs19": KnownDataset("WHU-RS19", _WHU, None, pixels=600, published_total=1005),
-    "rsscn7": KnownDataset("RSSCN7", *_RSSCN7, pixels=400,
+    "ucm21": KnownDataset("UC Merced Land Use", *_UCM),
+    "aid30": KnownDataset("AID", tuple(_AID), tuple(_AID.values())),
+    "nwpu45": KnownDataset("NWPU-RESISC45", *_NWPU),
+    "whurs19": KnownDataset("WHU-RS19", _WHU, None, published_total=1005),
+    "rsscn7": KnownDataset("RSSCN7", *_RSSCN7,
                             aliases=tuple((f"{letter}{name}", name) for letter, name in zip("abcdefg", _RSSCN7[0]))),
-    "eurosat-rgb": KnownDataset("EuroSAT RGB", tuple(_EUROSAT), tuple(_EUROSAT.values()), pixels=64),
+    "eurosat-rgb": KnownDataset("EuroSAT RGB", tuple(_EUROSAT), tuple(_EUROSAT.values())),
     "eurosat-ms": KnownDataset("EuroSAT MS (13 Sentinel-2 bands)", tuple(_EUROSAT), tuple(_EUROSAT.values()),
-                                pixels=64, band_names=SENTINEL2_BANDS),
+                               band_names=SENTINEL2_BANDS),
 }
 
 

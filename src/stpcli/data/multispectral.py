@@ -19,7 +19,6 @@ import numpy as np
 from stpcli.data.catalogue import SENTINEL2_BANDS
 
 BANDS = list(SENTINEL2_BANDS)  # in file order, as EuroSAT MS stores them
-RGB = (4, 3, 2)  # 1-based: B04, B03, B02
 # surface reflectance per band (0..1)
 SPECTRA = {
     "bare_soil": [0.10, 0.12, 0.16, 0.21, 0.24, 0.26, 0.27, 0.28, 0.29, 0.29, 0.02, 0.34, 0.30],

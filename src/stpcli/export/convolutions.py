@@ -66,7 +66,6 @@ class Neurons:
     shape: tuple[int, int, int]
     passthrough: int = 0  # trailing channels that only relay a block's input
     relay_levels: int = 1  # relay channels per input channel (thermometer code of an averaged input)
-    notes: list[str] = field(default_factory=list)
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
