@@ -171,6 +171,8 @@ def test_converted_if_snn_approaches_the_ann_at_large_t(arch):
 
 def test_every_layer_type_has_its_modules_in_every_form_and_families_are_registered():
     from stpcli.export.convolutions import INTEGER_CHAIN_LAYERS, SNN_CHAIN_LAYERS
+    from stpcli.export.integer_onnx import INTEGER_ONNX_LAYERS
+    from stpcli.export.integer_runtime import INTEGER_RUNTIME_LAYERS
     from stpcli.export.nir_graph import STP_GRAPH_LAYERS
     from stpcli.export.one_step import ONE_STEP_LAYERS
     from stpcli.models.ann import ANN_LAYERS
@@ -180,6 +182,7 @@ def test_every_layer_type_has_its_modules_in_every_form_and_families_are_registe
 
     assert set(ANN_LAYERS) == set(SNN_LAYERS) == set(INTEGER_LAYERS) == set(ONE_STEP_LAYERS) == set(LAYER_TYPES)
     assert set(SNN_CHAIN_LAYERS) == set(INTEGER_CHAIN_LAYERS) == set(STP_GRAPH_LAYERS) == set(LAYER_TYPES)
+    assert set(INTEGER_RUNTIME_LAYERS) == set(INTEGER_ONNX_LAYERS) == set(LAYER_TYPES)
     assert {spec()["family"] for spec in ARCHITECTURES.values()} <= set(PLAN_BUILDERS)
     with pytest.raises(ValueError, match="no layer plan"):
         build_plan({**small_spec("vgg11"), "family": "mlp"})

@@ -45,6 +45,66 @@ def _fire(accumulator: np.ndarray, threshold: np.ndarray) -> np.ndarray:
     return (accumulator > threshold.reshape(shape)).astype(np.int32)
 
 
+class _IntegerRun:
+    """What the loop over the plan carries: the checkpoint's integers, the values reaching the next
+    layer (``x``), every neuron layer's spikes so far, the logits."""
+
+    def __init__(self, file: CheckpointFile, images: np.ndarray):
+        self.file, self.x, self.logits = file, images.astype(np.int32), np.zeros(0)
+        self.spikes: list[np.ndarray] = []
+
+    def tensor(self, name: str, dtype=np.int32) -> np.ndarray:
+        return np.asarray(self.file.array(name)).astype(dtype)
+
+    def fire(self, accumulator: np.ndarray, at: str) -> np.ndarray:
+        """The layer's spikes (recorded) for its accumulator, against its ``<at>.threshold_int``."""
+        spikes = _fire(accumulator, self.tensor(f"{at}.threshold_int"))
+        self.spikes.append(spikes)
+        return spikes
+
+
+def _conv_layer(run: _IntegerRun, at: str, entry: PlanEntry) -> None:
+    run.x = run.fire(_conv(run.x, run.tensor(f"{at}.conv.weight_int"), entry["stride"], entry["padding"]), f"{at}.neuron")
+
+
+def _block(run: _IntegerRun, at: str, entry: PlanEntry) -> None:
+    hidden = run.fire(_conv(run.x, run.tensor(f"{at}.conv1.weight_int"), entry["stride"], 1), f"{at}.neuron1")
+    accumulator = _conv(hidden, run.tensor(f"{at}.conv2.weight_int"), 1, 1)
+    if f"{at}.shortcut.weight_int" in run.file.tensors:
+        accumulator += _conv(run.x, run.tensor(f"{at}.shortcut.weight_int"), entry["stride"], 0)
+    else:
+        accumulator += run.x * run.tensor(f"{at}.shortcut_int").reshape(1, -1, 1, 1)
+    run.x = run.fire(accumulator, f"{at}.neuron2")
+
+
+def _pool_layer(run: _IntegerRun, at: str, entry: PlanEntry) -> None:
+    run.x = _pool(run.x, entry)
+
+
+def _global_pool(run: _IntegerRun, at: str, entry: PlanEntry) -> None:
+    run.x = run.x.sum(axis=(2, 3), dtype=np.int32)
+
+
+def _flatten(run: _IntegerRun, at: str, entry: PlanEntry) -> None:
+    run.x = run.x.reshape(len(run.x), -1)
+
+
+def _fc(run: _IntegerRun, at: str, entry: PlanEntry) -> None:
+    run.x = run.fire(run.x @ run.tensor(f"{at}.fc.weight_int").T, f"{at}.neuron")
+
+
+def _output(run: _IntegerRun, at: str, entry: PlanEntry) -> None:
+    accumulator = run.x @ run.tensor(f"{at}.fc.weight_int").T
+    run.logits = accumulator.astype(np.float64) * run.tensor(f"{at}.fc.weight_step", np.float64) \
+        + run.tensor(f"{at}.fc.bias", np.float64)
+
+
+# plan entry type -> what the integer network computes for it (models.plan.LAYER_TYPES lists the
+# types; a test checks the cover)
+INTEGER_RUNTIME_LAYERS = {"conv": _conv_layer, "block": _block, "pool": _pool_layer, "global_pool": _global_pool,
+                          "flatten": _flatten, "fc": _fc, "output": _output}
+
+
 def run_integer(checkpoint: CheckpointFile | str, images: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     """(logits [N, classes] float64, the spikes of every neuron layer as int32 arrays) for ``images``,
     stored values [N, C, S, S] of an integer type."""
@@ -53,41 +113,7 @@ def run_integer(checkpoint: CheckpointFile | str, images: np.ndarray) -> tuple[n
         raise StpError(f"{file.path} is not quantized (stp quantize makes its integer form)")
     if not np.issubdtype(images.dtype, np.integer):
         raise StpError("the integer network reads stored image values, which are integers")
-
-    def tensor(name: str) -> np.ndarray:
-        return np.asarray(file.array(name))
-
-    x = images.astype(np.int32)
-    spikes: list[np.ndarray] = []
-    logits = np.zeros(0)
+    run = _IntegerRun(file, images)
     for index, entry in enumerate(build_plan(file.record["model"])):
-        at, kind = f"layers.{index}", entry["type"]
-        if kind == "conv":
-            x = _fire(_conv(x, tensor(f"{at}.conv.weight_int").astype(np.int32), entry["stride"], entry["padding"]),
-                      tensor(f"{at}.neuron.threshold_int"))
-            spikes.append(x)
-        elif kind == "block":
-            hidden = _fire(_conv(x, tensor(f"{at}.conv1.weight_int").astype(np.int32), entry["stride"], 1),
-                           tensor(f"{at}.neuron1.threshold_int"))
-            accumulator = _conv(hidden, tensor(f"{at}.conv2.weight_int").astype(np.int32), 1, 1)
-            if f"{at}.shortcut.weight_int" in file.tensors:
-                accumulator += _conv(x, tensor(f"{at}.shortcut.weight_int").astype(np.int32), entry["stride"], 0)
-            else:
-                accumulator += x * tensor(f"{at}.shortcut_int").reshape(1, -1, 1, 1)
-            spikes.append(hidden)
-            x = _fire(accumulator, tensor(f"{at}.neuron2.threshold_int"))
-            spikes.append(x)
-        elif kind == "pool":
-            x = _pool(x, entry)
-        elif kind == "global_pool":
-            x = x.sum(axis=(2, 3), dtype=np.int32)
-        elif kind == "flatten":
-            x = x.reshape(len(x), -1)
-        elif kind == "fc":
-            x = _fire(x @ tensor(f"{at}.fc.weight_int").astype(np.int32).T, tensor(f"{at}.neuron.threshold_int"))
-            spikes.append(x)
-        elif kind == "output":
-            accumulator = x @ tensor(f"{at}.fc.weight_int").astype(np.int32).T
-            logits = accumulator.astype(np.float64) * tensor(f"{at}.fc.weight_step").astype(np.float64) \
-                + tensor(f"{at}.fc.bias").astype(np.float64)
-    return logits, spikes
+        INTEGER_RUNTIME_LAYERS[entry["type"]](run, f"layers.{index}", entry)
+    return run.logits, run.spikes
