@@ -10,6 +10,7 @@ from stpcli.errors import StpError
 from stpcli.files import first_line
 from stpcli.models.ann import ANN
 from stpcli.models.plan import build_plan
+from stpcli.schema import recorded_input
 from stpcli.spiking.network import SNN
 from stpcli.spiking.quantize import IntegerSNN
 from stpcli.spiking.settings import SpikingSettings
@@ -48,10 +49,10 @@ def check_tensors_match_model(ckpt: Checkpoint) -> None:
 
 def input_stats(record: dict) -> InputStats:
     """The normalisation a checkpoint was trained with, shaped for a batch of images."""
-    spec = record["input"]
+    spec = recorded_input(record)
     bands = len(spec["mean"])
     return InputStats(torch.tensor(spec["mean"]).view(1, bands, 1, 1), torch.tensor(spec["std"]).view(1, bands, 1, 1),
-                      float(spec.get("divisor", 255.0)))
+                      float(spec["divisor"]))
 
 
 def require_kind(ckpt: Checkpoint, command: str, expected: str) -> None:

@@ -137,6 +137,12 @@ class InputSpec(_Strict):
         return values
 
 
+def recorded_input(record: dict) -> dict:
+    """A record's ``input`` with the defaults (``InputSpec``'s) of the fields an older record lacks."""
+    defaults = {name: item.default for name, item in InputSpec.model_fields.items() if not item.is_required()}
+    return {**defaults, **record["input"]}
+
+
 class DataSource(_Strict):
     kind: Literal["builtin", "folder", "pack"]
     path: Annotated[str, Field(min_length=1, max_length=4096)]

@@ -29,6 +29,8 @@ from stpcli.files import check_output, lock_output
 from stpcli.models.plan import pooling_mode
 from stpcli.names import figure_path, stem
 from stpcli.options import STAGE_OPTIONS, flag, recorded_field
+from stpcli.schema import recorded_input
+from stpcli.spiking.settings import SpikingSettings
 
 # checkpoints, reports (torch) and figures (matplotlib) are imported by the command that needs them
 
@@ -184,11 +186,11 @@ def _print_info(details: dict, chain) -> None:
                   + (f"{units['count']} Unit(s) in layer group {units['group']}" if units else "no Units")
                   + f"; {details['parameters']:,} tensor elements")
     console.print(f"classes ({len(record['classes'])}): {', '.join(record['classes'])}", markup=False)
-    spec_in = record["input"]
+    spec_in = recorded_input(record)
     mean, std = (", ".join(f"{v:.4g}" for v in spec_in[key]) for key in ("mean", "std"))
     bands = spec_in.get("band_names") or spec_in.get("bands")
     console.print(f"input: {'bands ' + ', '.join(map(str, bands)) if bands else '8-bit RGB'}; normalisation "
-                  f"{spec_in.get('normalisation', 'imagenet')}: (x / {spec_in.get('divisor', 255.0):g} - mean) / std, "
+                  f"{spec_in['normalisation']}: (x / {spec_in['divisor']:g} - mean) / std, "
                   f"mean ({mean}), std ({std})", markup=False)
     if record.get("snn"):
         console.print(neuron_line(record["snn"]), markup=False, soft_wrap=True)
@@ -327,19 +329,20 @@ def schema_command():
 
 def neuron_line(snn: dict) -> str:
     """How an SNN's neurons and conversion were set: its recipe and each setting a recipe decides."""
+    settings = SpikingSettings.from_record(snn)
     recorded = snn.get("conversion")
     conversion = recorded if isinstance(recorded, dict) else {}
     spikes = ("binary spikes" + ("" if conversion.get("fold_thresholds", True) else " into the unfolded weights")
-              if snn.get("spike_amplitude") == "binary" else "spikes of amplitude V")
-    dropout = (f"conv dropout {_fmt(snn['conv_dropout'], None)} ({snn.get('conv_dropout_placement', 'all')})"
-               if snn.get("conv_dropout") else "no conv dropout")
+              if settings.binary else "spikes of amplitude V")
+    dropout = (f"conv dropout {_fmt(settings.conv_dropout, None)} ({settings.conv_dropout_placement})"
+               if settings.conv_dropout else "no conv dropout")
     balancing = ""
     if conversion:
         steps = conversion.get("balance_steps")
         balancing = (f"; {safe(str(conversion.get('balancing', 'stp')))} balancing p{_fmt(conversion.get('percentile'), None)}"
                      f" x{_fmt(conversion.get('scale'), None)}" + (f" over {_fmt(steps, None)} steps" if steps else ""))
-    return (f"SNN: {snn.get('recipe', 'stp')} recipe; {spikes}; initial membrane {_fmt(snn.get('initial_membrane', 0.0), None)} V; "
-            f"{dropout}, FC dropout {_fmt(snn.get('dropout', 0.2), None)}{balancing}")
+    return (f"SNN: {settings.recipe} recipe; {spikes}; initial membrane {_fmt(settings.initial_membrane, None)} V; "
+            f"{dropout}, FC dropout {_fmt(settings.dropout, None)}{balancing}")
 
 
 def split_origin(split: dict) -> str:

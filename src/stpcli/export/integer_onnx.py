@@ -16,6 +16,7 @@ import numpy as np
 from stpcli.checkpoint import Checkpoint
 from stpcli.errors import StpError
 from stpcli.models.plan import PlanEntry, build_plan
+from stpcli.schema import recorded_input
 
 OPSET = 17
 
@@ -140,7 +141,7 @@ INTEGER_ONNX_LAYERS = {"conv": _conv_layer, "block": _block, "pool": _pool_layer
 def integer_onnx_bytes(ckpt: Checkpoint) -> bytes:
     from onnx import TensorProto, helper
 
-    if ckpt.record["input"].get("decoding", "rgb8") != "rgb8":
+    if recorded_input(ckpt.record)["decoding"] != "rgb8":
         raise StpError("the integer ONNX graph reads 8-bit images (ConvInteger takes 8-bit inputs); "
                        "this checkpoint's images hold other bands or types")
     size = ckpt.record["input"]["image_size"]

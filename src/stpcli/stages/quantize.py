@@ -11,6 +11,7 @@ from stpcli.models.plan import build_plan
 from stpcli.options import DataOptions, QuantizeOptions
 from stpcli.restore import input_stats, model_from_checkpoint, require_kind
 from stpcli.run import Run, load_checkpoint_data
+from stpcli.schema import recorded_input
 from stpcli.spiking.quantize import (
     IntegerSNN,
     check_quantizable,
@@ -49,12 +50,12 @@ def quantize(run: Run, source: Checkpoint, options: QuantizeOptions | None = Non
     check_quantizable(snn, parts.dataset.images.dtype)
     first_scale = read_stored_values(snn, stats)
     fake_quantize(snn, weight_bits, input_layer_bits, first_scale)
-    bands = len(source.record["input"]["mean"])
+    stored = recorded_input(source.record)
+    bands = len(stored["mean"])
     record = child_record(source, input={**source.record["input"], "mean": [0.0] * bands, "std": [1.0] * bands,
                                          "divisor": 1.0, "normalisation": "scale"},
                           quantized={**quantization_record(weight_bits, input_layer_bits),
-                                     "float_input": {k: source.record["input"][k] for k in ("mean", "std")}
-                                     | {"divisor": source.record["input"].get("divisor", 255.0)}})
+                                     "float_input": {k: stored[k] for k in ("mean", "std", "divisor")}})
     before = split_accuracy(snn, parts, "test", record, run.runtime)
     run.say(f"[quantize] {weight_bits}-bit weights ({input_layer_bits}-bit first layer): test accuracy before "
             f"fine-tuning {before:.2f}% (float SNN {source.record.get('metrics', {}).get('test_accuracy', float('nan')):.2f}%)")
