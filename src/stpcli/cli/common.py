@@ -17,7 +17,7 @@ import yaml
 from rich.console import Console
 
 from stpcli.cli.terminal import OutputError, flush_standard_output, shown
-from stpcli.defaults import DEFAULT_LIF_BACKEND, RENAMED_OPTIONS
+from stpcli.defaults import RENAMED_OPTIONS
 from stpcli.errors import StpError
 from stpcli.files import MAX_TEXT_FILE, finish_outputs, first_line, readable_file
 from stpcli.options import DataOptions, RunOptions, command_classes, command_fields, command_options, field_types, preset_values
@@ -187,13 +187,13 @@ def command_line() -> str:
 
 
 def make_run(name: str, values: dict) -> Run:
+    """The run of a command from its parameters (RunOptions' fields; one missing or None takes its default)."""
     from stpcli.engine.runtime import setup_runtime
     from stpcli.run import Run
 
     stop_if_signalled()  # a stop that arrived while the command's modules were being imported
-    runtime = setup_runtime(values.get("device", "auto"), values.get("precision", "fp32"),
-                            values.get("compile", False), values.get("lif_backend", DEFAULT_LIF_BACKEND))
-    return Run(name, runtime, console)
+    running = RunOptions.from_values({name: value for name, value in values.items() if value is not None})
+    return Run(name, setup_runtime(running.device, running.precision, running.compile, running.lif_backend), console)
 
 
 def make_io(out: Path, running: RunOptions) -> StageIO:
@@ -206,8 +206,8 @@ def make_io(out: Path, running: RunOptions) -> StageIO:
 
 
 def make_data(values: dict) -> DataOptions:
-    return DataOptions(location=values.get("data"), allow_data_change=values.get("allow_data_change", False),
-                       on_bad_image=values.get("on_bad_image", "fail"), cache_dir=values.get("cache_dir"))
+    """Where a command reads its images, from its parameters (``data``: the location; DataOptions' fields)."""
+    return DataOptions.from_values({**values, "location": values.get("data")})
 
 
 def with_stage_options(command: str):

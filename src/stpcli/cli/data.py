@@ -12,6 +12,7 @@ from stpcli.data.catalogue import KNOWN_DATASETS
 from stpcli.engine.recipe import check_seed
 from stpcli.errors import StpError
 from stpcli.files import check_output, lock_output
+from stpcli.options import DataOptions, RunOptions
 from stpcli.progress import progress_bar
 
 app = typer.Typer(help="Dataset utilities.", no_args_is_help=True)
@@ -23,10 +24,10 @@ def pack_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Pack file to write (.safetensors).")],
     image_size: Annotated[int, typer.Option("--image-size", help="Resolution stored in the pack.")] = 64,
     quality: Annotated[int, typer.Option("--quality", help="JPEG quality, 1-100.")] = 90,
-    on_bad_image: OnBadImage = "fail",
-    cache_dir: CacheDir = None,
+    on_bad_image: OnBadImage = DataOptions.on_bad_image,
+    cache_dir: CacheDir = DataOptions.cache_dir,
     bands: Annotated[str | None, typer.Option("--bands", help="Pack these bands (as train-ann --bands); non-RGB data is packed losslessly.")] = None,
-    force: Force = False,
+    force: Force = RunOptions.force,
 ):
     """Write a compact single-file copy of a dataset that every --data accepts: 8-bit RGB as JPEG,
     anything else (bands, 16-bit, floats) losslessly.
@@ -105,7 +106,7 @@ def split_command(
     val_ratio: Annotated[float, typer.Option("--val-ratio", help="Share of the training part kept for validation.")] = 0.1,
     seed: Annotated[int, typer.Option("--seed", help="The seed train-ann draws its split from.")] = 0,
     basenames: Annotated[bool, typer.Option("--basenames", help="Write file names only, as TorchGeo's lists do (refused when two images share one); default: class/file.")] = False,
-    force: Force = False,
+    force: Force = RunOptions.force,
 ):
     """Write a split as three text lists, one image per line, that train-ann --split-file and other
     tools (TorchGeo's format) read: a checkpoint's recorded split, or the split train-ann draws with

@@ -28,7 +28,7 @@ from stpcli.errors import StpError
 from stpcli.files import check_output, lock_output
 from stpcli.models.plan import pooling_mode
 from stpcli.names import figure_path, stem
-from stpcli.options import STAGE_OPTIONS, flag, recorded_field
+from stpcli.options import STAGE_OPTIONS, DataOptions, RunOptions, flag, recorded_field
 from stpcli.schema import recorded_input
 from stpcli.spiking.settings import SpikingSettings
 
@@ -57,11 +57,11 @@ def evaluate_command(
     timesteps: Annotated[int | None, typer.Option("--timesteps", "-T", help="Evaluate an SNN at another T.")] = None,
     part: Annotated[str, typer.Option("--part", help="test | val | train.")] = "test",
     batch_size: Annotated[int, typer.Option("--batch-size")] = 256,
-    data: Data = None,
-    allow_data_change: AllowDataChange = False,
-    on_bad_image: OnBadImage = "fail",
-    cache_dir: CacheDir = None,
-    device: Device = "auto",
+    data: Data = DataOptions.location,
+    allow_data_change: AllowDataChange = DataOptions.allow_data_change,
+    on_bad_image: OnBadImage = DataOptions.on_bad_image,
+    cache_dir: CacheDir = DataOptions.cache_dir,
+    device: Device = RunOptions.device,
     plots: Annotated[Path | None, typer.Option("--plots", help="Folder for the confusion matrix (and SNN spike-rate) figures; created if missing.")] = None,
     plot_format: Annotated[str, typer.Option("--plot-format", help="png | pdf | svg for --plots.")] = "png",
     json_output: JsonOutput = False,
@@ -241,11 +241,11 @@ def _print_info(details: dict, chain) -> None:
 @stp_command(app, "compare")
 def compare_command(
     checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoints to evaluate side by side.")],
-    data: Data = None,
-    allow_data_change: AllowDataChange = False,
-    on_bad_image: OnBadImage = "fail",
-    cache_dir: CacheDir = None,
-    device: Device = "auto",
+    data: Data = DataOptions.location,
+    allow_data_change: AllowDataChange = DataOptions.allow_data_change,
+    on_bad_image: OnBadImage = DataOptions.on_bad_image,
+    cache_dir: CacheDir = DataOptions.cache_dir,
+    device: Device = RunOptions.device,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write accuracy against energy to this .png, .pdf or .svg file (its folder is created if missing).")] = None,
     json_output: JsonOutput = False,
     force: Annotated[bool, typer.Option("--force", metavar="", help="Overwrite an existing --plot file.")] = False,

@@ -14,6 +14,7 @@ from stpcli.cli.common import Force, console, echo, make_run, read_yaml, say, st
 from stpcli.cli.inspect import comparison_table
 from stpcli.engine.recipe import check_seed
 from stpcli.files import atomic_write_text
+from stpcli.options import DataOptions, RunOptions
 from stpcli.pipeline import run_pipeline
 
 app = typer.Typer()
@@ -26,7 +27,7 @@ def pipeline_command(
     data: Annotated[str | None, typer.Option("--data", help="Dataset for train-ann (default: the embedded one).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda for every stage (default: the preset's).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for every stage (default: the preset's).")] = None,
-    force: Force = False,
+    force: Force = RunOptions.force,
 ):
     """Run STP (Na -> Nb -> Sb(T5) -> Sb(T1) -> Sa) and the TP baseline, each stage as its own stp
     command with --if-changed, as examples/Makefile runs them: a stage made from the same input with
@@ -42,7 +43,6 @@ def pipeline_command(
     Example: stp pipeline examples/configs/demo.yaml --out-dir runs/demo --seed 1
     """
     from stpcli.cli.presets import check_chain, planned
-    from stpcli.options import DataOptions
     from stpcli.report import compare
 
     if seed is not None:
@@ -51,7 +51,7 @@ def pipeline_command(
     check_chain(config.resolve(), planned(config, lambda: pipeline_steps(preset)), seed=seed, data=data, device=device)
     paths = run_pipeline(preset, config.resolve(), out_dir, data=data, device=device, seed=seed, force=force,
                          say=say, echo=echo)
-    rows = compare(make_run("compare", {"device": device or "auto"}), paths, DataOptions())
+    rows = compare(make_run("compare", {"device": device}), paths, DataOptions())
     table = comparison_table(rows)
     console.print(table)
     atomic_write_text(out_dir / "compare.json", lambda handle: json.dump(rows, handle, indent=2))

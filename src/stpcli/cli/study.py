@@ -69,7 +69,7 @@ def study_command(
         raise StpError(f"study interrupted: {runner.finished} stage(s) finished in this run and are kept in "
                        f"{out_dir}; the running stages stopped and keep their training state; run the same "
                        "command again to continue", exit_code=130) from None
-    run = make_run("study", {"device": device or "auto"})
+    run = make_run("study", {"device": device})
     runs = study_report.collect(run, out_dir, anns + chains, data)
     table, paired = study_report.summarise(runs)
     complete = not runner.stopped and not runner.failures

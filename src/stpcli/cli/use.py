@@ -27,6 +27,7 @@ from stpcli.defaults import EXPORT_FORMATS as FORMATS
 from stpcli.defaults import MIN_INT8_AGREEMENT
 from stpcli.errors import StpError
 from stpcli.files import atomic_write_text, check_output, lock_output
+from stpcli.options import DataOptions, RunOptions
 from stpcli.progress import progress_bar
 
 app = typer.Typer()
@@ -38,7 +39,7 @@ def predict_command(
     paths: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes listed per image.")] = 3,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
-    device: Device = "auto",
+    device: Device = RunOptions.device,
     csv_file: Annotated[Path | None, typer.Option("--csv", help="Also write the predictions as CSV (path, rank, class, probability); its folder is created if missing.")] = None,
     json_output: JsonOutput = False,
     force: Annotated[bool, typer.Option("--force", metavar="", help="Overwrite an existing --csv file.")] = False,
@@ -104,10 +105,10 @@ def export_command(
     nir_graph: Annotated[str, typer.Option("--nir-graph", help="portable (runs unmodified in snnTorch and Norse) | stp (stp's exact layers; initial membrane and reset in metadata).")] = "portable",
     quantize: Annotated[str | None, typer.Option("--quantize", help="int8: static int8 ONNX, calibrated on training images; prints the test accuracy of fp32 and int8 and how often they agree.")] = None,
     min_agreement: Annotated[float, typer.Option("--min-int8-agreement", help="With --quantize int8: write nothing unless the int8 model predicts what the fp32 model does on at least this % of the test images (0: any).")] = MIN_INT8_AGREEMENT,
-    data: Data = None,
-    cache_dir: CacheDir = None,
-    device: Device = "auto",
-    force: Force = False,
+    data: Data = DataOptions.location,
+    cache_dir: CacheDir = DataOptions.cache_dir,
+    device: Device = RunOptions.device,
+    force: Force = RunOptions.force,
     json_output: JsonOutput = False,
 ):
     """Write a model in an exchange format: NIR (an SNN, for neuromorphic tools; the portable graph
