@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from stpcli.defaults import DEFAULT_SCHEDULE, DEFAULT_TIMESTEPS, DEFAULT_UNITS, RECIPES
 from stpcli.errors import StpError
 from stpcli.names import at_timesteps
-from stpcli.schema import MAX_GROUPS, MAX_LAYERS_PER_GROUP, MAX_TIMESTEPS
+from stpcli.schema import MAX_TIMESTEPS
+from stpcli.spec import MAX_GROUPS, MAX_LAYERS_PER_GROUP
 
 
 def parse_schedule(text: str | list) -> list[int]:

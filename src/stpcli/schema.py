@@ -16,24 +16,17 @@ import json
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator, model_validator
 
+from stpcli.defaults import SURROGATE_GAMMA
 from stpcli.errors import StpError
-from stpcli.spec import image_size_problem
+from stpcli.spec import MAX_BANDS, MAX_CLASSES, MAX_IMAGE_SIZE, STRICT, ModelSpec, inconsistency
 
-MAX_IMAGE_SIZE = 1024
 MAX_TIMESTEPS = 64
-MAX_CLASSES = 10_000
 MAX_NAME = 256  # characters in a class name
 MAX_FILES = 10_000_000
-MAX_WIDTH = 8.0
-MAX_LAYERS_PER_GROUP = 64
-MAX_GROUPS = 8  # layer groups of an architecture (VGG 5, ResNet 4)
-MAX_CHANNELS = 8192
-MAX_HIDDEN = 65_536
 MAX_HISTORY = 1_000
 MAX_STATISTIC = 1e12  # |mean| and std (and 1/std) of an input band, so that the normalised input stays finite
-MAX_BANDS = 64  # input channels: RGB, or the bands of a multispectral image (Sentinel-2: 13)
 
 
 def check_timesteps(timesteps: int) -> None:
@@ -49,47 +42,13 @@ Digest = Annotated[str, Field(max_length=128)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow")
+    model_config = STRICT
 
 
 def _finite(value: float) -> float:
     if not math.isfinite(value):
         raise ValueError("must be a finite number")
     return value
-
-
-class Units(_Strict):
-    group: Annotated[int, Field(ge=1, le=MAX_GROUPS)]
-    count: Annotated[int, Field(ge=1, le=MAX_LAYERS_PER_GROUP)]
-
-
-class ModelSpec(_Strict):
-    family: Literal["vgg", "resnet"]
-    arch: Annotated[str, Field(min_length=1, max_length=64)]
-    width: Annotated[float, Field(gt=0.0, le=MAX_WIDTH)] = 1.0
-    depths: Annotated[list[Annotated[int, Field(ge=1, le=MAX_LAYERS_PER_GROUP)]], Field(min_length=1, max_length=MAX_GROUPS)]
-    channels: Annotated[list[Annotated[int, Field(ge=1, le=MAX_CHANNELS)]], Field(min_length=1, max_length=MAX_GROUPS)]
-    hidden: Annotated[list[Annotated[int, Field(ge=1, le=MAX_HIDDEN)]], Field(max_length=4)]
-    num_classes: Annotated[int, Field(ge=2, le=MAX_CLASSES)]
-    image_size: Annotated[int, Field(ge=16, le=MAX_IMAGE_SIZE)]
-    in_channels: Annotated[int, Field(ge=1, le=MAX_BANDS)]
-    dropout: Fraction
-    units: Units | None = None
-    pool: Literal["avg", "max"] = "avg"  # absent in records before it existed
-
-    @model_validator(mode="after")
-    def _consistent(self):
-        if len(self.depths) != len(self.channels):
-            raise ValueError("depths and channels must have one entry per layer group")
-        if self.units is not None:
-            if self.units.group > len(self.depths):
-                raise ValueError(f"units.group {self.units.group} is not a layer group of this model")
-            if self.units.count >= self.depths[self.units.group - 1]:
-                raise ValueError("units.count leaves no original layer in its group")
-        problem = image_size_problem(self.family, len(self.depths), self.image_size)
-        if problem:
-            raise ValueError(problem)
-        return self
 
 
 class InputSpec(_Strict):
@@ -206,7 +165,7 @@ class HistoryEntry(_Strict):
 
 
 class NeuronRecord(_Strict):
-    surrogate_gamma: Annotated[float, Field(gt=0.0, le=100.0)] = 0.3
+    surrogate_gamma: Annotated[float, Field(gt=0.0, le=100.0)] = SURROGATE_GAMMA
     dropout: Fraction = 0.2
     conv_dropout: Fraction = 0.0
     initial_membrane: Fraction = 0.0
@@ -220,11 +179,18 @@ class Quantized(_Strict):
     input_layer_bits: Literal[8, 4, 2]
 
 
+def _consistent_spec(spec: ModelSpec) -> ModelSpec:
+    problem = inconsistency(spec)
+    if problem:
+        raise ValueError(problem)
+    return spec
+
+
 class Record(_Strict):
     format: Literal["stp-checkpoint"]
     format_version: Annotated[int, Field(ge=1)]
     kind: Literal["ann", "snn"]
-    model: ModelSpec
+    model: Annotated[ModelSpec, AfterValidator(_consistent_spec)]
     classes: Annotated[list[Name], Field(min_length=2, max_length=MAX_CLASSES)]
     input: InputSpec
     data: DataSource
@@ -238,12 +204,13 @@ class Record(_Strict):
     def _consistent(self):
         if len(set(self.classes)) != len(self.classes):
             raise ValueError("classes must be distinct")
-        if len(self.classes) != self.model.num_classes:
-            raise ValueError(f"{len(self.classes)} classes for a model with {self.model.num_classes} outputs")
-        if self.input.image_size != self.model.image_size:
+        if len(self.classes) != self.model["num_classes"]:
+            raise ValueError(f"{len(self.classes)} classes for a model with {self.model['num_classes']} outputs")
+        if self.input.image_size != self.model["image_size"]:
             raise ValueError("input.image_size differs from model.image_size")
-        if len(self.input.mean) != self.model.in_channels:
-            raise ValueError(f"input has {len(self.input.mean)} bands for a model with {self.model.in_channels} input channels")
+        if len(self.input.mean) != self.model["in_channels"]:
+            raise ValueError(f"input has {len(self.input.mean)} bands for a model with {self.model['in_channels']} "
+                             "input channels")
         if self.kind == "snn" and self.timesteps is None:
             raise ValueError("an SNN checkpoint needs timesteps")
         if self.quantized is not None and (self.kind != "snn" or self.timesteps != 1):

@@ -23,7 +23,7 @@ import difflib
 from stpcli.chain import Chain, Step, preset_integer, preset_units, stp_steps, tp_steps
 from stpcli.defaults import RECIPES
 from stpcli.errors import StpError
-from stpcli.schema import MAX_GROUPS, MAX_LAYERS_PER_GROUP
+from stpcli.spec import MAX_GROUPS, MAX_LAYERS_PER_GROUP
 
 STOPPED = 124  # exit status when the time limit stopped the study (as timeout(1))
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from stpcli.errors import StpError
-from stpcli.schema import MAX_BANDS
+from stpcli.spec import MAX_BANDS
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 # how each stored type is held in memory: integers widened to hold every value (uint32 as float32,

@@ -23,7 +23,7 @@ from stpcli.data.split import PARTS, check_split
 from stpcli.defaults import BAD_IMAGE_POLICIES
 from stpcli.errors import StpError
 from stpcli.files import atomic_write, first_line
-from stpcli.schema import MAX_BANDS, MAX_IMAGE_SIZE
+from stpcli.spec import MAX_BANDS, MAX_IMAGE_SIZE
 
 BUILTIN = "builtin:synthetic"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -8,11 +8,11 @@ classes, image size and where the Units sit. Checkpoints store it verbatim.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 from stpcli.defaults import DEFAULT_POOLING, POOLINGS
 from stpcli.errors import StpError
-from stpcli.schema import MAX_IMAGE_SIZE, MAX_WIDTH
-from stpcli.spec import ModelSpec, image_size_problem
+from stpcli.spec import MAX_IMAGE_SIZE, MAX_WIDTH, ModelSpec, Pooling, image_size_problem
 
 ARCHITECTURES: dict[str, Callable[[], dict]] = {}
 
@@ -85,7 +85,7 @@ def make_spec(arch: str, num_classes: int, image_size: int, width: float = 1.0, 
         "in_channels": in_channels,
         "dropout": dropout,
         "units": None,
-        "pool": pool,
+        "pool": cast(Pooling, pool),  # one of POOLINGS, checked above
     }
 
 

@@ -13,8 +13,7 @@ import torch
 
 from stpcli.errors import StpError
 from stpcli.models.plan import PlanEntry, build_plan, group_layers, is_shape_preserving
-from stpcli.schema import MAX_LAYERS_PER_GROUP
-from stpcli.spec import ModelSpec
+from stpcli.spec import MAX_LAYERS_PER_GROUP, ModelSpec
 
 
 def group_range(spec: ModelSpec) -> range:
