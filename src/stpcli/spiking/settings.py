@@ -7,10 +7,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from stpcli.defaults import DEFAULT_RECIPE, INITIAL_MEMBRANE, RECIPES, SURROGATE_GAMMA
+from stpcli.schema import NeuronRecord
 
-# what a record that predates a setting meant by it: the initial membrane was 0 and spikes carried V
-RECORD_DEFAULTS = {"surrogate_gamma": SURROGATE_GAMMA, "dropout": 0.2, "conv_dropout": 0.0, "initial_membrane": 0.0,
-                   "spike_amplitude": "threshold", "conv_dropout_placement": "all", "recipe": DEFAULT_RECIPE}
+# what a record that predates a setting meant by it (the record schema's defaults: the initial membrane
+# was 0 and spikes carried V)
+RECORD_DEFAULTS = {name: item.default for name, item in NeuronRecord.model_fields.items()}
 
 
 @dataclass(frozen=True)
