@@ -12,6 +12,11 @@ CHECKPOINT_SUFFIX = ".safetensors"
 LOCK_SUFFIX = ".lock"
 
 
+def checkpoint_path(folder: Path, name: str) -> Path:
+    """The checkpoint a chain step names (``sa_t1``) in ``folder``."""
+    return folder / (name + CHECKPOINT_SUFFIX)
+
+
 def stem(checkpoint: str | Path) -> str:
     """``runs/sa_t1.safetensors`` -> ``sa_t1``."""
     return Path(checkpoint).name.removesuffix(CHECKPOINT_SUFFIX)

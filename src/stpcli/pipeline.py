@@ -24,7 +24,7 @@ from pathlib import Path
 from stpcli.chain import Chain, Step, compared, pipeline_steps
 from stpcli.errors import StpError
 from stpcli.files import create_out_dir, lock_holder, lock_output
-from stpcli.names import log_path, state_path
+from stpcli.names import checkpoint_path, log_path, state_path
 from stpcli.signals import PARENT_VARIABLE, stop_if_signalled
 
 STOP_GRACE_SECONDS = 120  # a stopped stage finishes its step and writes its state; then it is killed
@@ -37,8 +37,8 @@ def step_command(step: Step, folder: Path, preset: Path, *, seed: int | None = N
     ``redo`` every output rebuilt (``--force``)."""
     args = [sys.executable, "-m", "stpcli", step.command]
     if step.source is not None:
-        args.append(str(folder / f"{step.source}.safetensors"))
-    args += ["--config", str(preset), "--out", str(folder / f"{step.target}.safetensors")]
+        args.append(str(checkpoint_path(folder, step.source)))
+    args += ["--config", str(preset), "--out", str(checkpoint_path(folder, step.target))]
     if seed is not None:
         args += ["--seed", str(seed)]
     args += step.args
@@ -183,7 +183,7 @@ class Runner:
         return all(not self.stop_requested() and self.run_step(chain, step, folder) for step in chain.steps)
 
     def run_step(self, chain: Chain, step: Step, folder: Path) -> bool:
-        out = folder / f"{step.target}.safetensors"
+        out = checkpoint_path(folder, step.target)
         out.parent.mkdir(parents=True, exist_ok=True)
         args = step_command(step, folder, self.preset_path, seed=chain.seed, data=self.data, device=self.device,
                             redo=self.redo)
@@ -191,7 +191,7 @@ class Runner:
         if self.jobs > 1 and "OMP_NUM_THREADS" not in environment:
             environment["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
         log = log_path(out)
-        wait_for_earlier_writers([folder / f"{name}.safetensors" for name in step.outputs], self.say)
+        wait_for_earlier_writers([checkpoint_path(folder, name) for name in step.outputs], self.say)
         started = time.monotonic()
         prefix = f"[{self.driver}] " + (f"{chain.name}: " if chain.name else "")
         if self.echo is None:  # side by side: one short line per step
@@ -234,16 +234,16 @@ def run_pipeline(preset: dict, preset_path: Path, out_dir: Path, *, data: str | 
         runner.run_chain(chain)
     except KeyboardInterrupt:
         step = runner.running.get(chain) or chain.steps[0]
-        kept = [state_path(out_dir / f"{name}.safetensors") for name in step.outputs]
+        kept = [state_path(checkpoint_path(out_dir, name)) for name in step.outputs]
         kept = [path for path in kept if path.exists()]
         where = (f"it keeps its training state in {kept[-1]}, so a rerun continues it" if kept
                  else "it had not finished an epoch, so a rerun starts it again")
         raise StpError(f"pipeline interrupted during {step.command}: the finished stages are kept and {where}; "
-                       f"rerun the same command to continue (its output: {log_path(out_dir / f'{step.target}.safetensors')})",
+                       f"rerun the same command to continue (its output: {log_path(checkpoint_path(out_dir, step.target))})",
                        exit_code=130) from None
     if runner.failures:
         failure = runner.failures[0]  # a chain stops at its first failure
         raise StpError(f"pipeline stopped: stp {failure.step.command} exited with status {failure.code}"
                        + (f": {failure.reason}" if failure.reason else "") + f" (its output: {failure.log})",
                        exit_code=failure.code)
-    return [out_dir / f"{name}.safetensors" for name in compared(preset)]
+    return [checkpoint_path(out_dir, name) for name in compared(preset)]

@@ -8,7 +8,6 @@ vector formats PDF and SVG), and returns its path.
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import matplotlib
@@ -18,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator  # noqa: E402
 
 from stpcli.files import atomic_write_bytes  # noqa: E402
+from stpcli.names import stem  # noqa: E402
 
 
 def _save(figure, path: Path) -> Path:
@@ -164,7 +164,7 @@ def accuracy_vs_energy(rows: list[dict], title: str, path: Path) -> Path:
             method = row.get("method") or row["kind"]
             colour = _colour(method)
             axis.errorbar(row["energy_uj"], row["accuracy"], fmt="o", color=colour, ms=6, capsize=3, label=method)
-            label = os.path.basename(str(row["checkpoint"])).removesuffix(".safetensors")
+            label = stem(row["checkpoint"])
             if row.get("timesteps"):
                 label += f" (T={row['timesteps']})"
             labels.append((row["energy_uj"], row["accuracy"], label))

@@ -14,6 +14,7 @@ from stpcli import plots
 from stpcli.chain import Chain
 from stpcli.checkpoint import read_record
 from stpcli.files import atomic_write_text
+from stpcli.names import checkpoint_path
 from stpcli.options import DataOptions
 from stpcli.report import METHODS, compare
 from stpcli.run import Run
@@ -44,7 +45,7 @@ def interval(values: list[float]) -> tuple[float, float, float | None, float | N
 def collect(run: Run, out_dir: Path, chains: list[Chain], data: str | None) -> list[dict]:
     """One row per finished checkpoint of ``chains`` (Nb left out): seed, method, Unit setting, recipe,
     T, accuracy, energy."""
-    found = [(chain, out_dir / chain.folder / f"{name}.safetensors")
+    found = [(chain, checkpoint_path(out_dir / chain.folder, name))
              for chain in chains for step in chain.steps if step.command != "add-unit" for name in step.outputs]
     found = [(chain, path) for chain, path in found if path.is_file()]
     if not found:

@@ -10,7 +10,7 @@ from stpcli.checkpoint import Checkpoint, StageEntry, load_checkpoint, save_chec
 from stpcli.defaults import with_unrecorded
 from stpcli.errors import StpError
 from stpcli.files import check_output, clear_stale, lock_holder, lock_output, remove_leftovers, sha256_file
-from stpcli.names import curves_path, metrics_path, state_path
+from stpcli.names import CHECKPOINT_SUFFIX, curves_path, metrics_path, state_path
 from stpcli.run import Run
 
 
@@ -70,7 +70,7 @@ class StageIO:
                 clear_stale(path)
         if self.if_changed and not will_train:
             self.resume = False  # a state file of an earlier run that trained: nothing here resumes it
-        check_output(self.out, self.force, inputs, suffix=".safetensors")
+        check_output(self.out, self.force, inputs, suffix=CHECKPOINT_SUFFIX)
         if self.resume and not will_train:
             raise StpError("--resume needs a stage that trains (--epochs > 0)")
         if self.resume and resume_needs_state and not self.state_path.exists():
