@@ -152,3 +152,30 @@ def test_a_record_from_before_pool_existed_means_average_pooling(tmp_path):
     assert changed_options({"timesteps": 5}, {"timesteps": 5}) == []  # other stages have no pool
     refused(["train-ann", "--pool", "min", "--out", tmp_path / "na.safetensors"], "--pool must be one of avg, max",
             tmp_path / "na.safetensors")
+
+
+def test_the_record_schema_accepts_exactly_the_values_the_options_offer():
+    """Each closed set of values a record holds is spelt twice, as the options' choices and as the
+    schema's types; a value an option offers that the schema refuses would make files stp cannot read."""
+    import typing
+
+    from stpcli.checkpoint import KINDS
+    from stpcli.defaults import CONV_DROPOUT_PLACEMENTS, NORMALISATIONS, POOLINGS, RECIPES, SPIKE_AMPLITUDES
+    from stpcli.models.plan import PLAN_BUILDERS
+    from stpcli.schema import InputSpec, NeuronRecord, Quantized, Record
+    from stpcli.spec import ModelSpec
+    from stpcli.spiking.quantize import WEIGHT_BITS
+
+    def accepted(annotation):
+        return set(typing.get_args(annotation))
+
+    spec = typing.get_type_hints(ModelSpec)
+    assert accepted(spec["pool"]) == set(POOLINGS)
+    assert accepted(spec["family"]) == set(PLAN_BUILDERS)
+    assert accepted(NeuronRecord.model_fields["spike_amplitude"].annotation) == set(SPIKE_AMPLITUDES)
+    assert accepted(NeuronRecord.model_fields["conv_dropout_placement"].annotation) == set(CONV_DROPOUT_PLACEMENTS)
+    assert accepted(NeuronRecord.model_fields["recipe"].annotation) == set(RECIPES)
+    assert accepted(InputSpec.model_fields["normalisation"].annotation) == set(NORMALISATIONS) - {"auto"}
+    for bits in ("weight_bits", "input_layer_bits"):
+        assert accepted(Quantized.model_fields[bits].annotation) == set(WEIGHT_BITS)
+    assert accepted(Record.model_fields["kind"].annotation) == set(KINDS)

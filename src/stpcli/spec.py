@@ -21,7 +21,7 @@ MAX_CHANNELS = 8192
 MAX_HIDDEN = 65_536
 MAX_BANDS = 64  # input channels: RGB, or the bands of a multispectral image (Sentinel-2: 13)
 
-Pooling = Literal["avg", "max"]  # defaults.POOLINGS, spelled as a type
+Pooling = Literal["avg", "max"]  # defaults.POOLINGS as a type (a test holds the two equal)
 
 STRICT = ConfigDict(strict=True, extra="allow")  # ``true`` is not an integer, ``"32"`` not a number
 
