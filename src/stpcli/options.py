@@ -404,6 +404,8 @@ class ConvertOptions(SnnTraining):
         return replace(self, **{name: value for name, value in used.items() if name in names})
 
     def recorded(self, recipe: str | None = None) -> dict[str, Any]:
+        """The options as the conversion used them: convert's recipe is its own ``--recipe`` (it
+        makes the SNN), so ``recipe``, an input's recipe for the later stages, is not read."""
         return {**self.used().stage_recorded(), **self.train_config(self.known_recipe()).recorded()}
 
 
