@@ -96,10 +96,13 @@ class InputSpec(_Strict):
         return values
 
 
+INPUT_DEFAULTS = {name: item.default for name, item in InputSpec.model_fields.items() if not item.is_required()}
+"""What a record's ``input`` means by a field it lacks (an older record)."""
+
+
 def recorded_input(record: dict) -> dict:
-    """A record's ``input`` with the defaults (``InputSpec``'s) of the fields an older record lacks."""
-    defaults = {name: item.default for name, item in InputSpec.model_fields.items() if not item.is_required()}
-    return {**defaults, **record["input"]}
+    """A record's ``input`` with ``INPUT_DEFAULTS`` for the fields an older record lacks."""
+    return {**INPUT_DEFAULTS, **record["input"]}
 
 
 class DataSource(_Strict):
